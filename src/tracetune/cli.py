@@ -1,0 +1,224 @@
+"""The `tracetune` command line: parses, calls one function per command, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tracetune import __version__
+from tracetune.errors import TracetuneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn a coding agent's own runs into a better small model.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="Run code in tracetune's sandbox.")
+app.add_typer(sandbox_app, name="sandbox")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"tracetune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Turn a coding agent's own runs into a better small model."""
+
+
+@app.command()
+def models(
+    spec: Optional[str] = typer.Argument(None, help="A model spec to resolve, e.g. embedded."),
+    load: bool = typer.Option(False, "--load", help="Also load the model and report the time."),
+) -> None:
+    """List model backends, or resolve a model spec (and optionally load it)."""
+    from tracetune.models import BACKENDS, load_model, parse_spec
+
+    if spec is None:
+        table = Table(title="Model backends")
+        for col in ("backend", "what", "spec example", "options"):
+            table.add_column(col)
+        for b in BACKENDS.values():
+            opts = ", ".join(f.name for f in fields(b.config_cls))
+            table.add_row(b.name, b.summary, b.example, opts)
+        out.print(table)
+        out.print("Default model: [bold]embedded[/] (SmolLM2-135M-Instruct, Q4_1 GGUF, via llamacpp)")
+        return
+    parsed = parse_spec(spec)
+    out.print(f"spec     {parsed.text}")
+    out.print(f"backend  {parsed.backend}")
+    for key, value in asdict(parsed.config).items():
+        out.print(f"  {key} = {value!r}")
+    if load:
+        t0 = time.perf_counter()
+        model = load_model(parsed)
+        out.print(f"loaded in {time.perf_counter() - t0:.2f}s")
+        model.close()
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The user message."),
+    model: str = typer.Option("embedded", "--model", "-m", help="Model spec."),
+    system: Optional[str] = typer.Option(None, help="Optional system message."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    max_tokens: int = typer.Option(256, help="Most completion tokens."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the completion as JSON."),
+) -> None:
+    """Generate one chat completion."""
+    from tracetune.models import load_model
+    from tracetune.types import GenerationRequest, SamplingParams, chat
+
+    if max_tokens < 1:
+        raise TracetuneError("--max-tokens must be at least 1")
+    m = load_model(model)
+    try:
+        c = m.generate(GenerationRequest(chat(prompt, system),
+                                         SamplingParams(temperature, top_p, max_tokens), seed))
+    finally:
+        m.close()
+    if as_json:
+        out.print_json(json.dumps({**asdict(c), "model": model}))
+        return
+    out.print(c.text, markup=False, highlight=False)
+    err.print(f"[dim]{c.usage.prompt_tokens} prompt + {c.usage.completion_tokens} completion "
+              f"tokens, {c.latency_s:.2f}s ({c.usage.completion_tokens / max(c.latency_s, 1e-9):.1f}"
+              f" tokens/s), finish={c.finish_reason}[/]")
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    file: Path = typer.Argument(..., help="Python program; with --tests, the module under test."),
+    tests: Optional[Path] = typer.Option(None, "--tests", help="pytest file to run against FILE."),
+    timeout: float = typer.Option(10.0, help="Wall-clock limit in seconds."),
+    memory_mb: int = typer.Option(1024, help="Address-space limit in MiB."),
+    isolation: str = typer.Option("auto", help="auto, bwrap or process."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Run a program (or a pytest file against a module) in the sandbox; exit 0 only on pass."""
+    from tracetune.sandbox import Job, Sandbox, SandboxConfig
+
+    if isolation not in ("auto", "bwrap", "process"):
+        raise TracetuneError(f"--isolation must be auto, bwrap or process, not {isolation!r}")
+    if timeout <= 0:
+        raise TracetuneError("--timeout must be positive")
+    for p in (file, tests):
+        if p is not None and not p.is_file():
+            raise TracetuneError(f"no such file: {p}")
+    if tests is not None:
+        if file.name == tests.name:
+            raise TracetuneError("the module and the test file must have different names")
+        job = Job(files={file.name: file.read_bytes(), tests.name: tests.read_bytes()},
+                  entry=tests.name, kind="pytest", timeout_s=timeout)
+    else:
+        job = Job(files={file.name: file.read_bytes()}, entry=file.name, timeout_s=timeout)
+    config = SandboxConfig(timeout_s=timeout, memory_mb=memory_mb, isolation=isolation, workers=1)
+    with Sandbox(config) as sb:
+        result = sb.run(job)
+        mode = sb.isolation
+    if as_json:
+        out.print_json(json.dumps({**result.to_dict(), "isolation": mode}))
+    else:
+        colour = {"pass": "green", "fail": "red", "error": "magenta", "timeout": "yellow"}
+        out.print(f"[bold {colour[result.status]}]{result.status.upper()}[/] {result.reason} "
+                  f"({result.duration_s:.2f}s, isolation={mode})")
+        for t in result.tests:
+            out.print(f"  {t.outcome:8} {t.nodeid}", markup=False)
+        for label, text, cut in (("stdout", result.stdout, result.stdout_truncated),
+                                 ("stderr", result.stderr, result.stderr_truncated)):
+            if text.strip():
+                out.rule(label + (" (truncated)" if cut else ""))
+                out.print(text.rstrip()[-4000:], markup=False, highlight=False)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("embedded", "--model", "-m", help="Model spec."),
+    suite: str = typer.Option("demo", help="Built-in suite name or a suite .toml file."),
+    max_tokens: int = typer.Option(384, help="Most completion tokens per task."),
+    seed: int = typer.Option(0, help="Base seed (task i uses seed + i)."),
+) -> None:
+    """Evaluate a model on a handful of built-in function tasks: pass/fail per task."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from tracetune.eval.quick import evaluate
+    from tracetune.models import load_model
+    from tracetune.sandbox import Sandbox
+    from tracetune.tasks import load_suite
+    from tracetune.types import SamplingParams
+
+    s = load_suite(suite)
+    t0 = time.perf_counter()
+    m = load_model(model)
+    err.print(f"[dim]loaded {model} in {time.perf_counter() - t0:.1f}s; "
+              f"{len(s.tasks)} tasks from suite {s.name!r}[/]")
+    with Sandbox() as sb, Progress("[progress.description]{task.description}", BarColumn(),
+                                   MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                                   transient=True) as progress:
+        bar = progress.add_task("evaluating", total=len(s.tasks))
+        results = evaluate(m, s, sb, params=SamplingParams(max_tokens=max_tokens), seed=seed,
+                           on_done=lambda _t: progress.advance(bar))
+    m.close()
+    table = Table(title=f"{s.name}: {model} (greedy)")
+    for col in ("task", "result", "reason", "tokens", "gen s", "check s"):
+        table.add_column(col)
+    for r in results:
+        style = "green" if r.check.passed else "red"
+        table.add_row(r.task.id, f"[{style}]{'PASS' if r.check.passed else 'FAIL'}[/]",
+                      r.check.reason, str(r.completion.usage.completion_tokens),
+                      f"{r.completion.latency_s:.2f}", f"{r.check.duration_s:.2f}")
+    out.print(table)
+    n_pass = sum(r.check.passed for r in results)
+    out.print(f"passed {n_pass}/{len(results)} tasks in {time.perf_counter() - t0:.1f}s")
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
+    debug = "--debug" in sys.argv[1:]
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=sys.argv[1:], prog_name="tracetune", standalone_mode=False)
+        if isinstance(rc, int):  # typer.Exit(code) comes back as a return value here
+            sys.exit(rc)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except TracetuneError as exc:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --debug
+        if debug:
+            raise
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} "
+                  "(rerun with --debug for the traceback)", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
