@@ -1,0 +1,91 @@
+"""The hf backend on the embedded model (dequantized from its GGUF), for real."""
+
+import pytest
+
+from tracetune.errors import ModelError
+from tracetune.models import load_model
+from tracetune.models.hf import resolve_model_source
+from tracetune.types import GenerationRequest, SamplingParams, chat
+
+PROMPTS = [chat("Write a Python function add(a, b) that returns the sum of a and b."),
+           chat("What is the capital of France?")]
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load_model("hf:embedded,device=cpu")
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(model):
+    return resolve_model_source("embedded")
+
+
+def test_greedy_single_and_batched_agree(model):
+    reqs = [GenerationRequest(p, SamplingParams(max_tokens=16)) for p in PROMPTS]
+    singles = [model.generate(r) for r in reqs]
+    batched = model.generate_many(reqs)
+    assert [c.text for c in singles] == [c.text for c in batched]
+    assert "def add" in singles[0].text
+    assert all(0 < c.usage.completion_tokens <= 16 for c in singles)
+    assert singles[0].usage.prompt_tokens > 10
+
+
+def test_seeded_sampling_reproduces(model):
+    params = SamplingParams(temperature=1.0, max_tokens=12)
+    texts = [model.generate(GenerationRequest(PROMPTS[0], params, seed=s)).text for s in (7, 7, 8)]
+    assert texts[0] == texts[1]
+
+
+def test_local_checkpoint_directory_loads(checkpoint_dir):
+    # The same code path a hub name takes, on a local directory (no network here).
+    m = load_model(f"hf:{checkpoint_dir},device=cpu")
+    c = m.generate(GenerationRequest(PROMPTS[1], SamplingParams(max_tokens=8)))
+    assert c.text
+
+
+def _random_adapter(base_dir, out_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(out_dir)
+
+
+def test_peft_adapter_changes_the_model(model, checkpoint_dir, tmp_path):
+    _random_adapter(checkpoint_dir, tmp_path / "adapter")
+    adapted = load_model(f"hf:embedded,adapter={tmp_path / 'adapter'},device=cpu")
+    import torch
+
+    ids = model.tokenizer("def add(a, b):", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        diff = (adapted.model(ids).logits - model.model(ids).logits).abs().max().item()
+    assert diff > 1e-3
+
+
+def test_adapter_for_another_model_is_refused(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=2,
+                                        vocab_size=49152))
+    get_peft_model(tiny, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "a")
+    with pytest.raises(ModelError, match="does not fit"):
+        load_model(f"hf:embedded,adapter={tmp_path / 'a'},device=cpu")
+
+
+def test_bad_inputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="adapter directory not found"):
+        load_model(f"hf:embedded,adapter={tmp_path / 'none'},device=cpu")
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_model("hf:no-such-org/no-such-model,device=cpu")
+    with pytest.raises(ModelError, match="GGUF file not found"):
+        load_model(f"hf:{tmp_path / 'x.gguf'}")
