@@ -49,8 +49,9 @@ def test_user_errors_are_one_line_without_traceback(args, message):
 
 
 def test_debug_shows_the_traceback():
-    r = run("--debug", "models", "nonsense:x")
-    assert r.returncode != 0 and "Traceback" in r.stderr
+    for args in (["--debug", "models", "nonsense:x"], ["models", "nonsense:x", "--debug"]):
+        r = run(*args)
+        assert r.returncode != 0 and "Traceback" in r.stderr
 
 
 def test_generate_with_replay(tmp_path):

@@ -193,10 +193,13 @@ def demo(
 
 def main() -> None:
     """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
-    debug = "--debug" in sys.argv[1:]
+    args = sys.argv[1:]
+    debug = "--debug" in args
+    if debug:  # accept --debug anywhere on the line, not only before the command
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
-        rc = command.main(args=sys.argv[1:], prog_name="tracetune", standalone_mode=False)
+        rc = command.main(args=args, prog_name="tracetune", standalone_mode=False)
         if isinstance(rc, int):  # typer.Exit(code) comes back as a return value here
             sys.exit(rc)
     except click.exceptions.Exit as exc:

@@ -49,6 +49,7 @@ def materialize_gguf(gguf_path: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is as readable as its parent
         os.replace(tmp, target)  # atomic: a concurrent or killed run never sees half a checkpoint
     except OSError:
         if (target / "config.json").is_file():  # another process won the race

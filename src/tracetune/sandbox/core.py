@@ -119,10 +119,24 @@ class SandboxResult:
         return asdict(self)
 
 
+def _paths_under_tmp() -> list[str]:
+    """The interpreter and import paths that live under /tmp, which bwrap replaces with a tmpfs
+    (a project checked out under /tmp must stay importable inside the sandbox)."""
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                  os.path.dirname(os.path.realpath(sys.executable))}
+    candidates.update(p for p in sys.path if p)
+    under = sorted({os.path.realpath(p) for p in candidates
+                    if os.path.isdir(p) and os.path.realpath(p).startswith("/tmp/")})
+    # Keep only the outermost of nested paths; bwrap creates the mount points inside the tmpfs.
+    return [p for i, p in enumerate(under) if not any(p.startswith(q + "/") for q in under[:i])]
+
+
 def _bwrap_argv(root: Path, privileged: bool) -> list[str]:
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--bind", str(root), str(root), "--unshare-net", "--unshare-pid", "--unshare-ipc",
-            "--unshare-uts", "--die-with-parent", "--chdir", str(root)]
+    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _paths_under_tmp():
+        argv += ["--ro-bind", path, path]
+    argv += ["--bind", str(root), str(root), "--unshare-net", "--unshare-pid", "--unshare-ipc",
+             "--unshare-uts", "--die-with-parent", "--chdir", str(root)]
     if not privileged:
         argv.append("--unshare-user")
     return argv
