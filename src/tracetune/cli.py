@@ -191,6 +191,183 @@ def demo(
     out.print(f"passed {n_pass}/{len(results)} tasks in {time.perf_counter() - t0:.1f}s")
 
 
+tasks_app = typer.Typer(no_args_is_help=True, help="Task suites: list, show, split, check.")
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("list")
+def tasks_list(
+    suite: Optional[str] = typer.Option(None, help="Suite name or .toml file (default: list suites)."),
+    split: str = typer.Option("all", help="all, train or test."),
+    train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
+) -> None:
+    """List the built-in suites, or the tasks of one suite."""
+    from tracetune.tasks import builtin_suites, load_suite
+    from tracetune.tasks.splits import in_train, select
+
+    if suite is None:
+        table = Table(title="Built-in suites")
+        for col in ("suite", "tasks", "description"):
+            table.add_column(col)
+        for name in builtin_suites():
+            s = load_suite(name)
+            table.add_row(name, str(len(s.tasks)), s.description)
+        out.print(table)
+        return
+    s = load_suite(suite)
+    tasks = select(s.tasks, split, train_pct)
+    table = Table(title=f"{s.name} v{s.version}: {len(tasks)} tasks (split {split})")
+    for col in ("id", "difficulty", "split", "names", "tags"):
+        table.add_column(col)
+    for t in tasks:
+        table.add_row(t.id, str(t.difficulty), "train" if in_train(t.id, train_pct) else "test",
+                      ", ".join(t.names), ", ".join(t.tags))
+    out.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task_id: str = typer.Argument(..., help="Task id, e.g. funcs/chunk_list."),
+    suite: str = typer.Option(..., help="Suite name or .toml file."),
+) -> None:
+    """Print one task: spec, reference and acceptance tests."""
+    from tracetune.tasks import load_suite
+
+    s = load_suite(suite)
+    task = next((t for t in s.tasks if t.id == task_id), None)
+    if task is None:
+        raise TracetuneError(f"no task {task_id!r} in suite {s.name}")
+    out.rule(f"{task.id} (difficulty {task.difficulty}; {', '.join(task.tags)})")
+    out.print(task.spec, markup=False, highlight=False)
+    out.rule("reference")
+    out.print(task.reference.strip(), markup=False, highlight=False)
+    out.rule("acceptance tests (hidden from the model)")
+    out.print(task.tests.strip(), markup=False, highlight=False)
+
+
+@tasks_app.command("split")
+def tasks_split(
+    suite: str = typer.Option(..., help="Suite name or .toml file."),
+    train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
+    as_json: bool = typer.Option(False, "--json", help="Print {train: [...], test: [...]}."),
+) -> None:
+    """Show the deterministic task-level split: md5(task_id) % 100 < train_pct is train."""
+    from tracetune.tasks import load_suite
+    from tracetune.tasks.splits import select
+
+    s = load_suite(suite)
+    train = [t.id for t in select(s.tasks, "train", train_pct)]
+    test = [t.id for t in select(s.tasks, "test", train_pct)]
+    if as_json:
+        out.print_json(json.dumps({"suite": s.name, "train_pct": train_pct, "train": train,
+                                   "test": test}))
+        return
+    out.print(f"{s.name}: {len(train)} train / {len(test)} test (train_pct={train_pct})")
+    out.print("train: " + ", ".join(train), markup=False)
+    out.print("test:  " + ", ".join(test), markup=False)
+
+
+@tasks_app.command("check")
+def tasks_check(
+    suite: list[str] = typer.Option([], help="Suite(s) to check (default: every built-in)."),
+) -> None:
+    """Prove every reference solution passes its own acceptance tests (in the sandbox)."""
+    from tracetune.sandbox import Job, Sandbox
+    from tracetune.tasks import builtin_suites, load_suite
+
+    names = suite or builtin_suites()
+    failures = 0
+    with Sandbox() as sb:
+        for name in names:
+            s = load_suite(name)
+            results = sb.map([Job.tests(t.tests, module=t.reference) for t in s.tasks])
+            bad = [(t, r) for t, r in zip(s.tasks, results) if not r.passed]
+            failures += len(bad)
+            mark = "[green]ok[/]" if not bad else "[red]FAILED[/]"
+            out.print(f"{mark} {s.name}: {len(s.tasks) - len(bad)}/{len(s.tasks)} references "
+                      f"pass their acceptance tests")
+            for t, r in bad:
+                out.print(f"   {t.id}: {r.status}: {escape(r.reason)}")
+    if failures:
+        raise TracetuneError(f"{failures} task(s) failed the check")
+
+
+@app.command("eval")
+def eval_cmd(
+    out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
+    suite: str = typer.Option("funcs", help="Suite name or .toml file."),
+    workflow: str = typer.Option("direct", help="direct or tdd."),
+    model: str = typer.Option("embedded", "--model", "-m", help="Model spec."),
+    trials: int = typer.Option(1, help="Episodes per task."),
+    seed: int = typer.Option(0, help="Base seed (every trial and attempt derives its own)."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling mass."),
+    max_tokens: int = typer.Option(512, help="Most completion tokens per attempt."),
+    max_attempts: int = typer.Option(3, help="Attempts per step (guard feedback between them)."),
+    min_tests: int = typer.Option(3, help="tdd: tests g_test must write."),
+    split: str = typer.Option("all", help="all, train or test (task-level, by hash)."),
+    train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
+    task: list[str] = typer.Option([], help="Only these task ids (repeatable)."),
+    limit: int = typer.Option(0, help="At most this many tasks (0 = all)."),
+    concurrency: int = typer.Option(4, help="Episodes in flight at once."),
+    check_timeout: float = typer.Option(10.0, help="Sandbox limit per check, seconds."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored "
+                                "settings are used; the options above are ignored)."),
+) -> None:
+    """Run a workflow on a suite, record every attempt, print success tables."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from tracetune.eval.runner import EvalConfig, run_eval
+
+    config = EvalConfig(suite=suite, workflow=workflow, model=model, trials=trials, seed=seed,
+                        temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                        max_attempts=max_attempts, min_tests=min_tests, split=split,
+                        train_pct=train_pct, tasks=tuple(task), limit=limit,
+                        concurrency=concurrency, check_timeout_s=check_timeout)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
+        bar = progress.add_task("episodes", total=None)
+        run_eval(config, out_dir, resume=resume,
+                 on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    _print_run(out_dir)
+
+
+def _print_run(run_dir: Path) -> None:
+    from tracetune.eval.metrics import summarize_run
+    from tracetune.report.tables import run_table
+    from tracetune.traces.store import Store
+
+    store = Store(run_dir)
+    try:
+        rows, overall = summarize_run(store.episodes())
+        out.print(run_table(store.run(), rows, overall))
+    finally:
+        store.close()
+    out.print(f"[dim]trajectories: {run_dir}/trajectories.sqlite[/]")
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Reprint a run's tables from its trajectory store."""
+    _print_run(run_dir)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    jsonl: bool = typer.Option(True, "--jsonl", help="JSON Lines: one episode (with its "
+                               "attempts) per line."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write here instead of stdout."),
+) -> None:
+    """Export a run's episodes and attempts."""
+    from tracetune.traces.export import export_jsonl
+
+    n = export_jsonl(run_dir, out_file)
+    if out_file is not None:
+        err.print(f"wrote {n} episodes to {out_file}")
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
     args = sys.argv[1:]

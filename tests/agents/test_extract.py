@@ -29,3 +29,22 @@ def test_bare_code_after_chatter():
 
 def test_no_code_returns_text():
     assert extract_code("I cannot do that.") == "I cannot do that.\n"
+
+
+def test_sanitize_drops_examples_and_keeps_definitions():
+    from tracetune.agents.extract import sanitize
+
+    code = ("import math\nLIMIT = 10\n\n@staticmethod\ndef helper(x):\n    return x\n\n"
+            "def f(x):\n    return helper(x) + LIMIT\n\n"
+            "print(f(1))\nassert f(1) == 99\nresult = f(2)\n"
+            "if __name__ == '__main__':\n    f(3)\n")
+    out = sanitize(code)
+    assert "import math" in out and "LIMIT = 10" in out and "@staticmethod" in out
+    assert "def f(x)" in out and "print" not in out and "assert" not in out
+    assert "result" not in out and "__main__" not in out
+
+
+def test_sanitize_leaves_unparsable_code_alone():
+    from tracetune.agents.extract import sanitize
+
+    assert sanitize("def f(:\n") == "def f(:\n"

