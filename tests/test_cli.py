@@ -99,3 +99,41 @@ def test_sandbox_run_timeout(tmp_path):
     prog.write_text("while True:\n    pass\n")
     r = run("sandbox", "run", str(prog), "--timeout", "1")
     assert r.returncode == 1 and "TIMEOUT" in r.stdout
+
+
+def test_tasks_commands():
+    r = run("tasks", "list")
+    assert r.returncode == 0 and all(s in r.stdout for s in ("funcs", "tdd6", "humaneval"))
+    r = run("tasks", "list", "--suite", "tdd6")
+    assert r.returncode == 0 and "tdd6/lru_cache" in r.stdout
+    r = run("tasks", "show", "tdd6/stack", "--suite", "tdd6")
+    assert r.returncode == 0 and "class Stack" in r.stdout and "acceptance tests" in r.stdout
+    r = run("tasks", "split", "--suite", "funcs", "--train-pct", "70", "--json")
+    split = json.loads(r.stdout)
+    assert len(split["train"]) + len(split["test"]) == 120
+    assert run("tasks", "split", "--suite", "funcs", "--train-pct", "70", "--json").stdout == r.stdout
+    r = run("tasks", "check", "--suite", "demo", "--suite", "tdd6")
+    assert r.returncode == 0 and "6/6 references pass" in r.stdout
+
+
+def test_tasks_check_rejects_a_broken_suite(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[suite]\nname = 'bad'\n[[task]]\nid = 'b/one'\nnames = ['f']\nspec = 's'\n"
+                   'reference = "def f():\\n    return 1\\n"\n'
+                   'tests = "from solution import f\\ndef test_f():\\n    assert f() == 2\\n"\n')
+    r = run("tasks", "check", "--suite", str(bad))
+    assert r.returncode == 1 and "b/one: fail" in r.stdout
+    missing = tmp_path / "missing.toml"
+    missing.write_text("[suite]\nname = 'm'\n[[task]]\nid = 'm/one'\nspec = 's'\n")
+    r = run("tasks", "check", "--suite", str(missing))
+    assert r.returncode == 1 and "missing names, reference, tests" in r.stderr
+
+
+def test_eval_with_the_embedded_model_on_two_tasks(tmp_path):
+    r = run("eval", "--suite", "demo", "--limit", "2", "--max-attempts", "1", "--temperature", "0",
+            "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert "overall" in r.stdout and "demo/is_even" in r.stdout
+    again = run("show", str(tmp_path / "run"))
+    assert again.returncode == 0 and again.stdout.split("demo/is_even")[1].split("\n")[0] in \
+        r.stdout

@@ -23,7 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 sandbox_app = typer.Typer(no_args_is_help=True, help="Run code in tracetune's sandbox.")
 app.add_typer(sandbox_app, name="sandbox")
 
-out = Console()
+# Piped output (files, CI logs, tests) gets wide tables instead of 80 columns of wrapped cells.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -272,16 +273,16 @@ def tasks_check(
     suite: list[str] = typer.Option([], help="Suite(s) to check (default: every built-in)."),
 ) -> None:
     """Prove every reference solution passes its own acceptance tests (in the sandbox)."""
-    from tracetune.sandbox import Job, Sandbox
+    from tracetune.sandbox import Sandbox
     from tracetune.tasks import builtin_suites, load_suite
+    from tracetune.tasks.check import check_references
 
     names = suite or builtin_suites()
     failures = 0
     with Sandbox() as sb:
         for name in names:
             s = load_suite(name)
-            results = sb.map([Job.tests(t.tests, module=t.reference) for t in s.tasks])
-            bad = [(t, r) for t, r in zip(s.tasks, results) if not r.passed]
+            bad = check_references(s, sb)
             failures += len(bad)
             mark = "[green]ok[/]" if not bad else "[red]FAILED[/]"
             out.print(f"{mark} {s.name}: {len(s.tasks) - len(bad)}/{len(s.tasks)} references "

@@ -23,7 +23,8 @@ from tracetune.agents.workflow import WORKFLOWS, build_workflow, derive_seed, ru
 from tracetune.errors import TracetuneError
 from tracetune.models import load_model, parse_spec
 from tracetune.sandbox import Sandbox, SandboxConfig
-from tracetune.tasks import Task, load_suite
+from tracetune.tasks import Task, builtin_suites, load_suite
+from tracetune.tasks.check import require_valid
 from tracetune.tasks.splits import select
 from tracetune.traces.store import DB_NAME, RunInfo, Store
 from tracetune.types import SamplingParams
@@ -124,6 +125,9 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool) -> tuple[Store, Eva
                              "choose another --out")
     config.validate()
     select_tasks(config)  # fail on a bad suite or split before creating anything
+    if config.suite not in builtin_suites():  # a user's suite: prove its references first
+        with Sandbox(SandboxConfig(timeout_s=config.check_timeout_s)) as sb:
+            require_valid(load_suite(config.suite), sb)
     store = Store(db, create=True)
     store.create_run(RunInfo(uuid.uuid4().hex, time.time(), config.suite, config.workflow,
                              config.model, config.seed, config.trials,
