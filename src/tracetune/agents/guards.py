@@ -132,7 +132,7 @@ class TestSuiteGuard:
         return GuardResult(self.name, True, details={"tests": n})
 
 
-def summarize_failures(result: SandboxResult, limit: int = 3, chars: int = 600) -> str:
+def summarize_failures(result: SandboxResult, limit: int = 2, chars: int = 300) -> str:
     """A short account of a failed test run, for the model."""
     if result.status == "timeout":
         return "The tests timed out: the code may loop forever."

@@ -21,6 +21,9 @@ class LlamaCppConfig:
     """Layers offloaded to a GPU when llama.cpp was built with GPU support; -1 means all."""
     n_batch: int = 512
     """Prompt tokens processed per llama.cpp batch."""
+    prefix_cache: bool = False
+    """Reuse the previous call's prompt prefix: faster retries, but outputs then depend on the
+    order of calls (llama.cpp's numerics differ slightly between a cached and a fresh prompt)."""
 
 
 @dataclass(frozen=True)
