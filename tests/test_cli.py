@@ -110,7 +110,7 @@ def test_tasks_commands():
     assert r.returncode == 0 and "class Stack" in r.stdout and "acceptance tests" in r.stdout
     r = run("tasks", "split", "--suite", "funcs", "--train-pct", "70", "--json")
     split = json.loads(r.stdout)
-    assert len(split["train"]) + len(split["test"]) == 120
+    assert len(split["train"]) + len(split["test"]) == 160
     assert run("tasks", "split", "--suite", "funcs", "--train-pct", "70", "--json").stdout == r.stdout
     r = run("tasks", "check", "--suite", "demo", "--suite", "tdd6")
     assert r.returncode == 0 and "6/6 references pass" in r.stdout
