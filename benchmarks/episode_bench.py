@@ -20,6 +20,7 @@ runs the Q4_1 weights and transformers their dequantized copy, so samples are no
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -98,17 +99,31 @@ def ours(tasks, trials: int, seed: int) -> tuple[float, int, int]:
     return elapsed, sum(e["success"] for e in eps), len(eps)
 
 
+def side(name: str, args) -> tuple[float, int, int]:
+    """Run one side in its own process: torch's and llama.cpp's CPU thread pools both spin when
+    idle, so two engines in one process slow each other down."""
+    out = subprocess.run([sys.executable, __file__, "--side", name, "--tasks", str(args.tasks),
+                          "--trials", str(args.trials), "--seed", str(args.seed)],
+                         capture_output=True, text=True, check=True)
+    secs, k, n = json.loads(out.stdout.strip().splitlines()[-1])
+    return secs, k, n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=24)
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--side", choices=["naive", "ours"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     tasks = pick_tasks(args.tasks)
+    if args.side:
+        fn = naive if args.side == "naive" else ours
+        print(json.dumps(fn(tasks, args.trials, args.seed)))
+        return
     print(f"{len(tasks)} funcs tasks x {args.trials} trial(s), direct workflow, 1 attempt, "
           f"T={TEMPERATURE}, max_tokens={MAX_TOKENS}")
-    rows = {"naive serial harness": naive(tasks, args.trials, args.seed),
-            "tracetune eval": ours(tasks, args.trials, args.seed)}
+    rows = {"naive serial harness": side("naive", args), "tracetune eval": side("ours", args)}
     print(f"{'':24}{'seconds':>9}{'episodes/min':>14}{'pass rate':>12}   95% CI")
     rate = {}
     for name, (secs, k, n) in rows.items():

@@ -369,6 +369,71 @@ def export(
         err.print(f"wrote {n} episodes to {out_file}")
 
 
+@app.command("mine")
+def mine_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories to mine."),
+    out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create."),
+    kind: list[str] = typer.Option(["sft"], help="Row kinds: sft, dpo, fix (repeatable)."),
+    tier: list[str] = typer.Option([], help="STEP=TIER[+TIER] that SFT rows must satisfy, e.g. "
+                                   "g_test=first_attempt+validated (repeatable; defaults: "
+                                   "impl=workflow, g_test=first_attempt+validated, "
+                                   "g_impl=workflow)."),
+    train_pct: int = typer.Option(50, help="Tasks with md5(id) % 100 < this are train tasks."),
+    allow_heldout: bool = typer.Option(False, "--allow-heldout",
+                                       help="Also mine held-out tasks (leaks the evaluation)."),
+    max_seq_len: int = typer.Option(1024, help="Longest prompt + completion, in tokens."),
+    tokenizer: str = typer.Option("embedded", help="Model whose tokenizer measures length "
+                                  "('none' to skip the length filter)."),
+    leakage_suite: list[str] = typer.Option(["humaneval"], help="Evaluation suites no row may "
+                                            "contain (repeatable; 'none' to skip)."),
+    stats: bool = typer.Option(False, "--stats", help="Print rows per tier, task and kind, and "
+                               "what each filter dropped."),
+) -> None:
+    """Mine trajectories into SFT rows, DPO pairs and failure->fix pairs, in every format."""
+    from tracetune.datasets.build import MineConfig, mine
+    from tracetune.datasets.mine import DEFAULT_TIERS
+
+    tiers = dict(DEFAULT_TIERS)
+    for item in tier:
+        step, sep, value = item.partition("=")
+        if not sep or not value:
+            raise TracetuneError(f"--tier must look like STEP=TIER[+TIER], not {item!r}")
+        tiers[step] = tuple(value.split("+"))
+    config = MineConfig(kinds=tuple(kind), tiers=tiers, train_pct=train_pct,
+                        allow_heldout=allow_heldout, max_seq_len=max_seq_len,
+                        tokenizer=None if tokenizer == "none" else tokenizer,
+                        leakage_suites=tuple(s for s in leakage_suite if s != "none"))
+    report = mine(runs, out_dir, config)
+    counts = ", ".join(f"{k}: {len(v)}" for k, v in report.rows.items())
+    out.print(f"wrote {out_dir}: {counts}")
+    if stats:
+        _print_mine_stats(report)
+
+
+def _print_mine_stats(report) -> None:
+    from collections import Counter
+
+    rows = [r for items in report.rows.values() for r in items]
+    for title, counter in (
+            ("rows per kind", Counter(r["kind"] for r in rows)),
+            ("rows per tier", Counter(t for r in rows for t in r["tiers"])),
+            ("rows per task", Counter(r["task"] for r in rows))):
+        table = Table(title=title)
+        table.add_column(title.split()[-1])
+        table.add_column("rows", justify="right")
+        for key, n in counter.most_common():
+            table.add_row(key, str(n))
+        out.print(table)
+    table = Table(title="dropped by filters")
+    for col in ("filter", "rows", "examples"):
+        table.add_column(col)
+    for name, n in sorted(report.dropped.items()):
+        table.add_row(name, str(n), "; ".join(report.dropped_examples.get(name, [])))
+    if not report.dropped:
+        table.add_row("(none)", "0", "")
+    out.print(table)
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
     args = sys.argv[1:]

@@ -149,3 +149,17 @@ def test_a_user_suite_whose_reference_fails_is_rejected_by_name(tmp_path):
     cfg = EvalConfig(suite=str(suite), model="replay:x.jsonl")
     with pytest.raises(TracetuneError, match=r"t/double0: fail"):
         run_eval(cfg, tmp_path / "run")
+
+
+def test_same_seed_reproduces_outputs_whatever_the_concurrency(tmp_path):
+    outputs = []
+    for i, concurrency in enumerate((1, 3)):
+        cfg = EvalConfig(suite="demo", model="embedded", trials=2, temperature=0.8,
+                         max_tokens=96, max_attempts=1, limit=3, concurrency=concurrency, seed=7)
+        run_eval(cfg, tmp_path / f"run{i}")
+        store = Store(tmp_path / f"run{i}")
+        outputs.append({(e["task_id"], e["trial"]): store.attempts(e["id"])[0]["raw_output"]
+                        for e in store.episodes()})
+        store.close()
+    assert len(outputs[0]) == 6 and outputs[0] == outputs[1]
+    assert len(set(outputs[0].values())) > 1

@@ -1,0 +1,235 @@
+"""`tracetune mine`: runs -> one dataset directory, filtered, in every format, with a manifest.
+
+DATASET_DIR/
+  manifest.json        schema version, sources, settings, row counts, what each filter dropped
+  rows/{sft,dpo,fix}.jsonl               canonical rows (schema in tracetune.datasets.mine)
+  formats/sft.messages.jsonl             {"messages": [...]}: TRL chat, Together SFT (seed 002)
+  formats/sft.prompt_completion.jsonl    {"prompt": [...], "completion": [...]}: TRL, loss on
+                                         the completion only
+  formats/sft.alpaca.jsonl               {"instruction", "input", "output", "metadata"} (seed 000)
+  formats/dpo.trl.jsonl                  {"prompt", "chosen", "rejected"} (TRL DPOTrainer)
+  formats/dpo.together.jsonl             {"input": {"messages"}, "preferred_output",
+                                         "non_preferred_output"} (seed 002)
+  hf/{sft,dpo,fix}/                      the same rows as HF `datasets` (save_to_disk)
+fix rows go to the SFT formats too, marked in metadata: they are SFT rows with a longer prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tracetune.datasets.mine import (DEFAULT_TIERS, KINDS, SCHEMA_VERSION, TIERS, MineReport,
+                                     code_hash, dpo_rows, fix_rows, load_attempts,
+                                     normalize_code, sft_rows)
+from tracetune.errors import TracetuneError
+from tracetune.tasks.splits import in_train
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """What to mine and how to filter it."""
+
+    kinds: tuple[str, ...] = ("sft",)
+    """Row kinds: sft, dpo, fix."""
+    tiers: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    """Per step, the tiers an SFT row's attempt must all satisfy."""
+    train_pct: int = 50
+    """Tasks with md5(id) % 100 < train_pct are train tasks; only they are mined."""
+    allow_heldout: bool = False
+    """Mine held-out tasks too (refused by default: it leaks the evaluation)."""
+    max_seq_len: int = 1024
+    """Longest prompt + completion in tokens of `tokenizer`."""
+    tokenizer: str | None = "embedded"
+    """Model whose tokenizer measures length (embedded, a .gguf, an HF name/dir); None: skip."""
+    leakage_suites: tuple[str, ...] = ("humaneval",)
+    """Evaluation suites no row may contain (exact or normalized matches)."""
+    max_dpo_pairs_per_task: int = 8
+    """Cap on DPO pairs from one task and step."""
+
+    def validate(self) -> None:
+        for k in self.kinds:
+            if k not in KINDS:
+                raise TracetuneError(f"unknown row kind {k!r} ({', '.join(KINDS)})")
+        for step, tiers in self.tiers.items():
+            for t in tiers:
+                if t not in TIERS:
+                    raise TracetuneError(f"unknown tier {t!r} for step {step} "
+                                         f"({', '.join(TIERS)})")
+        if self.max_seq_len < 16:
+            raise TracetuneError("max_seq_len must be at least 16")
+
+
+def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
+    """Mine `runs` into `out`; writes nothing unless every row survives to a complete dataset."""
+    config.validate()
+    if out.exists() and any(out.iterdir()):
+        raise TracetuneError(f"{out} exists and is not empty; choose another --out")
+    attempts = [a for run in runs for a in load_attempts(run)]
+    report = MineReport()
+    rows: list[dict] = []
+    if "sft" in config.kinds:
+        rows += sft_rows(attempts, config.tiers)
+    if "fix" in config.kinds:
+        rows += fix_rows(attempts)
+    if "dpo" in config.kinds:
+        rows += dpo_rows(attempts, config.max_dpo_pairs_per_task)
+    rows = _filter(rows, config, report)
+    report.rows = {k: [r for r in rows if r["kind"] == k] for k in config.kinds}
+    if not rows:
+        raise TracetuneError("no rows left after filtering ("
+                             + ", ".join(f"{k}: {v}" for k, v in report.dropped.items())
+                             + "); nothing written")
+    _write(out, runs, config, report)
+    return report
+
+
+def _filter(rows: list[dict], config: MineConfig, report: MineReport) -> list[dict]:
+    kept = []
+    for r in rows:  # split: held-out tasks never reach training data
+        if config.allow_heldout or in_train(r["task"], config.train_pct):
+            kept.append(r)
+        else:
+            report.drop("held_out_task", r)
+    rows, kept, seen = kept, [], set()
+    for r in rows:  # dedup: the same program (normalized) for the same task, step and kind
+        key = (r["kind"], r["task"], r["step"], code_hash(r["code"]),
+               code_hash(r["rejected"]["content"]) if r["kind"] == "dpo" else "")
+        if key in seen:
+            report.drop("duplicate", r)
+        else:
+            seen.add(key)
+            kept.append(r)
+    if config.leakage_suites:
+        rows, kept = kept, []
+        leaks = _leak_index(config.leakage_suites)
+        for r in rows:
+            if _leaks(r, leaks):
+                report.drop("leakage", r)
+            else:
+                kept.append(r)
+    if config.tokenizer:
+        rows, kept = kept, []
+        count = _token_counter(config.tokenizer)
+        for r in rows:
+            target = r["completion"] if r["kind"] != "dpo" else \
+                max((r["chosen"], r["rejected"]), key=lambda m: len(m["content"]))
+            if count(r["prompt"] + [target]) > config.max_seq_len:
+                report.drop("too_long", r)
+            else:
+                kept.append(r)
+    return kept
+
+
+def _leak_index(suites: tuple[str, ...]) -> dict[str, set[str]]:
+    from tracetune.tasks import load_suite
+
+    index: dict[str, set[str]] = {"code": set(), "text": set()}
+    for name in suites:
+        for t in load_suite(name).tasks:
+            index["code"].add(normalize_code(t.reference))
+            index["text"].add(" ".join(t.spec.split()))
+    return index
+
+
+def _leaks(row: dict, index: dict[str, set[str]]) -> bool:
+    if normalize_code(row["code"]) in index["code"]:
+        return True
+    prompt = " ".join(" ".join(m["content"] for m in row["prompt"]).split())
+    return any(spec in prompt for spec in index["text"] if len(spec) > 40)
+
+
+def _token_counter(spec: str):
+    from transformers import AutoTokenizer
+
+    from tracetune.models.hf import resolve_model_source
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_source(spec))
+    except OSError as exc:
+        raise TracetuneError(f"cannot load the tokenizer of {spec!r}: {exc}") from exc
+
+    def count(messages: list[dict]) -> int:
+        return len(tok.apply_chat_template(messages, tokenize=True))
+
+    return count
+
+
+def _formats(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    sft = rows.get("sft", []) + rows.get("fix", [])
+    out = {
+        "sft.messages.jsonl": [{"messages": r["prompt"] + [r["completion"]],
+                                "metadata": {"kind": r["kind"], **r["provenance"]}} for r in sft],
+        "sft.prompt_completion.jsonl": [{"prompt": r["prompt"], "completion": [r["completion"]]}
+                                        for r in sft],
+        "sft.alpaca.jsonl": [{"instruction": "\n\n".join(m["content"] for m in r["prompt"]
+                                                         if m["role"] == "user"),
+                              "input": "", "output": r["completion"]["content"],
+                              "metadata": {"task": r["task"], "step": r["step"],
+                                           "original_attempt": r["provenance"]["attempt"],
+                                           "tiers": r["tiers"], "kind": r["kind"]}}
+                             for r in sft],
+    }
+    dpo = rows.get("dpo", [])
+    if dpo:
+        out["dpo.trl.jsonl"] = [{"prompt": r["prompt"], "chosen": [r["chosen"]],
+                                 "rejected": [r["rejected"]]} for r in dpo]
+        out["dpo.together.jsonl"] = [{"input": {"messages": r["prompt"]},
+                                      "preferred_output": [r["chosen"]],
+                                      "non_preferred_output": [r["rejected"]]} for r in dpo]
+    return {name: items for name, items in out.items() if items}
+
+
+def _write(out: Path, runs: list[Path], config: MineConfig, report: MineReport) -> None:
+    import datasets
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mine-", dir=out.parent))
+    try:
+        for sub in ("rows", "formats", "hf"):
+            (tmp / sub).mkdir()
+        for kind, items in report.rows.items():
+            _jsonl(tmp / "rows" / f"{kind}.jsonl", items)
+            if items:
+                flat = [{**r, "prompt": json.dumps(r["prompt"]),
+                         "provenance": json.dumps(r["provenance"]),
+                         **{k: json.dumps(r[k]) for k in ("completion", "chosen", "rejected")
+                            if k in r}} for r in items]
+                datasets.Dataset.from_list(flat).save_to_disk(str(tmp / "hf" / kind))
+        for name, items in _formats(report.rows).items():
+            _jsonl(tmp / "formats" / name, items)
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "created_at": time.time(),
+            "sources": [str(Path(r).resolve()) for r in runs],
+            "config": {**asdict(config), "tiers": {k: list(v) for k, v in config.tiers.items()}},
+            "counts": {k: len(v) for k, v in report.rows.items()},
+            "dropped": report.dropped, "dropped_examples": report.dropped_examples,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)  # the dataset appears whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jsonl(path: Path, items: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+def load_manifest(dataset: Path) -> dict:
+    path = Path(dataset) / "manifest.json"
+    if not path.is_file():
+        raise TracetuneError(f"{dataset} is not a tracetune dataset (no manifest.json)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise TracetuneError(f"{dataset} has dataset schema {manifest.get('schema_version')}; "
+                             f"this tracetune reads {SCHEMA_VERSION}")
+    return manifest

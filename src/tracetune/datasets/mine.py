@@ -1,0 +1,212 @@
+"""Mining: trajectory stores -> fine-tuning rows (SFT, DPO pairs, failure->fix pairs).
+
+Row schema (version 1), one JSON object per row, the same for every kind:
+  id          sha1 of the row's content (stable across runs of the miner)
+  kind        sft | dpo | fix
+  step        the workflow step the row teaches (impl, g_test, g_impl)
+  task        task id;  tiers: the quality tiers the source attempt satisfies
+  prompt      chat messages up to the assistant's turn
+  completion  sft/fix: the target assistant message (the clean code in one fenced block)
+  chosen, rejected   dpo: a passing and a failing answer to the same prompt
+  provenance  run_id, task, trial, attempt, model, timestamp, guard_result, step, episode seed
+Quality tiers (seed 000): first_attempt (passed its guards on attempt 1), validated (tdd g_test:
+the tests passed their guard, the downstream g_impl succeeded and the tests were right), workflow
+(the episode succeeded; the attempt is the step's accepted one).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from tracetune.errors import TracetuneError
+from tracetune.traces.store import Store
+
+SCHEMA_VERSION = 1
+TIERS = ("first_attempt", "validated", "workflow")
+KINDS = ("sft", "dpo", "fix")
+DEFAULT_TIERS = {"impl": ("workflow",), "g_test": ("first_attempt", "validated"),
+                 "g_impl": ("workflow",)}
+
+
+@dataclass
+class Attempt:
+    """One attempt with the context mining needs."""
+
+    run_id: str
+    model: str
+    workflow: str
+    task: str
+    trial: int
+    episode_seed: int
+    episode_success: bool
+    wrong_tests: bool | None
+    step: str
+    attempt: int
+    passed: bool
+    prompt: list[dict]
+    """The step's first prompt (without retry turns)."""
+    messages: list[dict]
+    """The messages this attempt actually saw (retries include the failed answer + feedback)."""
+    raw: str
+    code: str
+    feedback: str
+    created_at: float
+    tiers: tuple[str, ...] = ()
+
+
+@dataclass
+class MineReport:
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """filter name -> rows it removed."""
+    dropped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def drop(self, reason: str, row: dict) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        examples = self.dropped_examples.setdefault(reason, [])
+        if len(examples) < 5:
+            examples.append(f"{row['kind']} {row['task']} ({row['provenance']['run_id'][:8]}"
+                            f" trial {row['provenance']['trial']})")
+
+
+def fenced(code: str) -> str:
+    """The training target: the code in one python fence (the model then stops after it)."""
+    return f"```python\n{code.strip()}\n```"
+
+
+def normalize_code(code: str) -> str:
+    """Comments, blank lines, quoting and spacing removed: equal for the same program."""
+    try:
+        return ast.unparse(ast.parse(code))
+    except (SyntaxError, ValueError, RecursionError):
+        return re.sub(r"\s+", " ", re.sub(r"#[^\n]*", "", code)).strip()
+
+
+def code_hash(code: str) -> str:
+    return hashlib.sha1(normalize_code(code).encode("utf-8")).hexdigest()
+
+
+def load_attempts(run_dir: Path) -> list[Attempt]:
+    store = Store(run_dir)
+    try:
+        run = store.run()
+        episodes = store.episodes()
+        if not episodes:
+            raise TracetuneError(f"run {run_dir} has no finished episodes to mine")
+        out: list[Attempt] = []
+        for ep in episodes:
+            first_prompt: dict[str, list[dict]] = {}
+            for a in store.attempts(ep["id"]):
+                prompt = first_prompt.setdefault(a["step"], a["messages"][:1])
+                out.append(Attempt(
+                    run_id=run.id, model=run.model_spec, workflow=ep["workflow"],
+                    task=ep["task_id"], trial=ep["trial"], episode_seed=ep["seed"],
+                    episode_success=bool(ep["success"]),
+                    wrong_tests=None if ep["wrong_tests"] is None else bool(ep["wrong_tests"]),
+                    step=a["step"], attempt=a["attempt"], passed=a["passed"], prompt=prompt,
+                    messages=a["messages"], raw=a["raw_output"], code=a["code"],
+                    feedback=a["feedback"], created_at=a["created_at"]))
+        return [_with_tiers(a) for a in out]
+    finally:
+        store.close()
+
+
+def _with_tiers(a: Attempt) -> Attempt:
+    tiers = []
+    if a.passed and a.attempt == 1:
+        tiers.append("first_attempt")
+    if a.passed and a.episode_success:
+        tiers.append("workflow")
+        if a.step == "g_test" and a.wrong_tests is False:
+            tiers.append("validated")
+    a.tiers = tuple(tiers)
+    return a
+
+
+def _provenance(a: Attempt) -> dict:
+    return {"source": "tracetune_run", "run_id": a.run_id, "task": a.task, "trial": a.trial,
+            "attempt": a.attempt, "step": a.step, "model": a.model,
+            "episode_seed": a.episode_seed, "guard_result": "PASS" if a.passed else "FAIL",
+            "timestamp": dt.datetime.fromtimestamp(a.created_at, dt.timezone.utc)
+            .strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _row_id(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sft_rows(attempts: Iterable[Attempt], tiers: dict[str, tuple[str, ...]]) -> list[dict]:
+    rows = []
+    for a in attempts:
+        want = tiers.get(a.step, ())
+        if not a.passed or not want or not all(t in a.tiers for t in want):
+            continue
+        completion = {"role": "assistant", "content": fenced(a.code)}
+        rows.append({"id": _row_id("sft", a.prompt, completion), "kind": "sft", "step": a.step,
+                     "task": a.task, "tiers": list(a.tiers), "prompt": a.prompt,
+                     "completion": completion, "code": a.code, "provenance": _provenance(a)})
+    return rows
+
+
+def fix_rows(attempts: list[Attempt]) -> list[dict]:
+    """A failed attempt + its guard feedback -> the attempt that then passed (seed 001 stage C)."""
+    by_key: dict[tuple, list[Attempt]] = {}
+    for a in attempts:
+        by_key.setdefault((a.run_id, a.task, a.trial, a.step), []).append(a)
+    rows = []
+    for group in by_key.values():
+        group.sort(key=lambda a: a.attempt)
+        for failed, nxt in zip(group, group[1:]):
+            if failed.passed or not nxt.passed or nxt.attempt != failed.attempt + 1:
+                continue
+            # The next attempt saw exactly [first prompt, failed answer, feedback].
+            completion = {"role": "assistant", "content": fenced(nxt.code)}
+            rows.append({"id": _row_id("fix", nxt.messages, completion), "kind": "fix",
+                         "step": nxt.step, "task": nxt.task, "tiers": list(nxt.tiers),
+                         "prompt": nxt.messages, "completion": completion, "code": nxt.code,
+                         "provenance": _provenance(nxt)})
+    return rows
+
+
+def dpo_rows(attempts: list[Attempt], max_pairs_per_task: int = 8) -> list[dict]:
+    """Same prompt (a step's first prompt), a passing answer preferred over a failing one."""
+    groups: dict[tuple, tuple[list[Attempt], list[Attempt]]] = {}
+    for a in attempts:
+        if a.attempt != 1:  # first attempts share the exact prompt across trials
+            continue
+        key = (a.task, a.step, json.dumps(a.prompt, sort_keys=True))
+        good, bad = groups.setdefault(key, ([], []))
+        (good if a.passed else bad).append(a)
+    rows = []
+    for (task, step, _), (good, bad) in groups.items():
+        good, bad = _unique_by_code(good), _unique_by_code(bad)
+        if not good or not bad:
+            continue
+        # Pair i takes the i-th passing and i-th failing answer (cycling the shorter list), so
+        # every distinct answer is used before any pair repeats one.
+        for i in range(min(max_pairs_per_task, max(len(good), len(bad)))):
+            g, b = good[i % len(good)], bad[i % len(bad)]
+            chosen = {"role": "assistant", "content": fenced(g.code)}
+            rejected = {"role": "assistant", "content": b.raw}
+            rows.append({"id": _row_id("dpo", g.prompt, chosen, rejected), "kind": "dpo",
+                         "step": step, "task": task, "tiers": list(g.tiers), "prompt": g.prompt,
+                         "chosen": chosen, "rejected": rejected, "code": g.code,
+                         "provenance": {**_provenance(g), "rejected": _provenance(b)}})
+    return rows
+
+
+def _unique_by_code(attempts: list[Attempt]) -> list[Attempt]:
+    seen, out = set(), []
+    for a in sorted(attempts, key=lambda a: (a.trial, a.run_id)):
+        h = code_hash(a.code if a.passed else a.raw)
+        if h not in seen:
+            seen.add(h)
+            out.append(a)
+    return out
