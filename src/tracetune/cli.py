@@ -434,6 +434,34 @@ def _print_mine_stats(report) -> None:
     out.print(table)
 
 
+@app.command("train")
+def train_cmd(
+    dataset: Path = typer.Argument(..., help="Dataset directory written by `tracetune mine`."),
+    base: str = typer.Option("embedded", help="Base model: embedded, gguf:PATH, hf:NAME_OR_PATH."),
+    out_dir: Path = typer.Option(..., "--out", help="Adapter directory to create."),
+    config: Optional[Path] = typer.Option(None, help="TOML file with training settings "
+                                          "(keys of tracetune.train.config.TrainConfig)."),
+    method: Optional[str] = typer.Option(None, help="sft or dpo (overrides the config)."),
+    epochs: Optional[float] = typer.Option(None, help="Overrides the config's epochs."),
+    learning_rate: Optional[float] = typer.Option(None, help="Overrides the learning rate."),
+    init_adapter: Optional[str] = typer.Option(None, help="Start from this adapter (a later "
+                                               "stage of multi-stage training)."),
+    seed: Optional[int] = typer.Option(None, help="Overrides the config's seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+) -> None:
+    """Train a LoRA adapter (TRL + PEFT) on a mined dataset; loss on completions only."""
+    from tracetune.train.config import load_config
+    from tracetune.train.recipe import META, train
+
+    cfg = load_config(config, method=method, epochs=epochs, learning_rate=learning_rate,
+                      init_adapter=init_adapter, seed=seed)
+    path = train(dataset, base, out_dir, cfg, resume=resume)
+    meta = json.loads((path / META).read_text())
+    out.print(f"adapter: {path} ({meta['rows']} rows, {meta['steps']} steps, "
+              f"{meta['train_seconds']:.0f}s; loss {meta['first_loss']:.3f} -> "
+              f"{meta['last_loss']:.3f})")
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
     args = sys.argv[1:]

@@ -1,0 +1,119 @@
+"""Training configuration: one dataclass, every field documented; loaded from TOML with errors
+that name the key.
+
+Defaults follow seeds 000/001 and the embedded-model calibration: LoRA r=16, alpha=32, dropout
+0.05 on every linear layer (attention and MLP), lr 2e-4 with linear decay after 3 warm-up steps,
+batch 4, 3 epochs, loss on the completion only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracetune.errors import TracetuneError
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "sft"
+    """sft or dpo."""
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """LoRA dropout."""
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    """Modules that get LoRA adapters (attention and MLP projections by default)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (stage C of seed 001 uses a small one, e.g. 5e-5)."""
+    epochs: float = 3.0
+    """Passes over the dataset."""
+    batch_size: int = 4
+    """Rows per device step."""
+    grad_accumulation: int = 1
+    """Steps accumulated per optimizer update."""
+    warmup_steps: int = 3
+    """Linear warm-up steps before linear decay."""
+    max_seq_len: int = 1024
+    """Longest row in tokens (longer rows are truncated by the trainer)."""
+    seed: int = 42
+    """Seed for LoRA init, data order and dropout: the same seed gives the same adapter."""
+    dpo_beta: float = 0.1
+    """DPO: strength of the KL penalty towards the reference model."""
+    init_adapter: str | None = None
+    """Start from this adapter (multi-stage training, seed 001); None: a fresh LoRA."""
+    qlora: bool = False
+    """Load the base in 4-bit NF4 (bitsandbytes; needs CUDA)."""
+    save_steps: int = 50
+    """Checkpoint every this many optimizer steps (a killed run resumes from the last one)."""
+    logging_steps: int = 1
+    """Log the loss every this many steps."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+
+    def validate(self) -> None:
+        if self.method not in ("sft", "dpo"):
+            raise TracetuneError(f"method must be sft or dpo, not {self.method!r}")
+        for name in ("r", "alpha", "batch_size", "grad_accumulation", "max_seq_len",
+                     "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise TracetuneError(f"{name} must be at least 1")
+        if not 0 <= self.dropout < 1 or self.learning_rate <= 0 or self.epochs <= 0:
+            raise TracetuneError("need 0 <= dropout < 1, learning_rate > 0 and epochs > 0")
+        if not self.target_modules:
+            raise TracetuneError("target_modules must name at least one module")
+
+
+def load_config(path: Path | None, **overrides) -> TrainConfig:
+    """Defaults, then the TOML file's [train] table (or top level), then overrides."""
+    values: dict = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise TracetuneError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise TracetuneError(f"{path}: not valid TOML ({exc})") from None
+        values.update(data.get("train", data))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TracetuneError(f"unknown training config key(s): {', '.join(unknown)} "
+                             f"(valid: {', '.join(fields)})")
+    clean = {}
+    for key, value in values.items():
+        clean[key] = _check_type(key, value, hints[key], path)
+    config = TrainConfig(**clean)
+    config.validate()
+    return config
+
+
+def _check_type(key: str, value, hint, path):
+    where = f"{path}: " if path else ""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TracetuneError(f"{where}{key} must be a list of strings")
+        return tuple(value)
+    if hint in (float,) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    allowed = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool) and bool not in allowed:
+        raise TracetuneError(f"{where}{key} must be {_name(hint)}, not a boolean")
+    if not isinstance(value, tuple(a for a in allowed if isinstance(a, type))):
+        raise TracetuneError(f"{where}{key} must be {_name(hint)}, not {type(value).__name__}")
+    return value
+
+
+def _name(hint) -> str:
+    args = [a.__name__ for a in typing.get_args(hint) if a is not type(None)]
+    return " or ".join(args) if args else getattr(hint, "__name__", str(hint))
