@@ -354,21 +354,6 @@ def show(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     _print_run(run_dir)
 
 
-@app.command()
-def export(
-    run_dir: Path = typer.Argument(..., help="Run directory."),
-    jsonl: bool = typer.Option(True, "--jsonl", help="JSON Lines: one episode (with its "
-                               "attempts) per line."),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Write here instead of stdout."),
-) -> None:
-    """Export a run's episodes and attempts."""
-    from tracetune.traces.export import export_jsonl
-
-    n = export_jsonl(run_dir, out_file)
-    if out_file is not None:
-        err.print(f"wrote {n} episodes to {out_file}")
-
-
 @app.command("mine")
 def mine_cmd(
     runs: list[Path] = typer.Argument(..., help="Run directories to mine."),
@@ -460,6 +445,42 @@ def train_cmd(
     out.print(f"adapter: {path} ({meta['rows']} rows, {meta['steps']} steps, "
               f"{meta['train_seconds']:.0f}s; loss {meta['first_loss']:.3f} -> "
               f"{meta['last_loss']:.3f})")
+
+
+@app.command("export")
+def export_cmd(
+    path: Path = typer.Argument(..., help="A run directory (--jsonl) or an adapter directory "
+                                "(--to)."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Run: one episode (with its attempts) per "
+                               "JSON line."),
+    to: Optional[str] = typer.Option(None, "--to", help="Adapter: gguf-lora, merged-hf, "
+                                     "merged-gguf or ollama."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Where to write (a run's JSONL "
+                                            "goes to stdout without it)."),
+    base: Optional[str] = typer.Option(None, help="Adapter: base model (default: the one it "
+                                       "was trained on)."),
+) -> None:
+    """Export a run's trajectories (--jsonl), or an adapter (--to; ends with a parity check
+    and writes nothing if it fails)."""
+    if (path / "trajectories.sqlite").is_file():
+        if to is not None:
+            raise TracetuneError(f"{path} is a run; --to applies to adapters (use --jsonl)")
+        from tracetune.traces.export import export_jsonl
+
+        n = export_jsonl(path, out_path)
+        if out_path is not None:
+            err.print(f"wrote {n} episodes to {out_path}")
+        return
+    if (path / "adapter_config.json").is_file():
+        if to is None or out_path is None:
+            raise TracetuneError("exporting an adapter needs --to TARGET and --out PATH")
+        from tracetune.export.run import export
+
+        summary = export(path, to, out_path, base=base)
+        out.print(f"wrote {out_path} ({to}); parity: {summary}")
+        return
+    raise TracetuneError(f"{path} is neither a run directory (trajectories.sqlite) nor an "
+                         "adapter directory (adapter_config.json)")
 
 
 def main() -> None:

@@ -155,7 +155,8 @@ def _token_counter(spec: str):
         raise TracetuneError(f"cannot load the tokenizer of {spec!r}: {exc}") from exc
 
     def count(messages: list[dict]) -> int:
-        return len(tok.apply_chat_template(messages, tokenize=True))
+        text = tok.apply_chat_template(messages, tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
 
     return count
 

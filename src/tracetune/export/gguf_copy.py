@@ -1,0 +1,50 @@
+"""Rewrite a GGUF model with full-precision tensors, optionally adding a LoRA delta to them.
+
+Used two ways: a float32 copy of a quantized base, against which a GGUF LoRA adapter's parity with
+transformers + PEFT is exact up to float rounding (both sides then multiply the same numbers); and
+`merged-gguf` export, where each adapted matrix gets W + scale * B @ A (rows of q/k in llama.cpp's
+order). Metadata (architecture, tokenizer, chat template) is copied unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+Delta = Callable[[str, tuple[int, ...]], "np.ndarray | None"]
+"""GGUF tensor name, numpy shape -> array to add (same shape), or None."""
+
+
+def rewrite_gguf(src: Path, dst: Path, *, dtype=np.float32, delta: Delta | None = None) -> int:
+    """Copy `src` to `dst` with every tensor dequantized to `dtype` (+ delta); returns how many
+    tensors received a delta."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue  # the writer sets these itself
+        if field.name == "general.file_type":
+            continue  # no longer describes the tensors
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    changed = 0
+    for t in reader.tensors:
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)  # numpy (rows, cols)
+        if delta is not None:
+            d = delta(t.name, w.shape)
+            if d is not None:
+                w = w + d
+                changed += 1
+        # 1-D tensors (norms) stay float32: llama.cpp expects them so.
+        writer.add_tensor(t.name, np.ascontiguousarray(w.astype(dtype if w.ndim > 1 else np.float32)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return changed
