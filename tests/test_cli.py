@@ -137,3 +137,36 @@ def test_eval_with_the_embedded_model_on_two_tasks(tmp_path):
     again = run("show", str(tmp_path / "run"))
     assert again.returncode == 0 and again.stdout.split("demo/is_even")[1].split("\n")[0] in \
         r.stdout
+
+
+def test_mine_cli_from_a_replay_run(tmp_path):
+    script = tmp_path / "r.jsonl"
+    good = "```python\ndef is_even(n):\n    return n % 2 == 0\n```"
+    script.write_text(json.dumps({"text": good, "match": "is_even"}) + "\n")
+    r = run("eval", "--suite", "demo", "--task", "demo/is_even", "--model", f"replay:{script}",
+            "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    r = run("mine", str(tmp_path / "run"), "--out", str(tmp_path / "ds"), "--allow-heldout",
+            "--tokenizer", "none", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert "sft: 1" in r.stdout and "dropped by filters" in r.stdout
+    r = run("mine", str(tmp_path / "run"), "--out", str(tmp_path / "ds2"), "--train-pct", "0",
+            "--tokenizer", "none")
+    assert r.returncode == 1 and "no rows left" in r.stderr and not (tmp_path / "ds2").exists()
+    r = run("mine", str(tmp_path / "run"), "--out", str(tmp_path / "ds3"), "--tier", "impl")
+    assert r.returncode == 1 and "STEP=TIER" in r.stderr
+
+
+def test_export_dispatch_errors(tmp_path):
+    r = run("export", str(tmp_path))
+    assert r.returncode == 1 and "neither a run directory" in r.stderr
+    (tmp_path / "adapter_config.json").write_text("{}")
+    r = run("export", str(tmp_path))
+    assert r.returncode == 1 and "needs --to" in r.stderr
+
+
+def test_train_cli_rejects_bad_config(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nrank = 8\n")
+    r = run("train", str(tmp_path), "--out", str(tmp_path / "a"), "--config", str(cfg))
+    assert r.returncode == 1 and "unknown training config key(s): rank" in r.stderr

@@ -65,3 +65,21 @@ def test_refuses_bad_inputs(tmp_path):
         train(data, "embedded", tmp_path / "busy", cfg)
     with pytest.raises(TracetuneError, match="no dpo rows"):
         train(data, "embedded", tmp_path / "b", load_config(None, method="dpo"))
+
+
+def test_same_seed_same_adapter_and_dpo_runs(tmp_path):
+    from safetensors.numpy import load_file
+
+    data = make_dataset(tmp_path / "ds", n=4)
+    pairs = [{"prompt": [{"role": "user", "content": f"Say the secret word number {i}."}],
+              "chosen": [{"role": "assistant", "content": f"zebra-{i}"}],
+              "rejected": [{"role": "assistant", "content": "I don't know."}]} for i in range(4)]
+    (data / "formats" / "dpo.trl.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    cfg = load_config(None, r=4, alpha=8, epochs=1.0, target_modules=["q_proj"], seed=5)
+    a = load_file(str(train(data, "embedded", tmp_path / "a", cfg) / "adapter_model.safetensors"))
+    b = load_file(str(train(data, "embedded", tmp_path / "b", cfg) / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    dpo = train(data, "embedded", tmp_path / "dpo", load_config(
+        None, method="dpo", r=4, alpha=8, epochs=1.0, target_modules=["q_proj"]))
+    meta = json.loads((dpo / "tracetune_adapter.json").read_text())
+    assert meta["config"]["method"] == "dpo" and meta["steps"] == 1

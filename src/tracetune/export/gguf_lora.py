@@ -52,6 +52,13 @@ class ParityReport:
                 f"greedy continuations equal on {self.greedy_equal}/{self.n_prompts} prompts")
 
 
+def prompt_ids(tok, prompt: str) -> list[int]:
+    """Token ids of a one-turn chat prompt, ready for the assistant's answer."""
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                   add_generation_prompt=True, tokenize=False)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row order: within each head, interleaved halves -> split halves."""
     rows = w.shape[0]
@@ -136,9 +143,7 @@ def check_parity(base_gguf: Path, lora_gguf: Path, base_source: str, adapter_dir
     cosines, greedy_equal = [], 0
     try:
         for prompt in PARITY_PROMPTS:
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                           add_generation_prompt=True, tokenize=False)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            ids = prompt_ids(tok, prompt)
             with torch.inference_mode():
                 gen = peft.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=tok.eos_token_id)

@@ -19,7 +19,8 @@ import numpy as np
 
 from tracetune.errors import TracetuneError
 from tracetune.export.gguf_copy import rewrite_gguf
-from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, permute_rows)
+from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, permute_rows,
+                                         prompt_ids)
 
 TARGETS = ("gguf-lora", "merged-hf", "merged-gguf", "ollama")
 
@@ -67,12 +68,6 @@ def export(adapter: Path, target: str, out: Path, *, base: str | None = None) ->
     return _ollama(adapter, source, _base_gguf(base), out)
 
 
-def _prompt_ids(tok, prompt: str) -> list[int]:
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                   add_generation_prompt=True, tokenize=False)
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
 def _merged_hf(adapter: Path, source: str, out: Path) -> str:
     import torch
     from peft import PeftModel
@@ -85,13 +80,13 @@ def _merged_hf(adapter: Path, source: str, out: Path) -> str:
                                 else None))
     try:
         with torch.inference_mode():
-            ref = [peft(torch.tensor([_prompt_ids(tok, p)])).logits[0, -1] for p in PARITY_PROMPTS]
+            ref = [peft(torch.tensor([prompt_ids(tok, p)])).logits[0, -1] for p in PARITY_PROMPTS]
         merged = peft.merge_and_unload()
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
         with torch.inference_mode():
-            got = [reloaded(torch.tensor([_prompt_ids(tok, p)])).logits[0, -1]
+            got = [reloaded(torch.tensor([prompt_ids(tok, p)])).logits[0, -1]
                    for p in PARITY_PROMPTS]
         diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
         same_top1 = sum(int(a.argmax() == b.argmax()) for a, b in zip(ref, got))
@@ -162,7 +157,7 @@ def _gguf_parity(merged: Path, adapter: Path, source: str, min_cosine: float = 0
     cosines, top1 = [], 0
     try:
         for p in PARITY_PROMPTS:
-            ids = _prompt_ids(tok, p)
+            ids = prompt_ids(tok, p)
             with torch.inference_mode():
                 ref = peft(torch.tensor([ids])).logits[0, -1].numpy()
             llm.reset()
