@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/sandbox_bench.py
 	$(BIN)/python benchmarks/generate_bench.py
+	$(BIN)/python benchmarks/episode_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
