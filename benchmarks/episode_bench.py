@@ -132,7 +132,7 @@ def main() -> None:
         print(f"{name:24}{secs:9.1f}{rate[name]:14.2f}{f'{k}/{n}':>12}   "
               f"[{100 * lo:.1f}%, {100 * hi:.1f}%]")
     print(f"speed-up: {rate['tracetune eval'] / rate['naive serial harness']:.1f}x")
-    (na, ka, nn), (_, kb, nb) = rows["naive serial harness"], rows["tracetune eval"]
+    (_, ka, nn), (_, kb, nb) = rows["naive serial harness"], rows["tracetune eval"]
     lo_a, hi_a = wilson_interval(ka, nn)
     lo_b, hi_b = wilson_interval(kb, nb)
     overlap = lo_a <= hi_b and lo_b <= hi_a

@@ -1,6 +1,5 @@
 """The openai backend against a real OpenAI-compatible server: llama.cpp's, on loopback."""
 
-import os
 import socket
 import subprocess
 import sys

@@ -4,9 +4,7 @@ import os
 import shutil
 import socket
 import tempfile
-import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 

@@ -163,6 +163,7 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
                               min_tests=config.min_tests)
     params = config.params()
     model = load_model(config.model)
+    sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
     stop = threading.Event()
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -190,7 +191,6 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
             if on_progress:
                 on_progress(finished, total)
 
-    sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
     try:
         with sandbox, ThreadPoolExecutor(max_workers=config.concurrency) as pool:
             futures = [pool.submit(one, task, trial) for task, trial in todo]

@@ -52,6 +52,17 @@ class ParityReport:
                 f"greedy continuations equal on {self.greedy_equal}/{self.n_prompts} prompts")
 
 
+def load_peft(base_source: str, adapter_dir: Path):
+    """(tokenizer, PEFT model in eval mode, float32) for parity checks."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_source)
+    base = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32).eval()
+    return tok, PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
 def prompt_ids(tok, prompt: str) -> list[int]:
     """Token ids of a one-turn chat prompt, ready for the assistant's answer."""
     text = tok.apply_chat_template([{"role": "user", "content": prompt}],
@@ -131,12 +142,9 @@ def check_parity(base_gguf: Path, lora_gguf: Path, base_source: str, adapter_dir
                  min_cosine: float = MIN_COSINE, max_new_tokens: int = 24) -> ParityReport:
     import torch
     from llama_cpp import Llama
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base_source)
-    hf = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32).eval()
-    peft = PeftModel.from_pretrained(hf, str(adapter_dir)).eval()
+    tok, peft = load_peft(base_source, adapter_dir)
+    hf = peft.get_base_model()
     kw = dict(n_ctx=512, logits_all=True, verbose=False, seed=0, n_threads=os.cpu_count())
     cpp_base = Llama(model_path=str(base_gguf), **kw)
     cpp_lora = Llama(model_path=str(base_gguf), lora_path=str(lora_gguf), **kw)

@@ -19,8 +19,8 @@ import numpy as np
 
 from tracetune.errors import TracetuneError
 from tracetune.export.gguf_copy import rewrite_gguf
-from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, permute_rows,
-                                         prompt_ids)
+from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, load_peft,
+                                         permute_rows, prompt_ids)
 
 TARGETS = ("gguf-lora", "merged-hf", "merged-gguf", "ollama")
 
@@ -70,14 +70,11 @@ def export(adapter: Path, target: str, out: Path, *, base: str | None = None) ->
 
 def _merged_hf(adapter: Path, source: str, out: Path) -> str:
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(source)
-    peft = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32), str(adapter)).eval()
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out.parent if out.parent.exists()
-                                else None))
+    tok, peft = load_peft(source, adapter)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out.parent))
     try:
         with torch.inference_mode():
             ref = [peft(torch.tensor([prompt_ids(tok, p)])).logits[0, -1] for p in PARITY_PROMPTS]
@@ -94,7 +91,6 @@ def _merged_hf(adapter: Path, source: str, out: Path) -> str:
                    f"{same_top1}/{len(ref)} prompts")
         if diff > 1e-3 or same_top1 != len(ref):
             raise TracetuneError(f"parity check FAILED for merged-hf: {summary}; nothing written")
-        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
         return summary
     finally:
@@ -146,12 +142,8 @@ def _gguf_parity(merged: Path, adapter: Path, source: str, min_cosine: float = 0
     """Next-token logits of llama.cpp on the merged GGUF vs transformers + PEFT."""
     import torch
     from llama_cpp import Llama
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source)
-    peft = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32), str(adapter)).eval()
+    tok, peft = load_peft(source, adapter)
     llm = Llama(model_path=str(merged), n_ctx=512, logits_all=True, verbose=False,
                 n_threads=os.cpu_count())
     cosines, top1 = [], 0
@@ -189,12 +181,11 @@ PARAMETER temperature 0.2
 
 def _ollama(adapter: Path, source: str, base_gguf: Path, out: Path) -> str:
     """A merged GGUF plus a Modelfile. The template is ChatML, as SmolLM2 and Qwen2.5 use."""
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out.parent if out.parent.exists()
-                                else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out.parent))
     try:
         summary = _merged_gguf(adapter, source, base_gguf, tmp / "model.gguf")
         (tmp / "Modelfile").write_text(MODELFILE)
-        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, out)
         return summary
     finally:
