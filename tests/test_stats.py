@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from tracetune import stats
 from tracetune.stats import pass_at_k, wilson_interval
 
 
@@ -89,3 +90,21 @@ def test_paired_bootstrap_ci():
 
 def test_stars():
     assert [stars(p) for p in (0.0005, 0.005, 0.04, 0.2)] == ["***", "**", "*", ""]
+
+
+@pytest.mark.parametrize("k1, n1, k2, n2, lo, hi", [
+    # Newcombe (1998), Table II, method 10, examples (a)-(h).
+    (56, 70, 48, 80, 0.0524, 0.3339), (9, 10, 3, 10, 0.1705, 0.8090),
+    (6, 7, 2, 7, 0.0582, 0.8062), (5, 56, 0, 29, -0.0381, 0.1926),
+    (0, 10, 0, 20, -0.1611, 0.2775), (0, 10, 0, 10, -0.2775, 0.2775),
+    (10, 10, 0, 20, 0.6791, 1.0), (10, 10, 0, 10, 0.6075, 1.0),
+])
+def test_newcombe_matches_published_examples(k1, n1, k2, n2, lo, hi):
+    got = stats.newcombe_interval(k1, n1, k2, n2)
+    assert got == (pytest.approx(lo, abs=1e-4), pytest.approx(hi, abs=1e-4))
+
+
+def test_newcombe_edges():
+    assert stats.newcombe_interval(3, 5, 0, 0) == (-1.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.newcombe_interval(6, 5, 1, 5)

@@ -309,6 +309,8 @@ def eval_cmd(
     split: str = typer.Option("all", help="all, train or test (task-level, by hash)."),
     train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
     task: list[str] = typer.Option([], help="Only these task ids (repeatable)."),
+    max_difficulty: int = typer.Option(0, help="Only tasks of at most this difficulty tier "
+                                       "(0 = all)."),
     limit: int = typer.Option(0, help="At most this many tasks (0 = all)."),
     concurrency: int = typer.Option(4, help="Episodes in flight at once."),
     check_timeout: float = typer.Option(10.0, help="Sandbox limit per check, seconds."),
@@ -324,8 +326,8 @@ def eval_cmd(
     config = EvalConfig(suite=suite, workflow=workflow, model=model, trials=trials, seed=seed,
                         temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         max_attempts=max_attempts, min_tests=min_tests, split=split,
-                        train_pct=train_pct, tasks=tuple(task), limit=limit,
-                        concurrency=concurrency, check_timeout_s=check_timeout)
+                        train_pct=train_pct, tasks=tuple(task), max_difficulty=max_difficulty,
+                        limit=limit, concurrency=concurrency, check_timeout_s=check_timeout)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
         bar = progress.add_task("episodes", total=None)
@@ -481,6 +483,40 @@ def export_cmd(
         return
     raise TracetuneError(f"{path} is neither a run directory (trajectories.sqlite) nor an "
                          "adapter directory (adapter_config.json)")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run directories (at least two)."),
+    baseline: Optional[str] = typer.Option(None, help="The baseline run, by label or path "
+                                           "(default: the first run)."),
+    label: list[str] = typer.Option([], help="Labels for the runs, in order (default: their "
+                                    "directory names)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every "
+                                            "ComparisonResult and metric delta as JSON."),
+) -> None:
+    """Compare runs with a baseline run: per-task and overall success with CIs, deltas, Fisher
+    and McNemar p-values, Cohen's h; attempts, duration and tokens with paired tests."""
+    import dataclasses
+    import json
+
+    from tracetune.eval.compare import compare_dirs
+    from tracetune.report.tables import comparison_tables
+
+    if len(runs) < 2:
+        raise TracetuneError("compare needs at least two run directories")
+    if label and len(label) != len(runs):
+        raise TracetuneError(f"--label given {len(label)} time(s) for {len(runs)} runs")
+    comp = compare_dirs(runs, baseline=baseline, labels=label or None)
+    for table in comparison_tables(comp):
+        out.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps({
+            "baseline": comp.baseline,
+            "results": [dataclasses.asdict(r) for r in comp.baseline_rows + comp.results],
+            "metrics": [dataclasses.asdict(m) for m in comp.metrics],
+            "excluded": comp.excluded}, indent=2))
+        err.print(f"wrote {json_out}")
 
 
 def main() -> None:

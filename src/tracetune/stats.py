@@ -26,6 +26,26 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def newcombe_interval(k1: int, n1: int, k2: int, n2: int,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """Interval for the difference of two independent proportions d = k1/n1 - k2/n2 (Newcombe
+    1998, method 10, built from the two Wilson intervals [l1, u1] and [l2, u2]):
+        lower = d - sqrt((p1 - l1)^2 + (u2 - p2)^2)
+        upper = d + sqrt((u1 - p1)^2 + (p2 - l2)^2)
+    Stays within [-1, 1] and behaves at 0/n and n/n. An empty side gives (-1, 1).
+    """
+    _check(k1, n1)
+    _check(k2, n2)
+    if n1 == 0 or n2 == 0:
+        return -1.0, 1.0
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
+    d = p1 - p2
+    return (max(-1.0, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)),
+            min(1.0, d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)))
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c passed (Chen et al., 2021):
         pass@k = 1 - C(n - c, k) / C(n, k)

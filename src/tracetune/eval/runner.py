@@ -63,6 +63,8 @@ class EvalConfig:
     """Share of tasks (by hash) in the train split."""
     tasks: tuple[str, ...] = ()
     """Only these task ids (empty: all of the split)."""
+    max_difficulty: int = 0
+    """Only tasks of at most this difficulty tier (0: every tier)."""
     limit: int = 0
     """At most this many tasks (0: no limit), after the split and the task filter."""
     concurrency: int = 4
@@ -93,6 +95,8 @@ def select_tasks(config: EvalConfig) -> list[Task]:
             raise TracetuneError(f"task(s) not in suite {config.suite} (split {config.split}): "
                                  f"{', '.join(unknown)}")
         tasks = [t for t in tasks if t.id in set(config.tasks)]
+    if config.max_difficulty:
+        tasks = [t for t in tasks if t.difficulty <= config.max_difficulty]
     if config.limit:
         tasks = tasks[:config.limit]
     if not tasks:

@@ -23,3 +23,49 @@ def run_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
             cells.append(str(s.wrong_tests))
         table.add_row(*cells, end_section=(i == len(rows) - 1), style="bold" if s is overall else None)
     return table
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def comparison_tables(comp) -> list[Table]:
+    """One table per compared model (per task and overall), then one for attempts, duration and
+    tokens on per-task means."""
+    from tracetune.stats import stars
+
+    tables = []
+    for model in comp.models:
+        t = Table(title=f"{model} vs {comp.baseline}")
+        for col in ("task", "n", comp.baseline, model, "Δ pp [95% CI]", "Fisher p", "Cohen's h",
+                    "Δ attempts", "Δ duration s", "Δ tokens"):
+            t.add_column(col, justify="left" if col == "task" else "right")
+        rows = comp.per_task(model) + [comp.overall(model)]
+        for i, r in enumerate(rows):
+            t.add_row(r.task, str(r.n), f"{100 * r.baseline_rate:.1f}%",
+                      f"{r.successes}/{r.n} {100 * r.success_rate:.1f}%",
+                      f"{_pp(r.delta_success)} [{_pp(r.delta_ci_low)}, {_pp(r.delta_ci_high)}]",
+                      f"{r.p_value:.3g}{stars(r.p_value)}", f"{r.cohens_h:+.2f}",
+                      f"{r.delta_attempts:+.2f}", f"{r.delta_duration:+.2f}",
+                      f"{r.delta_tokens:+.0f}", end_section=(i == len(rows) - 2),
+                      style="bold" if r.task == "overall" else None)
+        overall = comp.overall(model)
+        if overall.mcnemar_p is not None:
+            t.caption = (f"overall: McNemar p = {overall.mcnemar_p:.3g}"
+                         f"{stars(overall.mcnemar_p)} on {overall.paired} paired (task, trial) "
+                         "outcomes; overall CI: bootstrap over tasks")
+        if comp.excluded.get(model):
+            t.caption = (t.caption or "") + (f"; {len(comp.excluded[model])} task(s) only in "
+                                             "one run left out")
+        tables.append(t)
+    m = Table(title="per-task means (Wilcoxon signed-rank, paired t, bootstrap 95% CI)")
+    for col in ("model", "metric", comp.baseline, "model value", "Δ [95% CI]", "Wilcoxon p",
+                "t-test p", "tasks"):
+        m.add_column(col, justify="left" if col in ("model", "metric") else "right")
+    for d in comp.metrics:
+        m.add_row(d.model, d.metric, f"{d.baseline:.2f}", f"{d.value:.2f}",
+                  f"{d.delta:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]",
+                  f"{d.p_wilcoxon:.3g}{stars(d.p_wilcoxon)}", f"{d.p_t:.3g}{stars(d.p_t)}",
+                  str(d.n_tasks))
+    tables.append(m)
+    return tables

@@ -1,0 +1,231 @@
+"""`tracetune compare`: runs against a baseline run, per task and overall, with seed 000's
+ComparisonResult fields plus intervals and paired tests.
+
+Per task (trials of one task are independent samples):
+  success rate with its Wilson interval; delta vs the baseline with Newcombe's interval; Fisher's
+  exact p-value; Cohen's h; mean attempts, duration and tokens and their deltas.
+Overall (over the tasks both runs share):
+  the same, plus McNemar on paired outcomes (same task and trial, which share their sampling seed
+  when both runs used the same base seed), and a cluster bootstrap interval of the success delta
+  that resamples tasks (trials of one task are correlated, so resampling samples would be too
+  narrow). Attempts, duration and tokens are compared on per-task means with the Wilcoxon
+  signed-rank test, the paired t-test and a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+
+from tracetune import stats
+from tracetune.errors import TracetuneError
+from tracetune.traces.store import DB_NAME, Store
+
+METRICS = ("attempts", "duration_s", "tokens")
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """One model's result on one task (or "overall") against the baseline (seed 000's fields
+    first)."""
+
+    model: str
+    task: str
+    success_rate: float
+    avg_attempts: float
+    avg_duration: float
+    delta_success: float
+    """success_rate minus the baseline's, as a fraction (0.05 = 5pp)."""
+    p_value: float
+    """Fisher's exact test, two-sided."""
+    cohens_h: float
+    n: int
+    successes: int
+    ci_low: float
+    ci_high: float
+    """95% Wilson interval of success_rate."""
+    baseline_rate: float
+    delta_ci_low: float
+    delta_ci_high: float
+    """95% interval of delta_success: Newcombe per task, task-cluster bootstrap overall."""
+    avg_tokens: float
+    delta_attempts: float
+    delta_duration: float
+    delta_tokens: float
+    mcnemar_p: float | None = None
+    """Overall only: exact McNemar on outcomes paired by (task, trial)."""
+    paired: int = 0
+    """Overall only: how many (task, trial) outcomes both runs have."""
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    """A per-task-mean metric (attempts, duration_s, tokens) of a model against the baseline."""
+
+    model: str
+    metric: str
+    baseline: float
+    value: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_wilcoxon: float
+    p_t: float
+    n_tasks: int
+
+
+@dataclass
+class Comparison:
+    baseline: str
+    models: list[str]
+    results: list[ComparisonResult] = field(default_factory=list)
+    metrics: list[MetricDelta] = field(default_factory=list)
+    baseline_rows: list[ComparisonResult] = field(default_factory=list)
+    """The baseline's own per-task and overall rows (deltas zero)."""
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+    """Per model, task ids left out because only one side has them."""
+
+    def overall(self, model: str) -> ComparisonResult:
+        return next(r for r in self.results if r.model == model and r.task == "overall")
+
+    def per_task(self, model: str) -> list[ComparisonResult]:
+        return [r for r in self.results if r.model == model and r.task != "overall"]
+
+
+def load_episodes(run: Path) -> list[dict]:
+    """A run directory's finished episodes."""
+    run = Path(run)
+    if not (run / DB_NAME).is_file():
+        raise TracetuneError(f"{run} is not a run directory (no {DB_NAME})")
+    store = Store(run)
+    try:
+        return store.episodes()
+    finally:
+        store.close()
+
+
+def compare(runs: dict[str, list[dict]], baseline: str, *,
+            tasks: set[str] | None = None, seed: int = 0) -> Comparison:
+    """Compare every run in `runs` (label -> episodes) with `runs[baseline]`, optionally only on
+    `tasks`."""
+    if baseline not in runs:
+        raise TracetuneError(f"baseline {baseline!r} is not one of the runs "
+                             f"({', '.join(runs)})")
+    if tasks is not None:
+        runs = {k: [e for e in v if e["task_id"] in tasks] for k, v in runs.items()}
+    for label, eps in runs.items():
+        if not eps:
+            raise TracetuneError(f"run {label!r} has no finished episodes"
+                                 + (" on the selected tasks" if tasks is not None else ""))
+    base = _by_task(runs[baseline])
+    out = Comparison(baseline, [k for k in runs if k != baseline])
+    out.baseline_rows = _rows(baseline, base, base, seed)
+    for label in out.models:
+        mine = _by_task(runs[label])
+        common = [t for t in base if t in mine]
+        out.excluded[label] = sorted(set(base) ^ set(mine))
+        if not common:
+            raise TracetuneError(f"run {label!r} shares no task with the baseline {baseline!r}")
+        a = {t: mine[t] for t in common}
+        b = {t: base[t] for t in common}
+        out.results += _rows(label, a, b, seed)
+        out.metrics += _metric_deltas(label, a, b, seed)
+    return out
+
+
+def compare_dirs(runs: list[Path], *, baseline: str | None = None,
+                 labels: list[str] | None = None) -> Comparison:
+    """`tracetune compare`: run directories, labelled by their names (or `labels`)."""
+    labels = labels or [Path(r).name for r in runs]
+    if len(set(labels)) != len(labels):
+        raise TracetuneError("two runs have the same label; name them with --label")
+    loaded = {label: load_episodes(r) for label, r in zip(labels, runs)}
+    if baseline is not None and baseline not in loaded:
+        by_path = {str(Path(r)): label for label, r in zip(labels, runs)}
+        baseline = by_path.get(str(Path(baseline)), baseline)
+    return compare(loaded, baseline or labels[0])
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+def _by_task(episodes: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in sorted(episodes, key=lambda e: (e["task_id"], e["trial"])):
+        out.setdefault(e["task_id"], []).append(e)
+    return out
+
+
+def _mean(eps: list[dict], metric: str) -> float:
+    if metric == "attempts":
+        return fmean(e["n_attempts"] for e in eps)
+    if metric == "duration_s":
+        return fmean(e["duration_s"] for e in eps)
+    return fmean(e["prompt_tokens"] + e["completion_tokens"] for e in eps)
+
+
+def _row(model: str, task: str, a: list[dict], b: list[dict]) -> ComparisonResult:
+    ka, na = sum(bool(e["success"]) for e in a), len(a)
+    kb, nb = sum(bool(e["success"]) for e in b), len(b)
+    lo, hi = stats.wilson_interval(ka, na)
+    dlo, dhi = stats.newcombe_interval(ka, na, kb, nb)
+    pa, pb = ka / na, kb / nb
+    return ComparisonResult(
+        model=model, task=task, success_rate=pa, avg_attempts=_mean(a, "attempts"),
+        avg_duration=_mean(a, "duration_s"), delta_success=pa - pb,
+        p_value=stats.fisher_exact(ka, na, kb, nb), cohens_h=stats.cohens_h(pa, pb), n=na,
+        successes=ka, ci_low=lo, ci_high=hi, baseline_rate=pb, delta_ci_low=dlo,
+        delta_ci_high=dhi, avg_tokens=_mean(a, "tokens"),
+        delta_attempts=_mean(a, "attempts") - _mean(b, "attempts"),
+        delta_duration=_mean(a, "duration_s") - _mean(b, "duration_s"),
+        delta_tokens=_mean(a, "tokens") - _mean(b, "tokens"))
+
+
+def _rows(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
+          seed: int) -> list[ComparisonResult]:
+    rows = [_row(model, t, a[t], b[t]) for t in a]
+    all_a = [e for eps in a.values() for e in eps]
+    all_b = [e for eps in b.values() for e in eps]
+    overall = _row(model, "overall", all_a, all_b)
+    # paired outcomes: the same (task, trial) under both runs
+    ob = {(e["task_id"], e["trial"]): bool(e["success"]) for e in all_b}
+    pairs = [(bool(e["success"]), ob[(e["task_id"], e["trial"])]) for e in all_a
+             if (e["task_id"], e["trial"]) in ob]
+    a_only = sum(x and not y for x, y in pairs)
+    b_only = sum(y and not x for x, y in pairs)
+    # cluster bootstrap over tasks of the success delta (weights: trials per task)
+    rate = {t: fmean(bool(e["success"]) for e in eps) for t, eps in a.items()}
+    base_rate = {t: fmean(bool(e["success"]) for e in eps) for t, eps in b.items()}
+    if len(a) >= 2 and a is not b:
+        _, lo, hi = stats.paired_bootstrap_ci([rate[t] for t in a], [base_rate[t] for t in a],
+                                              seed=seed)
+    else:
+        lo, hi = overall.delta_ci_low, overall.delta_ci_high
+    overall = _replace(overall, delta_ci_low=lo, delta_ci_high=hi, paired=len(pairs),
+                       mcnemar_p=stats.mcnemar(a_only, b_only) if pairs else None)
+    return rows + [overall]
+
+
+def _replace(row: ComparisonResult, **changes) -> ComparisonResult:
+    import dataclasses
+
+    return dataclasses.replace(row, **changes)
+
+
+def _metric_deltas(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
+                   seed: int) -> list[MetricDelta]:
+    out = []
+    tasks = list(a)
+    for metric in METRICS:
+        x = [_mean(a[t], metric) for t in tasks]
+        y = [_mean(b[t], metric) for t in tasks]
+        if len(tasks) >= 2:
+            delta, lo, hi = stats.paired_bootstrap_ci(x, y, seed=seed)
+            p_w = stats.wilcoxon_signed_rank(x, y)
+            p_t = stats.paired_t(x, y)
+        else:
+            delta, lo, hi, p_w, p_t = x[0] - y[0], -math.inf, math.inf, 1.0, 1.0
+        out.append(MetricDelta(model, metric, fmean(y), fmean(x), delta, lo, hi, p_w, p_t,
+                               len(tasks)))
+    return out
