@@ -519,6 +519,82 @@ def compare_cmd(
         err.print(f"wrote {json_out}")
 
 
+@app.command("loop")
+def loop_cmd(
+    experiment: Path = typer.Argument(..., help="Experiment file (.toml)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory of the loop (created; an "
+                                 "existing one is continued)."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Redo this stage and every "
+                                             "later one."),
+    until: Optional[str] = typer.Option(None, help="Stop after this stage."),
+) -> None:
+    """The whole loop: baseline eval -> mine -> train -> export -> adapted eval -> capability
+    check -> compare -> report. Stages are cached; a killed loop continues where it stopped."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from tracetune.experiment.loop import run_loop
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as progress:
+        bars: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=total)
+            progress.update(bars[stage], completed=done, total=total)
+            if done == total:
+                progress.remove_task(bars.pop(stage))
+
+        results = run_loop(experiment, out_dir, from_stage=from_stage, until=until,
+                           log=lambda msg: progress.console.print(escape(msg)),
+                           progress=on_progress)
+    if results:
+        _print_verdicts(results)
+        if (out_dir / "report.md").is_file():
+            out.print(f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}")
+
+
+def _print_verdicts(results: dict) -> None:
+    for v in results["hypotheses"]:
+        color = "green" if v["verdict"] == "SUPPORTED" else "red"
+        out.print(f"[bold]{v['id']}[/] [{color}]{v['verdict']}[/]: {escape(v['claim'])}\n"
+                  f"    {escape(v['detail'])}")
+    out.print(f"[bold]decision: {results['decision']['outcome']}[/]")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A loop's run directory.")) -> None:
+    """Rewrite a loop's report.md and report.html (refused if the pre-registered hypotheses
+    were edited)."""
+    import json
+
+    from tracetune.experiment.report import write_report
+
+    md, page = write_report(run_dir)
+    _print_verdicts(json.loads((run_dir / "results.json").read_text()))
+    out.print(f"report: {md}  {page}")
+
+
+@app.command("check-experiment")
+def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment file.")) -> None:
+    """Validate an experiment file and list its stages, models, hypotheses and criteria."""
+    from tracetune.experiment.loop import Loop
+    from tracetune.experiment.spec import load_experiment
+
+    exp = load_experiment(experiment)
+    loop = Loop(exp, Path("."))
+    out.print(f"[green]ok[/] {exp.info.name}: stages {' -> '.join(loop.stages)}")
+    out.print(f"models: {', '.join(f'{a}' for a in exp.arms)} (base {exp.models.base})")
+    for h in exp.hypotheses:
+        out.print(escape(f"  {h.id}: {h.claim} [{h.metric}, {h.treatment} vs {h.control}]"))
+    for c in exp.decision.go:
+        out.print(f"  go if {c.text}")
+    for c in exp.decision.abort:
+        out.print(f"  abort if {c.text}")
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
     args = sys.argv[1:]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tracetune.datasets.mine import (DEFAULT_TIERS, KINDS, SCHEMA_VERSION, TIERS, MineReport,
                                      code_hash, dpo_rows, fix_rows, load_attempts,
-                                     normalize_code, sft_rows)
+                                     normalize_code, sft_rows, unfiltered_rows)
 from tracetune.errors import TracetuneError
 from tracetune.tasks.splits import in_train
 
@@ -51,6 +51,11 @@ class MineConfig:
     """Evaluation suites no row may contain (exact or normalized matches)."""
     max_dpo_pairs_per_task: int = 8
     """Cap on DPO pairs from one task and step."""
+    unfiltered: int = 0
+    """Control data set: this many SFT rows drawn at random from every first attempt, passing or
+    not, ignoring the tiers (held-out, leakage and length filters still apply). 0: off."""
+    seed: int = 0
+    """Seed of the unfiltered draw."""
 
     def validate(self) -> None:
         for k in self.kinds:
@@ -73,6 +78,17 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     attempts = [a for run in runs for a in load_attempts(run)]
     report = MineReport()
     rows: list[dict] = []
+    if config.unfiltered:
+        import random
+
+        rows = _filter(unfiltered_rows(attempts), config, report)
+        if len(rows) < config.unfiltered:
+            raise TracetuneError(f"only {len(rows)} unfiltered rows exist; "
+                                 f"{config.unfiltered} were asked for")
+        rows = random.Random(config.seed).sample(rows, config.unfiltered)
+        report.rows = {"sft": rows}
+        _write(out, runs, config, report)
+        return report
     if "sft" in config.kinds:
         rows += sft_rows(attempts, config.tiers)
     if "fix" in config.kinds:

@@ -155,6 +155,23 @@ def sft_rows(attempts: Iterable[Attempt], tiers: dict[str, tuple[str, ...]]) -> 
     return rows
 
 
+def unfiltered_rows(attempts: Iterable[Attempt]) -> list[dict]:
+    """Control rows: every first attempt as an SFT row, passing or not (its extracted code, or
+    the raw answer when nothing could be extracted). Trained on as many rows as the filtered set,
+    they separate the effect of the filter from the effect of fine-tuning at all."""
+    rows = []
+    for a in attempts:
+        if a.attempt != 1:
+            continue
+        completion = {"role": "assistant",
+                      "content": fenced(a.code) if a.code.strip() else a.raw}
+        rows.append({"id": _row_id("sft", a.prompt, completion, a.trial), "kind": "sft",
+                     "step": a.step, "task": a.task, "tiers": list(a.tiers), "prompt": a.prompt,
+                     "completion": completion, "code": a.code or a.raw,
+                     "provenance": _provenance(a)})
+    return rows
+
+
 def fix_rows(attempts: list[Attempt]) -> list[dict]:
     """A failed attempt + its guard feedback -> the attempt that then passed (seed 001 stage C)."""
     by_key: dict[tuple, list[Attempt]] = {}

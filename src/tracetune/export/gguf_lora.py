@@ -145,7 +145,8 @@ def check_parity(base_gguf: Path, lora_gguf: Path, base_source: str, adapter_dir
 
     tok, peft = load_peft(base_source, adapter_dir)
     hf = peft.get_base_model()
-    kw = dict(n_ctx=512, logits_all=True, verbose=False, seed=0, n_threads=os.cpu_count())
+    kw = dict(n_ctx=512, logits_all=True, verbose=False, seed=0, n_threads=os.cpu_count(),
+              type_k=0, type_v=0)  # float32 KV cache: f16 rounding would swamp small deltas
     cpp_base = Llama(model_path=str(base_gguf), **kw)
     cpp_lora = Llama(model_path=str(base_gguf), lora_path=str(lora_gguf), **kw)
     cosines, greedy_equal = [], 0

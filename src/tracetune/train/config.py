@@ -8,13 +8,11 @@ batch 4, 3 epochs, loss on the completion only.
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
+from tracetune.tomlconf import build, read_toml
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -75,45 +73,9 @@ def load_config(path: Path | None, **overrides) -> TrainConfig:
     """Defaults, then the TOML file's [train] table (or top level), then overrides."""
     values: dict = {}
     if path is not None:
-        if not Path(path).is_file():
-            raise TracetuneError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise TracetuneError(f"{path}: not valid TOML ({exc})") from None
+        data = read_toml(Path(path))
         values.update(data.get("train", data))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TracetuneError(f"unknown training config key(s): {', '.join(unknown)} "
-                             f"(valid: {', '.join(fields)})")
-    clean = {}
-    for key, value in values.items():
-        clean[key] = _check_type(key, value, hints[key], path)
-    config = TrainConfig(**clean)
+    config = build(TrainConfig, values, f"{path}" if path else "training config")
     config.validate()
     return config
-
-
-def _check_type(key: str, value, hint, path):
-    where = f"{path}: " if path else ""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise TracetuneError(f"{where}{key} must be a list of strings")
-        return tuple(value)
-    if hint in (float,) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    allowed = typing.get_args(hint) or (hint,)
-    if isinstance(value, bool) and bool not in allowed:
-        raise TracetuneError(f"{where}{key} must be {_name(hint)}, not a boolean")
-    if not isinstance(value, tuple(a for a in allowed if isinstance(a, type))):
-        raise TracetuneError(f"{where}{key} must be {_name(hint)}, not {type(value).__name__}")
-    return value
-
-
-def _name(hint) -> str:
-    args = [a.__name__ for a in typing.get_args(hint) if a is not type(None)]
-    return " or ".join(args) if args else getattr(hint, "__name__", str(hint))

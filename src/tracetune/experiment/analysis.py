@@ -1,0 +1,178 @@
+"""The compare stage: every arm against the base model on held-out, train and all tasks (and the
+capability suite), the flat metric table hypotheses and criteria read, the verdicts and the
+decision. Pure reading of the run directory: rerunning it gives the same results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from statistics import fmean, median
+
+from tracetune.errors import TracetuneError
+from tracetune.eval.compare import Comparison, compare, load_episodes
+from tracetune.experiment.spec import STATS, Experiment, Hypothesis
+from tracetune.tasks.splits import in_train
+
+STAT_TO_METRIC = {"avg_attempts": "attempts", "avg_duration_s": "duration_s",
+                  "median_duration_s": "duration_s", "avg_tokens": "tokens"}
+
+
+def arm_runs(exp: Experiment, out: Path) -> dict[str, Path]:
+    runs = {"base": out / "baseline", "adapted": out / "adapted"}
+    if exp.control.enabled:
+        runs["control"] = out / "control" / "eval"
+    for name in exp.models.reference:
+        runs[name] = out / "reference" / name
+    return runs
+
+
+def subsets(exp: Experiment, episodes: list[dict]) -> dict[str, set[str]]:
+    tasks = {e["task_id"] for e in episodes}
+    train = {t for t in tasks if in_train(t, exp.eval.train_pct)}
+    return {"heldout": tasks - train, "train": train, "all": tasks}
+
+
+def stat_values(episodes: list[dict]) -> dict[str, float]:
+    if not episodes:
+        return {}
+    durations = [e["duration_s"] for e in episodes]
+    return {"success_rate": fmean(bool(e["success"]) for e in episodes),
+            "avg_attempts": fmean(e["n_attempts"] for e in episodes),
+            "avg_duration_s": fmean(durations), "median_duration_s": median(durations),
+            "avg_tokens": fmean(e["prompt_tokens"] + e["completion_tokens"] for e in episodes),
+            "n": len(episodes)}
+
+
+def analyze(exp: Experiment, out: Path) -> dict:
+    out = Path(out)
+    episodes = {arm: load_episodes(path) for arm, path in arm_runs(exp, out).items()}
+    if exp.capability.enabled:
+        cap = {arm: load_episodes(out / "capability" / arm) for arm in ("base", "adapted")}
+    split = subsets(exp, episodes["base"])
+    if not split["heldout"] or not split["train"]:
+        raise TracetuneError(f"train_pct {exp.eval.train_pct} leaves one split empty on these "
+                             "tasks; nothing to compare")
+
+    # --- comparisons (each arm vs base) and the flat metric table -------------------------------
+    comparisons: dict[str, Comparison] = {}
+    metrics: dict[str, float] = {}
+    for name, tasks in split.items():
+        runs = {arm: [e for e in eps if e["task_id"] in tasks] for arm, eps in episodes.items()}
+        runs = {arm: eps for arm, eps in runs.items() if eps}
+        comparisons[name] = compare(runs, "base", seed=exp.info.seed)
+        for arm, eps in runs.items():
+            for stat, value in stat_values(eps).items():
+                metrics[f"{arm}.{name}.{stat}"] = value
+    if exp.capability.enabled:
+        comparisons["capability"] = compare(cap, "base", seed=exp.info.seed)
+        for arm, eps in cap.items():
+            for stat, value in stat_values(eps).items():
+                metrics[f"{arm}.capability.{stat}"] = value
+    for name in comparisons:
+        for stat in STATS:
+            a, b = metrics.get(f"adapted.{name}.{stat}"), metrics.get(f"base.{name}.{stat}")
+            if a is not None and b is not None:
+                metrics[f"delta.{name}.{stat}"] = a - b
+    stages = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    train = stages.get("train", {}).get("summary", {})
+    for key in ("seconds", "rows", "final_loss"):
+        if train.get(key) is not None:
+            metrics[f"train.{key}"] = train[key]
+    if "train" in stages:
+        metrics["train.peak_ram_gb"] = stages["train"]["peak_ram_gb"]
+    if "adapted" in stages:
+        metrics["adapted.peak_ram_gb"] = stages["adapted"]["peak_ram_gb"]
+
+    # --- verdicts and decision --------------------------------------------------------------------
+    verdicts = [_verdict(h, comparisons, episodes, cap if exp.capability.enabled else {},
+                         split) for h in exp.hypotheses]
+    decision = _decide(exp, metrics)
+    return {
+        "experiment": exp.info.name,
+        "comparisons": {name: {"baseline": c.baseline, "models": c.models,
+                               "results": [dataclasses.asdict(r)
+                                           for r in c.baseline_rows + c.results],
+                               "metrics": [dataclasses.asdict(m) for m in c.metrics],
+                               "excluded": c.excluded}
+                        for name, c in comparisons.items()},
+        "split": {k: sorted(v) for k, v in split.items()},
+        "metrics": metrics, "hypotheses": verdicts, "decision": decision,
+        "stages": {k: {"seconds": v.get("seconds"), "summary": v.get("summary")}
+                   for k, v in stages.items()},
+    }
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.1f}pp"
+
+
+def _verdict(h: Hypothesis, comparisons: dict[str, Comparison], episodes: dict,
+             cap: dict, split: dict) -> dict:
+    evaluation, stat = h.metric.split(".")
+    source = cap if evaluation == "capability" else episodes
+    tasks = None if evaluation == "capability" else split[evaluation]
+    runs = {arm: [e for e in source[arm] if tasks is None or e["task_id"] in tasks]
+            for arm in (h.treatment, h.control)}
+    comp = compare(runs, h.control)
+    overall = comp.overall(h.treatment)
+    rate = stat == "success_rate"
+    fmt = _pp if rate else (lambda x: f"{x:+.3g}")
+    record = {"id": h.id, "claim": h.claim, "metric": h.metric, "treatment": h.treatment,
+              "control": h.control, "test": h.test, "alpha": h.alpha}
+    if h.within is not None:  # per-task closeness (seed 000's H2)
+        close = []
+        for r in comp.per_task(h.treatment):
+            a = [e for e in runs[h.treatment] if e["task_id"] == r.task]
+            b = [e for e in runs[h.control] if e["task_id"] == r.task]
+            diff = stat_values(a)[stat] - stat_values(b)[stat]
+            close.append((r.task, diff, abs(diff) <= h.within + 1e-12))
+        k = sum(ok for *_, ok in close)
+        supported = k >= h.min_tasks
+        record.update(observed=k, tasks={t: d for t, d, _ in close}, detail=(
+            f"{k} of {len(close)} tasks within {fmt(h.within).lstrip('+')} of {h.control}; "
+            f"needs at least {h.min_tasks}"))
+    else:
+        a, b = stat_values(runs[h.treatment])[stat], stat_values(runs[h.control])[stat]
+        delta = a - b
+        if rate:
+            lo, hi = overall.delta_ci_low, overall.delta_ci_high
+            p = {"fisher": overall.p_value, "mcnemar": overall.mcnemar_p}.get(h.test)
+        else:
+            md = next(m for m in comp.metrics if m.metric == STAT_TO_METRIC[stat])
+            lo, hi = md.ci_low, md.ci_high
+            p = {"wilcoxon": md.p_wilcoxon, "paired_t": md.p_t}.get(h.test)
+        passes_test = h.test == "none" or (p is not None and p < h.alpha)
+        supported = delta >= h.min_delta - 1e-12 and passes_test
+        test_text = "no test (point estimate)" if h.test == "none" else \
+            f"{h.test} p = {p:.3g} {'<' if passes_test else '>='} {h.alpha}"
+        record.update(observed=delta, ci=[lo, hi], p_value=p, treatment_value=a,
+                      control_value=b, n=overall.n, detail=(
+                          f"Δ = {fmt(delta)} (95% CI {fmt(lo)} to {fmt(hi)}), {test_text}; "
+                          f"needs Δ ≥ {fmt(h.min_delta)}"))
+    record["verdict"] = "SUPPORTED" if supported else "NOT SUPPORTED"
+    return record
+
+
+def _decide(exp: Experiment, metrics: dict) -> dict:
+    def check(criteria):
+        out = []
+        for c in criteria:
+            value = metrics.get(c.metric)
+            out.append({"criterion": c.text, "observed": value,
+                        "holds": value is not None and c.holds(value)})
+        return out
+
+    go, abort = check(exp.decision.go), check(exp.decision.abort)
+    if not go and not abort:
+        outcome = "NONE"
+    elif go and all(c["holds"] for c in go):
+        outcome = "GO"
+    elif abort and all(c["holds"] for c in abort):
+        outcome = "ABORT"
+    else:
+        outcome = "ITERATE"
+    return {"outcome": outcome, "go": go, "abort": abort,
+            "rule": "GO when every go criterion holds; ABORT when every abort criterion holds; "
+                    "otherwise ITERATE"}

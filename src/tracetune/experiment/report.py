@@ -1,0 +1,353 @@
+"""The report of a loop: RUN/report.md (plots in RUN/report_files/) and RUN/report.html, one
+self-contained file (plots inlined as PNG data URIs, no scripts, no external resources).
+
+Sections: the answer in one paragraph; hypothesis verdicts with the numbers that decided them;
+the decision with each criterion; per-task success of every arm with 95% intervals; attempts,
+duration and tokens; the training loss; the capability check; reproducibility (seeds, package
+versions, hashes, row counts of every data set). The pre-registration is checked first: a report
+is never written against hypotheses edited after they were frozen.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from tracetune.errors import TracetuneError
+from tracetune.experiment import prereg
+from tracetune.experiment.analysis import arm_runs
+from tracetune.experiment.spec import experiment_hash, load_experiment
+from tracetune.stats import stars, wilson_interval
+
+COLORS = {"base": "#7f7f7f", "adapted": "#1f77b4", "control": "#ff7f0e"}
+
+
+def write_report(out: Path) -> tuple[Path, Path]:
+    out = Path(out)
+    if not (out / "experiment.toml").is_file():
+        raise TracetuneError(f"{out} is not a loop directory (no experiment.toml)")
+    exp = load_experiment(out / "experiment.toml")
+    record = prereg.verify(exp, out)
+    results_path = out / "results.json"
+    if not results_path.is_file():
+        raise TracetuneError(f"{out} has no results.json yet: run the loop's compare stage")
+    results = json.loads(results_path.read_text())
+    plots = _plots(exp, out, results)
+    files = out / "report_files"
+    files.mkdir(exist_ok=True)
+    for name, png in plots.items():
+        (files / f"{name}.png").write_bytes(png)
+    blocks = _blocks(exp, out, results, record)
+    md = out / "report.md"
+    md.write_text(_markdown(blocks, plots))
+    page = out / "report.html"
+    page.write_text(_html(exp.info.name, blocks, plots))
+    return md, page
+
+
+# --- content, shared by both renderings ----------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.1f}pp"
+
+
+def _answer(results: dict) -> str:
+    held = results["comparisons"]["heldout"]
+    row = next(r for r in held["results"] if r["model"] == "adapted" and r["task"] == "overall")
+    base = row["baseline_rate"]
+    text = (f"On {len(results['split']['heldout'])} held-out tasks ({row['n']} samples per "
+            f"model), the adapted model passed {_pct(row['success_rate'])} against the base "
+            f"model's {_pct(base)}: Δ = {_pp(row['delta_success'])} (95% CI "
+            f"{_pp(row['delta_ci_low'])} to {_pp(row['delta_ci_high'])}), Fisher p = "
+            f"{row['p_value']:.3g}, McNemar p = {row['mcnemar_p']:.3g}. ")
+    significant = row["p_value"] < 0.05 and (row["delta_ci_low"] > 0 or row["delta_ci_high"] < 0)
+    if significant and row["delta_success"] > 0:
+        text += "**The adapter helped** on tasks it never trained on."
+    elif significant:
+        text += "**The adapter hurt** on tasks it never trained on."
+    else:
+        text += ("**No reliable difference**: the interval includes zero or the test is not "
+                 "significant, so this run does not show that the adapter helped.")
+    cap = results["comparisons"].get("capability")
+    if cap:
+        c = next(r for r in cap["results"] if r["model"] == "adapted" and r["task"] == "overall")
+        text += (f" On the capability check ({c['n']} problems, greedy) it scored "
+                 f"{_pct(c['success_rate'])} against {_pct(c['baseline_rate'])} "
+                 f"(Δ = {_pp(c['delta_success'])}, McNemar p = {c['mcnemar_p']:.3g}).")
+    return text
+
+
+def _blocks(exp, out: Path, results: dict, record: dict) -> list[tuple[str, object]]:
+    """The report as (kind, payload) blocks: ("h", title), ("p", text), ("table", (head, rows)),
+    ("plot", name), ("pre", text)."""
+    b: list[tuple[str, object]] = []
+    b.append(("p", exp.info.description or ""))
+    b.append(("h", "Answer"))
+    b.append(("p", _answer(results)))
+    b.append(("h", "Pre-registered hypotheses"))
+    rows = [[v["id"], v["claim"], v["verdict"], v["detail"]] for v in results["hypotheses"]]
+    b.append(("table", (["id", "claim", "verdict", "numbers that decided"], rows)))
+    b.append(("p", f"Frozen at {record['frozen_at']} before any result existed "
+                   f"(sha256 {record['sha256']}); checked unchanged when this report was "
+                   "written."))
+    d = results["decision"]
+    b.append(("h", f"Decision: {d['outcome']}"))
+    crit = [[kind, c["criterion"], "n/a" if c["observed"] is None else f"{c['observed']:.4g}",
+             "yes" if c["holds"] else "no"] for kind in ("go", "abort") for c in d[kind]]
+    b.append(("table", (["set", "criterion", "observed", "holds"], crit)))
+    b.append(("p", d["rule"] + "."))
+    for name, title in (("heldout", "Held-out tasks"), ("train", "Train tasks"),
+                        ("capability", "Capability check")):
+        comp = results["comparisons"].get(name)
+        if not comp:
+            continue
+        b.append(("h", f"{title}: success against the base model"))
+        head = ["model", "task", "n", "success [95% CI]", "Δ vs base [95% CI]", "Fisher p",
+                "Cohen's h", "avg attempts", "avg duration s"]
+        table = []
+        for r in comp["results"]:
+            if r["task"] != "overall" and name == "capability":
+                continue
+            lo, hi = r["ci_low"], r["ci_high"]
+            delta = "" if r["model"] == comp["baseline"] else \
+                f"{_pp(r['delta_success'])} [{_pp(r['delta_ci_low'])}, {_pp(r['delta_ci_high'])}]"
+            p = "" if r["model"] == comp["baseline"] else f"{r['p_value']:.3g}{stars(r['p_value'])}"
+            h = "" if r["model"] == comp["baseline"] else f"{r['cohens_h']:+.2f}"
+            table.append([r["model"], r["task"], str(r["n"]),
+                          f"{_pct(r['success_rate'])} [{_pct(lo)}, {_pct(hi)}]", delta, p, h,
+                          f"{r['avg_attempts']:.2f}", f"{r['avg_duration']:.2f}"])
+        b.append(("table", (head, table)))
+        overall = [r for r in comp["results"] if r["task"] == "overall"
+                   and r["model"] != comp["baseline"]]
+        for r in overall:
+            b.append(("p", f"{r['model']}: McNemar p = {r['mcnemar_p']:.3g} on {r['paired']} "
+                           "paired (task, trial) outcomes; the overall interval resamples "
+                           "tasks."))
+        if comp["metrics"]:
+            b.append(("table", (["model", "metric (per-task mean)", "base", "model", "Δ [95% CI]",
+                                 "Wilcoxon p", "paired t p"],
+                                [[m["model"], m["metric"], f"{m['baseline']:.2f}",
+                                  f"{m['value']:.2f}",
+                                  f"{m['delta']:+.2f} [{m['ci_low']:+.2f}, {m['ci_high']:+.2f}]",
+                                  f"{m['p_wilcoxon']:.3g}", f"{m['p_t']:.3g}"]
+                                 for m in comp["metrics"]])))
+    b.append(("h", "Plots"))
+    b.append(("plot", "success_per_task"))
+    b.append(("plot", "attempts_duration"))
+    b.append(("plot", "loss"))
+    if "capability" in results["comparisons"]:
+        b.append(("plot", "capability"))
+    b.append(("h", "Reproducibility"))
+    b.append(("pre", _repro(exp, out, results, record)))
+    return b
+
+
+def _repro(exp, out: Path, results: dict, record: dict) -> str:
+    from tracetune.tomlconf import read_toml
+    from tracetune.traces.store import Store
+
+    lines = [f"experiment      {exp.info.name} ({out / 'experiment.toml'})",
+             f"config sha256   {experiment_hash(read_toml(out / 'experiment.toml'))}",
+             f"prereg sha256   {record['sha256']}",
+             f"eval seed       {exp.info.seed} (per-sample seeds derived from it; base and "
+             "adapted share them)",
+             f"train seed      {exp.train.get('seed', 42)}",
+             f"split           md5(task id) % 100 < {exp.eval.train_pct} -> train "
+             f"({len(results['split']['train'])} train, {len(results['split']['heldout'])} "
+             "held-out tasks)"]
+    store = Store(out / "baseline")
+    try:
+        packages = store.run().packages
+    finally:
+        store.close()
+    lines.append("packages        " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items())))
+    for label, path in (("data", out / "data"), ("control data", out / "control" / "data")):
+        manifest = path / "manifest.json"
+        if manifest.is_file():
+            m = json.loads(manifest.read_text())
+            lines.append(f"{label:<16}rows {m['counts']}, dropped {m['dropped']} ({path})")
+    meta = out / "adapter" / "tracetune_adapter.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        lines.append(f"adapter         {m['rows']} rows, {m['steps']} steps, "
+                     f"{m['train_seconds']:.0f} s, loss {m['first_loss']:.3f} -> "
+                     f"{m['last_loss']:.3f}; versions {m['versions']}")
+    for arm, path in arm_runs(exp, out).items():
+        lines.append(f"run {arm:<12}{path}")
+    for stage, info in results["stages"].items():
+        lines.append(f"stage {stage:<10}{info['seconds']} s")
+    lines.append(f"reproduce       tracetune loop {out / 'experiment.toml'} --out NEW_DIR")
+    return "\n".join(lines)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+def _plots(exp, out: Path, results: dict) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+
+    def png(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        return buf.getvalue()
+
+    # per-task success with Wilson intervals, held-out and train
+    splits = [s for s in ("heldout", "train") if s in results["comparisons"]]
+    n_tasks = max(len(results["split"][s]) for s in splits)
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 1.2 + 0.28 * n_tasks),
+                             squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        comp = results["comparisons"][split]
+        models = [comp["baseline"]] + comp["models"]
+        tasks = sorted({r["task"] for r in comp["results"] if r["task"] != "overall"})
+        width = 0.8 / len(models)
+        for i, model in enumerate(models):
+            rows = {r["task"]: r for r in comp["results"] if r["model"] == model}
+            ys = [j + i * width for j in range(len(tasks))]
+            rates = [rows[t]["success_rate"] if t in rows else 0 for t in tasks]
+            err = [[max(0, rows[t]["success_rate"] - rows[t]["ci_low"]) if t in rows else 0
+                    for t in tasks],
+                   [max(0, rows[t]["ci_high"] - rows[t]["success_rate"]) if t in rows else 0
+                    for t in tasks]]
+            ax.barh(ys, rates, height=width, xerr=err, label=model,
+                    color=COLORS.get(model), error_kw={"elinewidth": 0.6, "capsize": 1.5})
+        ax.set_yticks([j + 0.4 - width / 2 for j in range(len(tasks))])
+        ax.set_yticklabels([t.split("/")[-1] for t in tasks], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("success rate (95% Wilson CI)")
+        ax.set_title(f"{split} tasks")
+        ax.legend(fontsize=7, loc="lower right")
+    plots["success_per_task"] = png(fig)
+
+    # attempts and duration per arm (held-out + train = all tasks)
+    from tracetune.eval.compare import load_episodes
+
+    episodes = {arm: load_episodes(path) for arm, path in arm_runs(exp, out).items()}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    arms = list(episodes)
+    attempts = [sum(e["n_attempts"] for e in episodes[a]) / len(episodes[a]) for a in arms]
+    a1.bar(arms, attempts, color=[COLORS.get(a, "#2ca02c") for a in arms])
+    a1.set_ylabel("mean attempts per episode")
+    a1.set_title("attempts")
+    a2.boxplot([[e["duration_s"] for e in episodes[a]] for a in arms], showfliers=False)
+    a2.set_xticks(range(1, len(arms) + 1))
+    a2.set_xticklabels(arms)
+    a2.set_ylabel("episode duration, s")
+    a2.set_title("duration")
+    plots["attempts_duration"] = png(fig)
+
+    # training loss
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, path in (("adapter", out / "adapter" / "loss.jsonl"),
+                        ("control", out / "control" / "adapter" / "loss.jsonl")):
+        if path.is_file():
+            points = [json.loads(x) for x in path.read_text().splitlines()]
+            ax.plot([p["step"] for p in points], [p["loss"] for p in points], marker=".",
+                    label=label, color=COLORS.get("adapted" if label == "adapter" else label))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("LoRA training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    plots["loss"] = png(fig)
+
+    # capability: base vs adapted with CIs
+    cap = results["comparisons"].get("capability")
+    if cap:
+        rows = [r for r in cap["results"] if r["task"] == "overall"]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for i, r in enumerate(rows):
+            k = round(r["success_rate"] * r["n"])
+            lo, hi = wilson_interval(k, r["n"])
+            ax.bar(i, r["success_rate"], yerr=[[r["success_rate"] - lo], [hi - r["success_rate"]]],
+                   color=COLORS.get(r["model"]), capsize=4)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["model"] for r in rows])
+        ax.set_ylabel("pass@1 (greedy), 95% CI")
+        delta = rows[-1]["delta_success"]
+        ax.set_title(f"{exp.capability.suite}: Δ = {_pp(delta)}")
+        plots["capability"] = png(fig)
+    return plots
+
+
+# --- renderings --------------------------------------------------------------------------------
+
+CAPTIONS = {"success_per_task": "Per-task success of each model (95% Wilson intervals)",
+            "attempts_duration": "Attempts and episode duration per model",
+            "loss": "Training loss", "capability": "Capability check: base vs adapted"}
+
+
+def _markdown(blocks, plots) -> str:
+    out = []
+    for kind, payload in blocks:
+        if kind == "h":
+            out.append(f"## {payload}\n")
+        elif kind == "p":
+            if payload:
+                out.append(f"{payload}\n")
+        elif kind == "table":
+            head, rows = payload
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "---|" * len(head))
+            out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"
+                    for r in rows]
+            out.append("")
+        elif kind == "plot" and payload in plots:
+            out.append(f"![{CAPTIONS[payload]}](report_files/{payload}.png)\n")
+        elif kind == "pre":
+            out.append(f"```\n{payload}\n```\n")
+    return "# tracetune report\n\n" + "\n".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:nth-child(-n+2),th{text-align:left}
+pre{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:12px}img{max-width:100%}
+.SUPPORTED{color:#1a7f37;font-weight:bold}.NOT{color:#b42318;font-weight:bold}"""
+
+
+def _html(title: str, blocks, plots) -> str:
+    esc = html.escape
+    body = [f"<h1>tracetune report: {esc(title)}</h1>"]
+    for kind, payload in blocks:
+        if kind == "h":
+            body.append(f"<h2>{esc(str(payload))}</h2>")
+        elif kind == "p":
+            text = esc(str(payload))
+            while "**" in text:
+                text = text.replace("**", "<strong>", 1).replace("**", "</strong>", 1)
+            body.append(f"<p>{text}</p>")
+        elif kind == "table":
+            head, rows = payload
+            cells = "".join(f"<th>{esc(h)}</th>" for h in head)
+            trs = []
+            for r in rows:
+                tds = "".join(f'<td class="{esc(str(c).split()[0]) if c in ("SUPPORTED", "NOT SUPPORTED") else ""}">{esc(str(c))}</td>'
+                              for c in r)
+                trs.append(f"<tr>{tds}</tr>")
+            body.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(trs)}"
+                        "</tbody></table>")
+        elif kind == "plot" and payload in plots:
+            data = base64.b64encode(plots[payload]).decode()
+            body.append(f'<figure><img alt="{esc(CAPTIONS[payload])}" '
+                        f'src="data:image/png;base64,{data}"><figcaption>'
+                        f"{esc(CAPTIONS[payload])}</figcaption></figure>")
+        elif kind == "pre":
+            body.append(f"<pre>{esc(str(payload))}</pre>")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>tracetune report: {esc(title)}</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,366 @@
+"""Experiment files: one TOML file that defines a whole `tracetune loop` and what it must show.
+
+    [experiment]  name, description, seed
+    [models]      base (evaluated), train_base (HF weights to train; default: base), adapted
+                  (a spec for the adapted model; default: derived from the export), reference
+                  (table name -> spec: models the adapted one is compared with, seed 000's 14B)
+    [eval]        the evaluation: suite, workflow, trials, split share, sampling, attempts...
+    [mine]        what becomes training data (kinds, quality tiers per step, filters)
+    [train]       the LoRA recipe (tracetune.train.config.TrainConfig)
+    [export]      target: gguf-lora, merged-gguf or none (none: the adapted model runs in
+                  transformers with the PEFT adapter)
+    [capability]  general-capability check (HumanEval, or a fixed subset), greedy
+    [control]     enabled: also train an adapter on as many unfiltered rows, evaluate it the same
+    [[hypothesis]] pre-registered claims with their thresholds and test
+    [decision]    GO / ITERATE / ABORT criteria (seed 003)
+
+Every key is checked before any work starts: unknown keys, wrong types, a metric that does not
+exist, an arm that is not in the experiment each give one message naming the key.
+
+Metric names (used by hypotheses and decision criteria):
+    ARM.EVAL.STAT     ARM: base, adapted, control, or a reference name
+                      EVAL: heldout, train, all (the [eval] tasks), capability
+                      STAT: success_rate, avg_attempts, avg_duration_s, median_duration_s,
+                            avg_tokens
+    delta.EVAL.STAT   adapted minus base
+    train.STAT        peak_ram_gb, seconds, rows, final_loss (the adapter's training)
+    adapted.peak_ram_gb   peak memory of the process while it evaluated the adapted model
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tracetune.errors import TracetuneError
+from tracetune.tomlconf import build, read_toml
+
+EVALS = ("heldout", "train", "all", "capability")
+STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", "avg_tokens")
+TRAIN_STATS = ("peak_ram_gb", "seconds", "rows", "final_loss")
+TESTS = ("fisher", "mcnemar", "wilcoxon", "paired_t", "none")
+EXPORT_TARGETS = ("gguf-lora", "merged-gguf", "none")
+OPS = (">=", "<=", ">", "<", "==")
+_CRITERION = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|<=|==|>|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    name: str = "experiment"
+    """Short name (used in the report's title)."""
+    description: str = ""
+    """What the experiment asks."""
+    seed: int = 0
+    """Base seed of every evaluation's sampling (base and adapted share per-sample seeds)."""
+
+
+@dataclass(frozen=True)
+class Models:
+    base: str = "embedded"
+    """Model spec of the base model (evaluated as is)."""
+    train_base: str | None = None
+    """Weights LoRA trains on (default: base). E.g. base an openai: server, train_base hf:NAME."""
+    adapted: str | None = None
+    """Spec of the adapted model (default: base + the exported adapter)."""
+    reference: dict[str, str] = field(default_factory=dict)
+    """name -> spec: reference models evaluated like the others (seed 000's 14B)."""
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    suite: str = "funcs"
+    workflow: str = "direct"
+    trials: int = 8
+    train_pct: int = 50
+    """Share of tasks (by hash) in the train split; the rest are held out."""
+    max_difficulty: int = 0
+    tasks: tuple[str, ...] = ()
+    limit: int = 0
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 512
+    max_attempts: int = 3
+    min_tests: int = 3
+    concurrency: int = 4
+    check_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class MineSection:
+    kinds: tuple[str, ...] = ("sft",)
+    tiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per step, the quality tiers SFT rows must satisfy (empty: the miner's defaults)."""
+    max_seq_len: int = 1024
+    tokenizer: str | None = "embedded"
+    leakage_suites: tuple[str, ...] = ("humaneval",)
+    max_dpo_pairs_per_task: int = 8
+    min_rows: int = 1
+    """Stop the loop (before training) when mining yields fewer rows than this (seed 000: 50)."""
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    target: str = "gguf-lora"
+
+
+@dataclass(frozen=True)
+class CapabilitySection:
+    enabled: bool = True
+    suite: str = "humaneval"
+    limit: int = 0
+    """First N problems of the suite (a fixed subset); 0: all of them."""
+    temperature: float = 0.0
+    max_tokens: int = 512
+    check_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    enabled: bool = False
+    """Train a control adapter on as many rows drawn from the same runs without any filter."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    id: str
+    claim: str
+    metric: str
+    """EVAL.STAT, e.g. heldout.success_rate."""
+    treatment: str = "adapted"
+    control: str = "base"
+    min_delta: float | None = None
+    """Supported when treatment - control >= min_delta (and the test's p < alpha)."""
+    test: str = "fisher"
+    """fisher or mcnemar (success_rate), wilcoxon or paired_t (per-task means), none."""
+    alpha: float = 0.05
+    within: float | None = None
+    """Per-task form: |treatment - control| <= within on at least min_tasks tasks."""
+    min_tasks: int = 1
+
+
+@dataclass(frozen=True)
+class Criterion:
+    text: str
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, observed: float) -> bool:
+        return {">=": observed >= self.value, "<=": observed <= self.value,
+                ">": observed > self.value, "<": observed < self.value,
+                "==": observed == self.value}[self.op]
+
+
+@dataclass(frozen=True)
+class Decision:
+    go: tuple[Criterion, ...] = ()
+    """GO when every one holds."""
+    abort: tuple[Criterion, ...] = ()
+    """ABORT when every one holds (and GO does not); otherwise ITERATE."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    info: ExperimentInfo
+    models: Models
+    eval: EvalSection
+    mine: MineSection
+    train: dict
+    """The [train] table, validated as a TrainConfig."""
+    export: ExportSection
+    capability: CapabilitySection
+    control: ControlSection
+    hypotheses: tuple[Hypothesis, ...]
+    decision: Decision
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return ("base", "adapted") + (("control",) if self.control.enabled else ()) + \
+            tuple(self.models.reference)
+
+    def section(self, name: str) -> dict:
+        """A section as plain JSON data (what stage cache keys hash)."""
+        value = getattr(self, name)
+        return value if isinstance(value, dict) else asdict(value)
+
+    def preregistered(self) -> dict:
+        """What is frozen before any result exists: hypotheses and decision criteria."""
+        return {"hypotheses": [asdict(h) for h in self.hypotheses],
+                "decision": {"go": [c.text for c in self.decision.go],
+                             "abort": [c.text for c in self.decision.abort]}}
+
+
+SECTIONS = ("experiment", "models", "eval", "mine", "train", "export", "capability", "control",
+            "hypothesis", "decision")
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and validate an experiment file; every problem is one TracetuneError."""
+    from tracetune.agents.workflow import WORKFLOWS
+    from tracetune.datasets.build import MineConfig
+    from tracetune.models import parse_spec
+    from tracetune.tasks import load_suite
+    from tracetune.train.config import TrainConfig
+
+    path = Path(path)
+    data = read_toml(path)
+    where = str(path)
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise TracetuneError(f"{where}: unknown section(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(SECTIONS)})")
+    info = build(ExperimentInfo, data.get("experiment", {}), f"{where} [experiment]")
+    models = build(Models, data.get("models", {}), f"{where} [models]")
+    ev = build(EvalSection, data.get("eval", {}), f"{where} [eval]")
+    mine = build(MineSection, data.get("mine", {}), f"{where} [mine]")
+    train_table = data.get("train", {})
+    train_cfg = build(TrainConfig, train_table, f"{where} [train]")
+    export = build(ExportSection, data.get("export", {}), f"{where} [export]")
+    cap = build(CapabilitySection, data.get("capability", {}), f"{where} [capability]")
+    control = build(ControlSection, data.get("control", {}), f"{where} [control]")
+    raw_h = data.get("hypothesis", [])
+    if not isinstance(raw_h, list):
+        raise TracetuneError(f"{where}: hypotheses are [[hypothesis]] tables")
+    hyps = tuple(build(Hypothesis, h, f"{where} [[hypothesis]] #{i + 1}")
+                 for i, h in enumerate(raw_h))
+    raw_d = data.get("decision", {})
+    if not isinstance(raw_d, dict) or set(raw_d) - {"go", "abort"}:
+        raise TracetuneError(f"{where} [decision]: only the keys go and abort (lists of "
+                             "'METRIC OP NUMBER')")
+    decision = Decision(
+        go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
+        abort=tuple(_criterion(t, f"{where} [decision] abort")
+                    for t in _strings(raw_d, "abort", where)))
+    exp = Experiment(path, info, models, ev, mine, train_table, export, cap, control, hyps,
+                     decision)
+
+    # --- values and cross-references ------------------------------------------------------------
+    for key, spec in [("base", models.base), ("train_base", models.train_base),
+                      ("adapted", models.adapted), *models.reference.items()]:
+        if spec is not None:
+            try:
+                parse_spec(spec)
+            except TracetuneError as exc:
+                raise TracetuneError(f"{where} [models] {key}: {exc}") from None
+    clash = set(models.reference) & {"base", "adapted", "control", "delta", "train"}
+    if clash:
+        raise TracetuneError(f"{where} [models] reference: the names {', '.join(sorted(clash))} "
+                             "are reserved")
+    if ev.workflow not in WORKFLOWS:
+        raise TracetuneError(f"{where} [eval] workflow: {ev.workflow!r} is not one of "
+                             f"{', '.join(WORKFLOWS)}")
+    for key in ("trials", "max_tokens", "max_attempts", "concurrency"):
+        if getattr(ev, key) < 1:
+            raise TracetuneError(f"{where} [eval] {key}: must be at least 1")
+    if not 1 <= ev.train_pct <= 99:
+        raise TracetuneError(f"{where} [eval] train_pct: must be within 1..99 (both splits "
+                             "need tasks)")
+    for section, suite in (("eval", ev.suite), ("capability", cap.suite)):
+        if section == "capability" and not cap.enabled:
+            continue
+        try:
+            load_suite(suite)
+        except TracetuneError as exc:
+            raise TracetuneError(f"{where} [{section}] suite: {exc}") from None
+    try:
+        MineConfig(kinds=mine.kinds, tiers=mine.tiers or MineConfig().tiers).validate()
+    except TracetuneError as exc:
+        raise TracetuneError(f"{where} [mine]: {exc}") from None
+    try:
+        train_cfg.validate()
+    except TracetuneError as exc:
+        raise TracetuneError(f"{where} [train]: {exc}") from None
+    if train_cfg.method == "dpo" and "dpo" not in mine.kinds:
+        raise TracetuneError(f"{where} [train] method = dpo needs 'dpo' in [mine] kinds")
+    if export.target not in EXPORT_TARGETS:
+        raise TracetuneError(f"{where} [export] target: {export.target!r} is not one of "
+                             f"{', '.join(EXPORT_TARGETS)}")
+    names = set()
+    for i, h in enumerate(hyps):
+        _check_hypothesis(exp, h, f"{where} [[hypothesis]] {h.id or '#' + str(i + 1)}")
+        if h.id in names:
+            raise TracetuneError(f"{where}: two hypotheses are called {h.id!r}")
+        names.add(h.id)
+    known = metric_names(exp)
+    for c in decision.go + decision.abort:
+        if c.metric not in known:
+            raise TracetuneError(f"{where} [decision] {c.text!r}: no metric {c.metric!r}"
+                                 f"{_suggest(c.metric, known)}")
+    return exp
+
+
+def metric_names(exp: Experiment) -> set[str]:
+    evals = [e for e in EVALS if e != "capability" or exp.capability.enabled]
+    names = {f"{arm}.{e}.{s}" for arm in exp.arms for e in evals for s in STATS
+             if (e != "capability" or arm in ("base", "adapted"))
+             and (arm != "control" or e == "heldout")}
+    names |= {f"delta.{e}.{s}" for e in evals for s in STATS}
+    names |= {f"train.{s}" for s in TRAIN_STATS} | {"adapted.peak_ram_gb"}
+    return names
+
+
+def experiment_hash(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _strings(table: dict, key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TracetuneError(f"{where} [decision] {key}: must be a list of strings like "
+                             "'adapted.heldout.success_rate >= 0.3'")
+    return value
+
+
+def _criterion(text: str, where: str) -> Criterion:
+    m = _CRITERION.match(text)
+    if not m:
+        raise TracetuneError(f"{where}: {text!r} is not 'METRIC OP NUMBER' "
+                             f"(OP one of {' '.join(OPS)})")
+    return Criterion(text.strip(), m.group(1), m.group(2), float(m.group(3)))
+
+
+def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
+    if not h.id or not h.claim:
+        raise TracetuneError(f"{where}: id and claim must not be empty")
+    parts = h.metric.split(".")
+    if len(parts) != 2 or parts[0] not in EVALS or parts[1] not in STATS:
+        raise TracetuneError(f"{where} metric: {h.metric!r} does not exist (EVAL.STAT with EVAL "
+                             f"in {', '.join(EVALS)} and STAT in {', '.join(STATS)})")
+    if parts[0] == "capability" and not exp.capability.enabled:
+        raise TracetuneError(f"{where} metric: {h.metric!r} needs [capability] enabled")
+    for role, arm in (("treatment", h.treatment), ("control", h.control)):
+        if arm not in exp.arms:
+            raise TracetuneError(f"{where} {role}: {arm!r} is not a model of this experiment "
+                                 f"({', '.join(exp.arms)})")
+        if parts[0] == "capability" and arm not in ("base", "adapted"):
+            raise TracetuneError(f"{where} {role}: the capability check runs base and "
+                                 "adapted only")
+        if arm == "control" and parts[0] != "heldout":
+            raise TracetuneError(f"{where} {role}: the control adapter is evaluated on held-out "
+                                 "tasks only (metric heldout.STAT)")
+    if h.treatment == h.control:
+        raise TracetuneError(f"{where}: treatment and control are both {h.treatment!r}")
+    if (h.min_delta is None) == (h.within is None):
+        raise TracetuneError(f"{where}: give exactly one of min_delta (a difference of at least "
+                             "this much) or within (per task, within this much)")
+    if h.test not in TESTS:
+        raise TracetuneError(f"{where} test: {h.test!r} is not one of {', '.join(TESTS)}")
+    if h.test in ("fisher", "mcnemar") and parts[1] != "success_rate":
+        raise TracetuneError(f"{where} test: {h.test} applies to success_rate; use wilcoxon or "
+                             f"paired_t for {parts[1]}")
+    if not 0 < h.alpha < 1:
+        raise TracetuneError(f"{where} alpha: must be within (0, 1)")
+    if h.within is not None and h.min_tasks < 1:
+        raise TracetuneError(f"{where} min_tasks: must be at least 1")
+
+
+def _suggest(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else \
+        " (metrics are ARM.EVAL.STAT, delta.EVAL.STAT, train.STAT)"
