@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/tracetune demo
+	$(BIN)/tracetune loop experiments/quickstart.toml --out runs/quickstart
 
 test: setup
 	$(BIN)/python -m pytest

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from statistics import fmean, median
 
-from tracetune.errors import TracetuneError
 from tracetune.eval.compare import Comparison, compare, load_episodes
 from tracetune.experiment.spec import STATS, Experiment, Hypothesis
 from tracetune.tasks.splits import in_train
@@ -51,9 +50,7 @@ def analyze(exp: Experiment, out: Path) -> dict:
     if exp.capability.enabled:
         cap = {arm: load_episodes(out / "capability" / arm) for arm in ("base", "adapted")}
     split = subsets(exp, episodes["base"])
-    if not split["heldout"] or not split["train"]:
-        raise TracetuneError(f"train_pct {exp.eval.train_pct} leaves one split empty on these "
-                             "tasks; nothing to compare")
+    split = {name: tasks for name, tasks in split.items() if tasks}
 
     # --- comparisons (each arm vs base) and the flat metric table -------------------------------
     comparisons: dict[str, Comparison] = {}

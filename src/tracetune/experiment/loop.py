@@ -421,7 +421,8 @@ def _control(loop: Loop) -> dict:
 def _control_eval(loop: Loop) -> dict:
     root = loop.out / "control"
     spec = loop.adapted_spec(root / "export", root / "adapter")
-    return loop.evaluate("control_eval", loop.eval_config(spec, split="test"), root / "eval")
+    split = "test" if loop.exp.eval.train_pct < 100 else "all"
+    return loop.evaluate("control_eval", loop.eval_config(spec, split=split), root / "eval")
 
 
 def _reference(loop: Loop) -> dict:

@@ -59,19 +59,22 @@ def _pp(x: float) -> str:
 
 
 def _answer(results: dict) -> str:
-    held = results["comparisons"]["heldout"]
+    split = "heldout" if "heldout" in results["comparisons"] else "all"
+    where = "held-out tasks" if split == "heldout" else "tasks (all of them also trained on)"
+    held = results["comparisons"][split]
     row = next(r for r in held["results"] if r["model"] == "adapted" and r["task"] == "overall")
     base = row["baseline_rate"]
-    text = (f"On {len(results['split']['heldout'])} held-out tasks ({row['n']} samples per "
+    text = (f"On {len(results['split'][split])} {where} ({row['n']} samples per "
             f"model), the adapted model passed {_pct(row['success_rate'])} against the base "
             f"model's {_pct(base)}: Δ = {_pp(row['delta_success'])} (95% CI "
             f"{_pp(row['delta_ci_low'])} to {_pp(row['delta_ci_high'])}), Fisher p = "
             f"{row['p_value']:.3g}, McNemar p = {row['mcnemar_p']:.3g}. ")
     significant = row["p_value"] < 0.05 and (row["delta_ci_low"] > 0 or row["delta_ci_high"] < 0)
     if significant and row["delta_success"] > 0:
-        text += "**The adapter helped** on tasks it never trained on."
+        text += "**The adapter helped**" + (" on tasks it never trained on." if split == "heldout"
+                                            else ", on the tasks it trained on.")
     elif significant:
-        text += "**The adapter hurt** on tasks it never trained on."
+        text += "**The adapter hurt**."
     else:
         text += ("**No reliable difference**: the interval includes zero or the test is not "
                  "significant, so this run does not show that the adapter helped.")
@@ -160,7 +163,8 @@ def _repro(exp, out: Path, results: dict, record: dict) -> str:
              "adapted share them)",
              f"train seed      {exp.train.get('seed', 42)}",
              f"split           md5(task id) % 100 < {exp.eval.train_pct} -> train "
-             f"({len(results['split']['train'])} train, {len(results['split']['heldout'])} "
+             f"({len(results['split'].get('train', []))} train, "
+             f"{len(results['split'].get('heldout', []))} "
              "held-out tasks)"]
     store = Store(out / "baseline")
     try:

@@ -256,9 +256,9 @@ def load_experiment(path: Path) -> Experiment:
     for key in ("trials", "max_tokens", "max_attempts", "concurrency"):
         if getattr(ev, key) < 1:
             raise TracetuneError(f"{where} [eval] {key}: must be at least 1")
-    if not 1 <= ev.train_pct <= 99:
-        raise TracetuneError(f"{where} [eval] train_pct: must be within 1..99 (both splits "
-                             "need tasks)")
+    if not 1 <= ev.train_pct <= 100:
+        raise TracetuneError(f"{where} [eval] train_pct: must be within 1..100 (100: train on "
+                             "every task, no held-out split)")
     for section, suite in (("eval", ev.suite), ("capability", cap.suite)):
         if section == "capability" and not cap.enabled:
             continue
@@ -297,8 +297,10 @@ def metric_names(exp: Experiment) -> set[str]:
     evals = [e for e in EVALS if e != "capability" or exp.capability.enabled]
     names = {f"{arm}.{e}.{s}" for arm in exp.arms for e in evals for s in STATS
              if (e != "capability" or arm in ("base", "adapted"))
-             and (arm != "control" or e == "heldout")}
-    names |= {f"delta.{e}.{s}" for e in evals for s in STATS}
+             and (arm != "control" or e == ("heldout" if exp.eval.train_pct < 100 else "all"))
+             and (e != "heldout" or exp.eval.train_pct < 100)}
+    names |= {f"delta.{e}.{s}" for e in evals for s in STATS
+              if e != "heldout" or exp.eval.train_pct < 100}
     names |= {f"train.{s}" for s in TRAIN_STATS} | {"adapted.peak_ram_gb"}
     return names
 
@@ -330,6 +332,8 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
     if len(parts) != 2 or parts[0] not in EVALS or parts[1] not in STATS:
         raise TracetuneError(f"{where} metric: {h.metric!r} does not exist (EVAL.STAT with EVAL "
                              f"in {', '.join(EVALS)} and STAT in {', '.join(STATS)})")
+    if parts[0] == "heldout" and exp.eval.train_pct == 100:
+        raise TracetuneError(f"{where} metric: [eval] train_pct = 100 leaves no held-out tasks")
     if parts[0] == "capability" and not exp.capability.enabled:
         raise TracetuneError(f"{where} metric: {h.metric!r} needs [capability] enabled")
     for role, arm in (("treatment", h.treatment), ("control", h.control)):
@@ -339,7 +343,7 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
         if parts[0] == "capability" and arm not in ("base", "adapted"):
             raise TracetuneError(f"{where} {role}: the capability check runs base and "
                                  "adapted only")
-        if arm == "control" and parts[0] != "heldout":
+        if arm == "control" and parts[0] != "heldout" and exp.eval.train_pct < 100:
             raise TracetuneError(f"{where} {role}: the control adapter is evaluated on held-out "
                                  "tasks only (metric heldout.STAT)")
     if h.treatment == h.control:
