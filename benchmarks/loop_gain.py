@@ -13,6 +13,8 @@ gain, and a HumanEval drop of at most 2pp. Not part of CI (about an hour on 2 CP
 defaults). Usage:
 
     python benchmarks/loop_gain.py [--trials 16] [--humaneval-limit 0] [--out runs/loop_gain]
+    python benchmarks/loop_gain.py --trials 8 --humaneval-limit 40 --seed-from runs/quickstart
+        (the quickstart's own numbers plus the control: only the control stages run)
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ def derived_experiment(trials: int, humaneval_limit: int, epochs: float | None,
     text = (ROOT / "experiments" / "quickstart.toml").read_text()
     text = re.sub(r"(?m)^trials = \d+", f"trials = {trials}", text)
     text = re.sub(r"(?m)^limit = \d+", f"limit = {humaneval_limit}", text)
-    text = text.replace('name = "quickstart"', 'name = "loop_gain"')
     if epochs is not None:
         text = re.sub(r"(?m)^epochs = [\d.]+", f"epochs = {epochs}", text)
     text += "\n[control]\nenabled = true\n"
@@ -51,7 +52,16 @@ def main() -> int:
     ap.add_argument("--humaneval-limit", type=int, default=0, help="0 = all 164 problems")
     ap.add_argument("--epochs", type=float, default=None, help="override [train] epochs")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "loop_gain")
+    ap.add_argument("--seed-from", type=Path, default=None,
+                    help="copy this loop directory (e.g. runs/quickstart) into --out first: "
+                    "stages whose settings match are reused, the control stages run")
     args = ap.parse_args()
+    if args.seed_from and not args.out.exists():
+        import shutil
+
+        shutil.copytree(args.seed_from, args.out)
+        for stale in ("compare", "report"):
+            (args.out / "stages" / f"{stale}.json").unlink(missing_ok=True)
 
     from tracetune.experiment.loop import run_loop
 
