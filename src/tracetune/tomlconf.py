@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from pathlib import Path
 
@@ -39,8 +40,7 @@ def check_type(name: str, value, hint):
     """`value` converted to `hint` (lists to tuples, ints to floats), or a TracetuneError."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
-            and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]

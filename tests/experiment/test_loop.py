@@ -150,7 +150,7 @@ def test_report_renders_in_headless_chromium(killed_run, tmp_path):
     from PIL import Image
 
     img = Image.open(shot).convert("L")
-    assert len(img.getcolors(maxcolors=1 << 16) or []) > 20  # text, tables and plots drawn, not a blank page
+    assert len(img.getcolors(maxcolors=1 << 16) or []) > 20  # drawn, not a blank page
 
 
 def test_report_refuses_edited_hypotheses(killed_run, tmp_path):

@@ -77,7 +77,6 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         raise TracetuneError(f"{out} exists and is not empty; choose another --out")
     attempts = [a for run in runs for a in load_attempts(run)]
     report = MineReport()
-    rows: list[dict] = []
     if config.unfiltered:
         import random
 
@@ -85,10 +84,10 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         if len(rows) < config.unfiltered:
             raise TracetuneError(f"only {len(rows)} unfiltered rows exist; "
                                  f"{config.unfiltered} were asked for")
-        rows = random.Random(config.seed).sample(rows, config.unfiltered)
-        report.rows = {"sft": rows}
+        report.rows = {"sft": random.Random(config.seed).sample(rows, config.unfiltered)}
         _write(out, runs, config, report)
         return report
+    rows: list[dict] = []
     if "sft" in config.kinds:
         rows += sft_rows(attempts, config.tiers)
     if "fix" in config.kinds:

@@ -148,28 +148,23 @@ def sft_rows(attempts: Iterable[Attempt], tiers: dict[str, tuple[str, ...]]) -> 
         want = tiers.get(a.step, ())
         if not a.passed or not want or not all(t in a.tiers for t in want):
             continue
-        completion = {"role": "assistant", "content": fenced(a.code)}
-        rows.append({"id": _row_id("sft", a.prompt, completion), "kind": "sft", "step": a.step,
-                     "task": a.task, "tiers": list(a.tiers), "prompt": a.prompt,
-                     "completion": completion, "code": a.code, "provenance": _provenance(a)})
+        rows.append(_sft_row(a, fenced(a.code), a.code))
     return rows
+
+
+def _sft_row(a: Attempt, content: str, code: str, *id_extra: object) -> dict:
+    completion = {"role": "assistant", "content": content}
+    return {"id": _row_id("sft", a.prompt, completion, *id_extra), "kind": "sft", "step": a.step,
+            "task": a.task, "tiers": list(a.tiers), "prompt": a.prompt, "completion": completion,
+            "code": code, "provenance": _provenance(a)}
 
 
 def unfiltered_rows(attempts: Iterable[Attempt]) -> list[dict]:
     """Control rows: every first attempt as an SFT row, passing or not (its extracted code, or
     the raw answer when nothing could be extracted). Trained on as many rows as the filtered set,
     they separate the effect of the filter from the effect of fine-tuning at all."""
-    rows = []
-    for a in attempts:
-        if a.attempt != 1:
-            continue
-        completion = {"role": "assistant",
-                      "content": fenced(a.code) if a.code.strip() else a.raw}
-        rows.append({"id": _row_id("sft", a.prompt, completion, a.trial), "kind": "sft",
-                     "step": a.step, "task": a.task, "tiers": list(a.tiers), "prompt": a.prompt,
-                     "completion": completion, "code": a.code or a.raw,
-                     "provenance": _provenance(a)})
-    return rows
+    return [_sft_row(a, fenced(a.code) if a.code.strip() else a.raw, a.code or a.raw, a.trial)
+            for a in attempts if a.attempt == 1]
 
 
 def fix_rows(attempts: list[Attempt]) -> list[dict]:

@@ -14,6 +14,7 @@ Overall (over the tasks both runs share):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,11 @@ from statistics import fmean
 
 from tracetune import stats
 from tracetune.errors import TracetuneError
+from tracetune.eval.metrics import summarize
 from tracetune.traces.store import DB_NAME, Store
 
-METRICS = ("attempts", "duration_s", "tokens")
+METRICS = {"attempts": "avg_attempts", "duration_s": "avg_duration_s", "tokens": "avg_tokens"}
+"""Per-task-mean metrics compared with paired tests -> the Summary field that holds them."""
 
 
 @dataclass(frozen=True)
@@ -158,28 +161,22 @@ def _by_task(episodes: list[dict]) -> dict[str, list[dict]]:
 
 
 def _mean(eps: list[dict], metric: str) -> float:
-    if metric == "attempts":
-        return fmean(e["n_attempts"] for e in eps)
-    if metric == "duration_s":
-        return fmean(e["duration_s"] for e in eps)
-    return fmean(e["prompt_tokens"] + e["completion_tokens"] for e in eps)
+    return getattr(summarize("", eps), METRICS[metric])
 
 
 def _row(model: str, task: str, a: list[dict], b: list[dict]) -> ComparisonResult:
-    ka, na = sum(bool(e["success"]) for e in a), len(a)
-    kb, nb = sum(bool(e["success"]) for e in b), len(b)
-    lo, hi = stats.wilson_interval(ka, na)
-    dlo, dhi = stats.newcombe_interval(ka, na, kb, nb)
-    pa, pb = ka / na, kb / nb
+    sa, sb = summarize(task, a), summarize(task, b)
+    dlo, dhi = stats.newcombe_interval(sa.successes, sa.n, sb.successes, sb.n)
     return ComparisonResult(
-        model=model, task=task, success_rate=pa, avg_attempts=_mean(a, "attempts"),
-        avg_duration=_mean(a, "duration_s"), delta_success=pa - pb,
-        p_value=stats.fisher_exact(ka, na, kb, nb), cohens_h=stats.cohens_h(pa, pb), n=na,
-        successes=ka, ci_low=lo, ci_high=hi, baseline_rate=pb, delta_ci_low=dlo,
-        delta_ci_high=dhi, avg_tokens=_mean(a, "tokens"),
-        delta_attempts=_mean(a, "attempts") - _mean(b, "attempts"),
-        delta_duration=_mean(a, "duration_s") - _mean(b, "duration_s"),
-        delta_tokens=_mean(a, "tokens") - _mean(b, "tokens"))
+        model=model, task=task, success_rate=sa.rate, avg_attempts=sa.avg_attempts,
+        avg_duration=sa.avg_duration_s, delta_success=sa.rate - sb.rate,
+        p_value=stats.fisher_exact(sa.successes, sa.n, sb.successes, sb.n),
+        cohens_h=stats.cohens_h(sa.rate, sb.rate), n=sa.n, successes=sa.successes,
+        ci_low=sa.ci_low, ci_high=sa.ci_high, baseline_rate=sb.rate, delta_ci_low=dlo,
+        delta_ci_high=dhi, avg_tokens=sa.avg_tokens,
+        delta_attempts=sa.avg_attempts - sb.avg_attempts,
+        delta_duration=sa.avg_duration_s - sb.avg_duration_s,
+        delta_tokens=sa.avg_tokens - sb.avg_tokens)
 
 
 def _rows(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
@@ -194,23 +191,16 @@ def _rows(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
              if (e["task_id"], e["trial"]) in ob]
     a_only = sum(x and not y for x, y in pairs)
     b_only = sum(y and not x for x, y in pairs)
-    # cluster bootstrap over tasks of the success delta (weights: trials per task)
-    rate = {t: fmean(bool(e["success"]) for e in eps) for t, eps in a.items()}
-    base_rate = {t: fmean(bool(e["success"]) for e in eps) for t, eps in b.items()}
-    if len(a) >= 2 and a is not b:
-        _, lo, hi = stats.paired_bootstrap_ci([rate[t] for t in a], [base_rate[t] for t in a],
-                                              seed=seed)
+    # cluster bootstrap of the success delta: resample tasks (each task's rate counts once)
+    if len(rows) >= 2 and a is not b:
+        _, lo, hi = stats.paired_bootstrap_ci([r.success_rate for r in rows],
+                                              [r.baseline_rate for r in rows], seed=seed)
     else:
         lo, hi = overall.delta_ci_low, overall.delta_ci_high
-    overall = _replace(overall, delta_ci_low=lo, delta_ci_high=hi, paired=len(pairs),
-                       mcnemar_p=stats.mcnemar(a_only, b_only) if pairs else None)
+    overall = dataclasses.replace(overall, delta_ci_low=lo, delta_ci_high=hi,
+                                  paired=len(pairs),
+                                  mcnemar_p=stats.mcnemar(a_only, b_only) if pairs else None)
     return rows + [overall]
-
-
-def _replace(row: ComparisonResult, **changes) -> ComparisonResult:
-    import dataclasses
-
-    return dataclasses.replace(row, **changes)
 
 
 def _metric_deltas(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],

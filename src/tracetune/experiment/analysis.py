@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from statistics import fmean, median
+from statistics import median
 
 from tracetune.eval.compare import Comparison, compare, load_episodes
+from tracetune.eval.metrics import summarize
 from tracetune.experiment.spec import STATS, Experiment, Hypothesis
 from tracetune.tasks.splits import in_train
 
@@ -36,12 +37,11 @@ def subsets(exp: Experiment, episodes: list[dict]) -> dict[str, set[str]]:
 def stat_values(episodes: list[dict]) -> dict[str, float]:
     if not episodes:
         return {}
-    durations = [e["duration_s"] for e in episodes]
-    return {"success_rate": fmean(bool(e["success"]) for e in episodes),
-            "avg_attempts": fmean(e["n_attempts"] for e in episodes),
-            "avg_duration_s": fmean(durations), "median_duration_s": median(durations),
-            "avg_tokens": fmean(e["prompt_tokens"] + e["completion_tokens"] for e in episodes),
-            "n": len(episodes)}
+    summary = summarize("", episodes)
+    return {"success_rate": summary.rate, "avg_attempts": summary.avg_attempts,
+            "avg_duration_s": summary.avg_duration_s,
+            "median_duration_s": median(e["duration_s"] for e in episodes),
+            "avg_tokens": summary.avg_tokens, "n": summary.n}
 
 
 def analyze(exp: Experiment, out: Path) -> dict:
@@ -84,7 +84,7 @@ def analyze(exp: Experiment, out: Path) -> dict:
 
     # --- verdicts and decision --------------------------------------------------------------------
     verdicts = [_verdict(h, comparisons, episodes, cap if exp.capability.enabled else {},
-                         split) for h in exp.hypotheses]
+                         split, exp.info.seed) for h in exp.hypotheses]
     decision = _decide(exp, metrics)
     return {
         "experiment": exp.info.name,
@@ -106,13 +106,15 @@ def _pp(x: float) -> str:
 
 
 def _verdict(h: Hypothesis, comparisons: dict[str, Comparison], episodes: dict,
-             cap: dict, split: dict) -> dict:
+             cap: dict, split: dict, seed: int) -> dict:
     evaluation, stat = h.metric.split(".")
     source = cap if evaluation == "capability" else episodes
     tasks = None if evaluation == "capability" else split[evaluation]
     runs = {arm: [e for e in source[arm] if tasks is None or e["task_id"] in tasks]
             for arm in (h.treatment, h.control)}
-    comp = compare(runs, h.control)
+    # against the base model the tables' comparison already holds it (same numbers as reported)
+    comp = comparisons[evaluation] if h.control == "base" else \
+        compare(runs, h.control, seed=seed)
     overall = comp.overall(h.treatment)
     rate = stat == "success_rate"
     fmt = _pp if rate else (lambda x: f"{x:+.3g}")
@@ -137,7 +139,8 @@ def _verdict(h: Hypothesis, comparisons: dict[str, Comparison], episodes: dict,
             lo, hi = overall.delta_ci_low, overall.delta_ci_high
             p = {"fisher": overall.p_value, "mcnemar": overall.mcnemar_p}.get(h.test)
         else:
-            md = next(m for m in comp.metrics if m.metric == STAT_TO_METRIC[stat])
+            md = next(m for m in comp.metrics
+                      if m.model == h.treatment and m.metric == STAT_TO_METRIC[stat])
             lo, hi = md.ci_low, md.ci_high
             p = {"wilcoxon": md.p_wilcoxon, "paired_t": md.p_t}.get(h.test)
         passes_test = h.test == "none" or (p is not None and p < h.alpha)

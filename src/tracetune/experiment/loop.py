@@ -152,7 +152,7 @@ class Loop:
 
     def _clear(self, stage: str) -> None:
         self.marker(stage).unlink(missing_ok=True)
-        for path in OUTPUTS[stage](self):
+        for path in (self.out / name for name in OUTPUTS[stage]):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -252,23 +252,26 @@ class Loop:
         return {"run": str(out.relative_to(self.out)), "n": overall.n,
                 "successes": overall.successes}
 
-    def train_config(self):
-        from tracetune.tomlconf import build
-        from tracetune.train.config import TrainConfig
+    def artifact(self, export_dir: Path) -> Path:
+        """The exported file the adapted model loads."""
+        gguf_lora = self.exp.export.target == "gguf-lora"
+        return export_dir / ("adapter.gguf" if gguf_lora else "merged.gguf")
 
-        return build(TrainConfig, self.exp.train, "[train]")
+    @property
+    def gguf_base(self) -> str | None:
+        """The base model's GGUF spec without options (embedded or gguf:PATH), if it has one."""
+        head = self.exp.models.base.split(",")[0]
+        return head if head == "embedded" or head.startswith("gguf:") else None
 
     def adapted_spec(self, export_dir: Path, adapter_dir: Path) -> str:
         explicit = self.exp.models.adapted
         target = self.exp.export.target
-        artifact = export_dir / ("adapter.gguf" if target == "gguf-lora" else "merged.gguf")
+        artifact = self.artifact(export_dir)
         if explicit:
             return explicit.format(export=artifact, adapter=adapter_dir)
         base = self.exp.models.base
         if target == "gguf-lora":
-            if base == "embedded" or base.startswith("embedded,"):
-                return f"{base},lora={artifact}"
-            if base.startswith("gguf:"):
+            if self.gguf_base:
                 return f"{base},lora={artifact}"
             raise TracetuneError(f"[export] target gguf-lora needs a GGUF base model "
                                  f"(embedded or gguf:PATH), not {base!r}; set [models] adapted")
@@ -359,7 +362,7 @@ def _train(loop: Loop, *, data: Path | None = None, out: Path | None = None) -> 
     from tracetune.train.recipe import META, train
 
     data, out = data or loop.out / "data", out or loop.out / "adapter"
-    train(data, loop.train_base, out, loop.train_config(), resume=out.exists())
+    train(data, loop.train_base, out, loop.exp.train_config, resume=out.exists())
     meta = json.loads((out / META).read_text())
     loop.log(f"[train] {meta['rows']} rows, {meta['steps']} steps, loss "
              f"{meta['first_loss']:.3f} -> {meta['last_loss']:.3f}")
@@ -374,11 +377,8 @@ def _export(loop: Loop, *, adapter: Path | None = None, out: Path | None = None)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    target = loop.exp.export.target
-    artifact = out / ("adapter.gguf" if target == "gguf-lora" else "merged.gguf")
-    base = loop.exp.models.base if loop.exp.models.base.split(",")[0] in ("embedded",) \
-        or loop.exp.models.base.startswith("gguf:") else None
-    parity = export(adapter, target, artifact, base=base.split(",")[0] if base else None)
+    artifact = loop.artifact(out)
+    parity = export(adapter, loop.exp.export.target, artifact, base=loop.gguf_base)
     loop.log(f"[export] {artifact.name}: {parity}")
     return {"artifact": str(artifact.relative_to(loop.out)), "parity": parity}
 
@@ -456,19 +456,11 @@ RUNNERS: dict[str, Callable[[Loop], dict]] = {
     "control_eval": _control_eval,
     "reference": _reference, "compare": _compare, "report": _report,
 }
-OUTPUTS: dict[str, Callable[[Loop], list[Path]]] = {
-    "baseline": lambda lp: [lp.out / "baseline"],
-    "mine": lambda lp: [lp.out / "data"],
-    "train": lambda lp: [lp.out / "adapter"],
-    "export": lambda lp: [lp.out / "export"],
-    "adapted": lambda lp: [lp.out / "adapted"],
-    "capability": lambda lp: [lp.out / "capability"],
-    "control": lambda lp: [lp.out / "control"],
-    "control_eval": lambda lp: [lp.out / "control" / "eval"],
-    "reference": lambda lp: [lp.out / "reference"],
-    "compare": lambda lp: [lp.out / "results.json"],
-    "report": lambda lp: [lp.out / "report.md", lp.out / "report.html",
-                          lp.out / "report_files"],
+OUTPUTS: dict[str, tuple[str, ...]] = {  # what --from (or a changed stage) removes, under RUN/
+    "baseline": ("baseline",), "mine": ("data",), "train": ("adapter",), "export": ("export",),
+    "adapted": ("adapted",), "capability": ("capability",), "control": ("control",),
+    "control_eval": ("control/eval",), "reference": ("reference",),
+    "compare": ("results.json",), "report": ("report.md", "report.html", "report_files"),
 }
 
 

@@ -20,7 +20,7 @@ from tracetune.errors import TracetuneError
 from tracetune.experiment import prereg
 from tracetune.experiment.analysis import arm_runs
 from tracetune.experiment.spec import experiment_hash, load_experiment
-from tracetune.stats import stars, wilson_interval
+from tracetune.stats import stars
 
 COLORS = {"base": "#7f7f7f", "adapted": "#1f77b4", "control": "#ff7f0e"}
 
@@ -161,7 +161,7 @@ def _repro(exp, out: Path, results: dict, record: dict) -> str:
              f"prereg sha256   {record['sha256']}",
              f"eval seed       {exp.info.seed} (per-sample seeds derived from it; base and "
              "adapted share them)",
-             f"train seed      {exp.train.get('seed', 42)}",
+             f"train seed      {exp.train_config.seed}",
              f"split           md5(task id) % 100 < {exp.eval.train_pct} -> train "
              f"({len(results['split'].get('train', []))} train, "
              f"{len(results['split'].get('heldout', []))} "
@@ -275,9 +275,8 @@ def _plots(exp, out: Path, results: dict) -> dict[str, bytes]:
         rows = [r for r in cap["results"] if r["task"] == "overall"]
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for i, r in enumerate(rows):
-            k = round(r["success_rate"] * r["n"])
-            lo, hi = wilson_interval(k, r["n"])
-            ax.bar(i, r["success_rate"], yerr=[[r["success_rate"] - lo], [hi - r["success_rate"]]],
+            ax.bar(i, r["success_rate"], yerr=[[r["success_rate"] - r["ci_low"]],
+                                               [r["ci_high"] - r["success_rate"]]],
                    color=COLORS.get(r["model"]), capsize=4)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["model"] for r in rows])
@@ -324,6 +323,9 @@ pre{background:#f5f5f5;padding:1em;overflow-x:auto;font-size:12px}img{max-width:
 .SUPPORTED{color:#1a7f37;font-weight:bold}.NOT{color:#b42318;font-weight:bold}"""
 
 
+VERDICT_CLASS = {"SUPPORTED": ' class="SUPPORTED"', "NOT SUPPORTED": ' class="NOT"'}
+
+
 def _html(title: str, blocks, plots) -> str:
     esc = html.escape
     body = [f"<h1>tracetune report: {esc(title)}</h1>"]
@@ -340,7 +342,7 @@ def _html(title: str, blocks, plots) -> str:
             cells = "".join(f"<th>{esc(h)}</th>" for h in head)
             trs = []
             for r in rows:
-                tds = "".join(f'<td class="{esc(str(c).split()[0]) if c in ("SUPPORTED", "NOT SUPPORTED") else ""}">{esc(str(c))}</td>'
+                tds = "".join(f"<td{VERDICT_CLASS.get(str(c), '')}>{esc(str(c))}</td>"
                               for c in r)
                 trs.append(f"<tr>{tds}</tr>")
             body.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(trs)}"

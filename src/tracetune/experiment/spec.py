@@ -31,19 +31,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.tomlconf import build, read_toml
+from tracetune.train.config import TrainConfig
 
 EVALS = ("heldout", "train", "all", "capability")
 STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", "avg_tokens")
 TRAIN_STATS = ("peak_ram_gb", "seconds", "rows", "final_loss")
 TESTS = ("fisher", "mcnemar", "wilcoxon", "paired_t", "none")
 EXPORT_TARGETS = ("gguf-lora", "merged-gguf", "none")
-OPS = (">=", "<=", ">", "<", "==")
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+       "==": operator.eq}
 _CRITERION = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|<=|==|>|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*$")
 
 
@@ -149,9 +152,7 @@ class Criterion:
     value: float
 
     def holds(self, observed: float) -> bool:
-        return {">=": observed >= self.value, "<=": observed <= self.value,
-                ">": observed > self.value, "<": observed < self.value,
-                "==": observed == self.value}[self.op]
+        return OPS[self.op](observed, self.value)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,9 @@ class Experiment:
     eval: EvalSection
     mine: MineSection
     train: dict
-    """The [train] table, validated as a TrainConfig."""
+    """The [train] table as written (what stage keys hash)."""
+    train_config: TrainConfig
+    """The same table, validated, with defaults filled in."""
     export: ExportSection
     capability: CapabilitySection
     control: ControlSection
@@ -204,8 +207,6 @@ def load_experiment(path: Path) -> Experiment:
     from tracetune.datasets.build import MineConfig
     from tracetune.models import parse_spec
     from tracetune.tasks import load_suite
-    from tracetune.train.config import TrainConfig
-
     path = Path(path)
     data = read_toml(path)
     where = str(path)
@@ -235,8 +236,8 @@ def load_experiment(path: Path) -> Experiment:
         go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
         abort=tuple(_criterion(t, f"{where} [decision] abort")
                     for t in _strings(raw_d, "abort", where)))
-    exp = Experiment(path, info, models, ev, mine, train_table, export, cap, control, hyps,
-                     decision)
+    exp = Experiment(path, info, models, ev, mine, train_table, train_cfg, export, cap, control,
+                     hyps, decision)
 
     # --- values and cross-references ------------------------------------------------------------
     for key, spec in [("base", models.base), ("train_base", models.train_base),
