@@ -169,4 +169,4 @@ def test_train_cli_rejects_bad_config(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[train]\nrank = 8\n")
     r = run("train", str(tmp_path), "--out", str(tmp_path / "a"), "--config", str(cfg))
-    assert r.returncode == 1 and "unknown training config key(s): rank" in r.stderr
+    assert r.returncode == 1 and "unknown key(s) rank" in r.stderr
