@@ -200,7 +200,8 @@ app.add_typer(tasks_app, name="tasks")
 def tasks_list(
     suite: Optional[str] = typer.Option(None, help="Suite name or .toml file (default: list suites)."),
     split: str = typer.Option("all", help="all, train or test."),
-    train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
+    train_pct: Optional[int] = typer.Option(None, help="Share of tasks (by hash) in train "
+                                            "(default: the suite's, 50 or bugs' 70)."),
 ) -> None:
     """List the built-in suites, or the tasks of one suite."""
     from tracetune.tasks import builtin_suites, load_suite
@@ -216,6 +217,7 @@ def tasks_list(
         out.print(table)
         return
     s = load_suite(suite)
+    train_pct = s.train_pct if train_pct is None else train_pct
     tasks = select(s.tasks, split, train_pct)
     table = Table(title=f"{s.name} v{s.version}: {len(tasks)} tasks (split {split})")
     for col in ("id", "difficulty", "split", "names", "tags"):
@@ -240,6 +242,9 @@ def tasks_show(
         raise TracetuneError(f"no task {task_id!r} in suite {s.name}")
     out.rule(f"{task.id} (difficulty {task.difficulty}; {', '.join(task.tags)})")
     out.print(task.spec, markup=False, highlight=False)
+    if task.is_repair:
+        out.rule(f"{task.file} (buggy, as the agent first sees it)")
+        out.print(task.buggy.strip(), markup=False, highlight=False)
     out.rule("reference")
     out.print(task.reference.strip(), markup=False, highlight=False)
     out.rule("acceptance tests (hidden from the model)")
@@ -249,7 +254,8 @@ def tasks_show(
 @tasks_app.command("split")
 def tasks_split(
     suite: str = typer.Option(..., help="Suite name or .toml file."),
-    train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
+    train_pct: Optional[int] = typer.Option(None, help="Share of tasks (by hash) in train "
+                                            "(default: the suite's, 50 or bugs' 70)."),
     as_json: bool = typer.Option(False, "--json", help="Print {train: [...], test: [...]}."),
 ) -> None:
     """Show the deterministic task-level split: md5(task_id) % 100 < train_pct is train."""
@@ -257,6 +263,7 @@ def tasks_split(
     from tracetune.tasks.splits import select
 
     s = load_suite(suite)
+    train_pct = s.train_pct if train_pct is None else train_pct
     train = [t.id for t in select(s.tasks, "train", train_pct)]
     test = [t.id for t in select(s.tasks, "test", train_pct)]
     if as_json:
@@ -272,7 +279,8 @@ def tasks_split(
 def tasks_check(
     suite: list[str] = typer.Option([], help="Suite(s) to check (default: every built-in)."),
 ) -> None:
-    """Prove every reference solution passes its own acceptance tests (in the sandbox)."""
+    """Prove every reference solution passes its own acceptance tests, and every buggy module of a
+    repair suite fails them (in the sandbox)."""
     from tracetune.sandbox import Sandbox
     from tracetune.tasks import builtin_suites, load_suite
     from tracetune.tasks.check import check_references
@@ -285,10 +293,12 @@ def tasks_check(
             bad = check_references(s, sb)
             failures += len(bad)
             mark = "[green]ok[/]" if not bad else "[red]FAILED[/]"
-            out.print(f"{mark} {s.name}: {len(s.tasks) - len(bad)}/{len(s.tasks)} references "
-                      f"pass their acceptance tests")
-            for t, r in bad:
-                out.print(f"   {t.id}: {r.status}: {escape(r.reason)}")
+            n_bad = len({t.id for t, _, _ in bad})
+            what = "references pass their tests" + \
+                (" and buggy modules fail them" if s.kind == "repair" else "")
+            out.print(f"{mark} {s.name}: {len(s.tasks) - n_bad}/{len(s.tasks)} tasks: {what}")
+            for t, problem, r in bad:
+                out.print(f"   {t.id}: {problem}: {r.status}: {escape(r.reason)}")
     if failures:
         raise TracetuneError(f"{failures} task(s) failed the check")
 
@@ -297,7 +307,8 @@ def tasks_check(
 def eval_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
     suite: str = typer.Option("funcs", help="Suite name or .toml file."),
-    workflow: str = typer.Option("direct", help="direct or tdd."),
+    workflow: str = typer.Option("direct", help="direct, tdd, or repair (repair suites, e.g. "
+                                 "bugs)."),
     model: str = typer.Option("embedded", "--model", "-m", help="Model spec."),
     trials: int = typer.Option(1, help="Episodes per task."),
     seed: int = typer.Option(0, help="Base seed (every trial and attempt derives its own)."),
@@ -307,27 +318,70 @@ def eval_cmd(
     max_attempts: int = typer.Option(3, help="Attempts per step (guard feedback between them)."),
     min_tests: int = typer.Option(3, help="tdd: tests g_test must write."),
     split: str = typer.Option("all", help="all, train or test (task-level, by hash)."),
-    train_pct: int = typer.Option(50, help="Share of tasks (by hash) in train."),
+    train_pct: Optional[int] = typer.Option(None, help="Share of tasks (by hash) in train "
+                                            "(default: the suite's, 50 or bugs' 70)."),
     task: list[str] = typer.Option([], help="Only these task ids (repeatable)."),
     max_difficulty: int = typer.Option(0, help="Only tasks of at most this difficulty tier "
                                        "(0 = all)."),
     limit: int = typer.Option(0, help="At most this many tasks (0 = all)."),
     concurrency: int = typer.Option(4, help="Episodes in flight at once."),
     check_timeout: float = typer.Option(10.0, help="Sandbox limit per check, seconds."),
+    max_iters: int = typer.Option(10, help="repair: most tool calls (assistant messages) per "
+                                  "episode."),
+    test_policy: str = typer.Option("after_write", help="repair: when the driver runs the "
+                                    "tests: never, after_write, end."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored "
                                 "settings are used; the options above are ignored)."),
 ) -> None:
-    """Run a workflow on a suite, record every attempt, print success tables."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    """Run a workflow on a suite, record every attempt, print success tables.
 
-    from tracetune.eval.runner import EvalConfig, run_eval
+    SUITE may name a split of a suite, e.g. bugs:test (the suite's own train share, by hash)."""
+    from tracetune.eval.runner import EvalConfig
 
     config = EvalConfig(suite=suite, workflow=workflow, model=model, trials=trials, seed=seed,
                         temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         max_attempts=max_attempts, min_tests=min_tests, split=split,
                         train_pct=train_pct, tasks=tuple(task), max_difficulty=max_difficulty,
-                        limit=limit, concurrency=concurrency, check_timeout_s=check_timeout)
+                        limit=limit, concurrency=concurrency, check_timeout_s=check_timeout,
+                        max_iters=max_iters, test_policy=test_policy)
+    _run_with_progress(config, out_dir, resume)
+
+
+@app.command("rollouts")
+def rollouts_cmd(
+    suite: str = typer.Option(..., help="Suite (a split like bugs:train keeps held-out tasks "
+                              "out of the training data)."),
+    model: str = typer.Option(..., "--model", "-m", help="Teacher model spec: oracle (the "
+                              "scripted reference fix, offline), openai:MODEL@URL, hf:..., "
+                              "embedded..."),
+    rollouts: int = typer.Option(1, help="Trajectories per task."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
+    workflow: str = typer.Option("repair", help="repair (or direct / tdd for function suites)."),
+    seed: int = typer.Option(0, help="Base seed."),
+    temperature: float = typer.Option(0.2, help="Sampling temperature of the teacher."),
+    max_tokens: int = typer.Option(512, help="Most completion tokens per message."),
+    max_iters: int = typer.Option(10, help="repair: most tool calls per trajectory."),
+    test_policy: str = typer.Option("never", help="repair: never (cheapest; protocol "
+                                    "trajectories), after_write or end."),
+    concurrency: int = typer.Option(4, help="Trajectories in flight at once."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Generate teacher trajectories (seed 002): every one is stored, ready for `tracetune mine`
+    (step-level SFT and DPO rows)."""
+    from tracetune.eval.runner import EvalConfig
+
+    config = EvalConfig(suite=suite, workflow=workflow, model=model, trials=rollouts, seed=seed,
+                        temperature=temperature, max_tokens=max_tokens, max_attempts=1,
+                        concurrency=concurrency, max_iters=max_iters, test_policy=test_policy)
+    _run_with_progress(config, out_dir, resume)
+
+
+def _run_with_progress(config, out_dir: Path, resume: bool) -> None:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from tracetune.eval.runner import run_eval
+
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
         bar = progress.add_task("episodes", total=None)
@@ -365,7 +419,8 @@ def mine_cmd(
                                    "g_test=first_attempt+validated (repeatable; defaults: "
                                    "impl=workflow, g_test=first_attempt+validated, "
                                    "g_impl=workflow)."),
-    train_pct: int = typer.Option(50, help="Tasks with md5(id) % 100 < this are train tasks."),
+    train_pct: Optional[int] = typer.Option(None, help="Tasks with md5(id) % 100 < this are "
+                                            "train tasks (default: each run's own split)."),
     allow_heldout: bool = typer.Option(False, "--allow-heldout",
                                        help="Also mine held-out tasks (leaks the evaluation)."),
     max_seq_len: int = typer.Option(1024, help="Longest prompt + completion, in tokens."),

@@ -86,7 +86,13 @@ class Workflow:
             raise TracetuneError(f"workflow {self.name}: no step named {self.impl_step}")
 
 
-def build_workflow(name: str, *, max_attempts: int = 3, min_tests: int = 3) -> Workflow:
+def build_workflow(name: str, *, max_attempts: int = 3, min_tests: int = 3, max_iters: int = 10,
+                   test_policy: str = "after_write"):
+    """A guarded Workflow (direct, tdd) or the repair agent's settings (repair)."""
+    if name == "repair":
+        from tracetune.agents.repair import RepairWorkflow
+
+        return RepairWorkflow(max_iters=max_iters, test_policy=test_policy)
     if name == "direct":
         return Workflow("direct", (
             Step("impl", IMPL_PROMPT, (SyntaxGuard(), TestGuard()), max_attempts=max_attempts),
@@ -98,10 +104,10 @@ def build_workflow(name: str, *, max_attempts: int = 3, min_tests: int = 3) -> W
             Step("g_impl", IMPL_FROM_TESTS_PROMPT, (SyntaxGuard(), TestGuard(source="g_test")),
                  needs=("g_test",), max_attempts=max_attempts),
         ), impl_step="g_impl", tests_step="g_test", min_tests=min_tests)
-    raise TracetuneError(f"unknown workflow {name!r} (direct, tdd)")
+    raise TracetuneError(f"unknown workflow {name!r} ({', '.join(WORKFLOWS)})")
 
 
-WORKFLOWS = ("direct", "tdd")
+WORKFLOWS = ("direct", "tdd", "repair")
 
 
 def derive_seed(*parts: object) -> int:
@@ -139,6 +145,8 @@ class EpisodeOutcome:
     attempts: list[AttemptRecord] = field(default_factory=list)
     duration_s: float = 0.0
     final_check: dict | None = None
+    metrics: dict | None = None
+    """Agent workflows: per-episode counts (parse_errors, loop_detections, wrote, steps...)."""
 
     @property
     def prompt_tokens(self) -> int:

@@ -39,8 +39,9 @@ class MineConfig:
     """Row kinds: sft, dpo, fix."""
     tiers: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     """Per step, the tiers an SFT row's attempt must all satisfy."""
-    train_pct: int = 50
-    """Tasks with md5(id) % 100 < train_pct are train tasks; only they are mined."""
+    train_pct: int | None = None
+    """Tasks with md5(id) % 100 < train_pct are train tasks; only they are mined. None: each
+    run's own split (its --train-pct, else its suite's train share: 50, bugs 70)."""
     allow_heldout: bool = False
     """Mine held-out tasks too (refused by default: it leaks the evaluation)."""
     max_seq_len: int = 1024
@@ -77,10 +78,12 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         raise TracetuneError(f"{out} exists and is not empty; choose another --out")
     attempts = [a for run in runs for a in load_attempts(run)]
     report = MineReport()
+    pct = {a.run_id: a.train_pct if config.train_pct is None else config.train_pct
+           for a in attempts}
     if config.unfiltered:
         import random
 
-        rows = _filter(unfiltered_rows(attempts), config, report)
+        rows = _filter(unfiltered_rows(attempts), config, report, pct)
         if len(rows) < config.unfiltered:
             raise TracetuneError(f"only {len(rows)} unfiltered rows exist; "
                                  f"{config.unfiltered} were asked for")
@@ -94,7 +97,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         rows += fix_rows(attempts)
     if "dpo" in config.kinds:
         rows += dpo_rows(attempts, config.max_dpo_pairs_per_task)
-    rows = _filter(rows, config, report)
+    rows = _filter(rows, config, report, pct)
     report.rows = {k: [r for r in rows if r["kind"] == k] for k in config.kinds}
     if not rows:
         raise TracetuneError("no rows left after filtering ("
@@ -104,10 +107,11 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     return report
 
 
-def _filter(rows: list[dict], config: MineConfig, report: MineReport) -> list[dict]:
+def _filter(rows: list[dict], config: MineConfig, report: MineReport,
+            train_pct: dict[str, int]) -> list[dict]:
     kept = []
     for r in rows:  # split: held-out tasks never reach training data
-        if config.allow_heldout or in_train(r["task"], config.train_pct):
+        if config.allow_heldout or in_train(r["task"], train_pct[r["provenance"]["run_id"]]):
             kept.append(r)
         else:
             report.drop("held_out_task", r)

@@ -59,6 +59,10 @@ class Attempt:
     feedback: str
     created_at: float
     tiers: tuple[str, ...] = ()
+    train_pct: int = 50
+    """The train share of the run's split (its --train-pct, else its suite's)."""
+    details: dict = field(default_factory=dict)
+    """repair steps: kind (tool_call, final, parse_error, loop), name, tool_ok, tests."""
 
 
 @dataclass
@@ -93,10 +97,23 @@ def code_hash(code: str) -> str:
     return hashlib.sha1(normalize_code(code).encode("utf-8")).hexdigest()
 
 
+def run_train_pct(config: dict, suite: str) -> int:
+    """The train share a run split its suite with."""
+    if config.get("train_pct") is not None:
+        return int(config["train_pct"])
+    from tracetune.tasks import load_suite, split_suffix
+
+    try:
+        return load_suite(split_suffix(suite)[0]).train_pct
+    except TracetuneError:
+        return 50
+
+
 def load_attempts(run_dir: Path) -> list[Attempt]:
     store = Store(run_dir)
     try:
         run = store.run()
+        pct = run_train_pct(run.config, run.suite)
         episodes = store.episodes()
         if not episodes:
             raise TracetuneError(f"run {run_dir} has no finished episodes to mine")
@@ -112,7 +129,8 @@ def load_attempts(run_dir: Path) -> list[Attempt]:
                     wrong_tests=None if ep["wrong_tests"] is None else bool(ep["wrong_tests"]),
                     step=a["step"], attempt=a["attempt"], passed=a["passed"], prompt=prompt,
                     messages=a["messages"], raw=a["raw_output"], code=a["code"],
-                    feedback=a["feedback"], created_at=a["created_at"]))
+                    feedback=a["feedback"], created_at=a["created_at"], train_pct=pct,
+                    details=(a["guards"][0].get("details") or {}) if a["guards"] else {}))
         return [_with_tiers(a) for a in out]
     finally:
         store.close()

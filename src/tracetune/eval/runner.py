@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tracetune.agents.repair import run_repair_episode
 from tracetune.agents.workflow import WORKFLOWS, build_workflow, derive_seed, run_episode
 from tracetune.errors import TracetuneError
 from tracetune.models import load_model, parse_spec
@@ -40,7 +41,7 @@ class EvalConfig:
     suite: str
     """Built-in suite name or a suite .toml file."""
     workflow: str = "direct"
-    """direct or tdd."""
+    """direct, tdd or repair (repair suites only, e.g. bugs)."""
     model: str = "embedded"
     """Model spec."""
     trials: int = 1
@@ -59,8 +60,8 @@ class EvalConfig:
     """tdd: tests g_test must write."""
     split: str = "all"
     """all, train or test (task-level, by hash)."""
-    train_pct: int = 50
-    """Share of tasks (by hash) in the train split."""
+    train_pct: int | None = None
+    """Share of tasks (by hash) in the train split (None: the suite's own, 50 unless it says)."""
     tasks: tuple[str, ...] = ()
     """Only these task ids (empty: all of the split)."""
     max_difficulty: int = 0
@@ -71,13 +72,22 @@ class EvalConfig:
     """Episodes in flight at once."""
     check_timeout_s: float = 10.0
     """Sandbox wall-clock limit per check."""
+    max_iters: int = 10
+    """repair: most assistant messages (tool calls) per episode."""
+    test_policy: str = "after_write"
+    """repair: when the driver runs the tests (never, after_write, end)."""
 
     def validate(self) -> None:
         if self.workflow not in WORKFLOWS:
             raise TracetuneError(f"unknown workflow {self.workflow!r} ({', '.join(WORKFLOWS)})")
-        for name in ("trials", "max_tokens", "max_attempts", "concurrency"):
+        for name in ("trials", "max_tokens", "max_attempts", "concurrency", "max_iters"):
             if getattr(self, name) < 1:
                 raise TracetuneError(f"{name} must be at least 1")
+        from tracetune.agents.repair import TEST_POLICIES
+
+        if self.test_policy not in TEST_POLICIES:
+            raise TracetuneError(f"unknown test policy {self.test_policy!r} "
+                                 f"({', '.join(TEST_POLICIES)})")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise TracetuneError("temperature must be >= 0 and top_p within (0, 1]")
         parse_spec(self.model)  # a bad spec fails here, before any work starts
@@ -87,7 +97,14 @@ class EvalConfig:
 
 
 def select_tasks(config: EvalConfig) -> list[Task]:
-    tasks = select(load_suite(config.suite).tasks, config.split, config.train_pct)
+    suite = load_suite(config.suite)
+    repair = config.workflow == "repair"
+    if repair != (suite.kind == "repair"):
+        raise TracetuneError(
+            f"suite {config.suite} is a repair suite: use --workflow repair" if not repair else
+            f"the repair workflow needs a repair suite (e.g. bugs), and {config.suite} is not one")
+    tasks = select(suite.tasks, config.split,
+                   suite.train_pct if config.train_pct is None else config.train_pct)
     if config.tasks:
         known = {t.id for t in tasks}
         unknown = [t for t in config.tasks if t not in known]
@@ -164,7 +181,8 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
     if not todo:
         return
     workflow = build_workflow(config.workflow, max_attempts=config.max_attempts,
-                              min_tests=config.min_tests)
+                              min_tests=config.min_tests, max_iters=config.max_iters,
+                              test_policy=config.test_policy)
     params = config.params()
     model = load_model(config.model)
     sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
@@ -178,9 +196,11 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
             return
         seed = derive_seed(config.seed, task.id, trial)
         eid = store.start_episode(run.id, task.id, trial, workflow.name, seed)
+        episode = run_repair_episode if workflow.name == "repair" else run_episode
+        policy = model.bind(task) if hasattr(model, "bind") else model  # the oracle
         try:
-            outcome = run_episode(task, workflow, model, sandbox, params=params, seed=seed,
-                                  on_attempt=lambda rec: store.add_attempt(eid, rec.to_row()))
+            outcome = episode(task, workflow, policy, sandbox, params=params, seed=seed,
+                              on_attempt=lambda rec: store.add_attempt(eid, rec.to_row()))
         except BaseException as exc:  # a model error: stop, leave this episode unfinished
             stop.set()
             errors.append(exc)
@@ -189,7 +209,8 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
                              failed_step=outcome.failed_step, n_attempts=len(outcome.attempts),
                              duration_s=outcome.duration_s,
                              prompt_tokens=outcome.prompt_tokens,
-                             completion_tokens=outcome.completion_tokens, error=None)
+                             completion_tokens=outcome.completion_tokens, error=None,
+                             metrics=outcome.metrics)
         with lock:
             finished += 1
             if on_progress:

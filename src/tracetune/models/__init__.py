@@ -7,6 +7,7 @@ Specs:
                                        embedded GGUF, the same weights llama.cpp serves
   openai:MODEL@URL[,api_key_env=VAR]   any OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...)
   replay:PATH                          scripted outputs from a JSONL file, for deterministic tests
+  oracle                               a scripted teacher that knows each task's reference fix
 Options are `key=value` after commas; each backend's options are the fields of its config class.
 Backends are imported only when a spec that needs them is loaded, so the CLI starts fast.
 """

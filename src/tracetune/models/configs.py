@@ -66,3 +66,8 @@ class ReplayConfig:
     """JSONL file: one {"text": ..., "match": optional substring of the last user message} a line."""
     strict: bool = True
     """Fail when the script runs out (otherwise: return an empty completion)."""
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """The scripted teacher: it knows each task's reference (no options)."""

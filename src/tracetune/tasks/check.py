@@ -1,4 +1,5 @@
-"""Prove a suite's reference solutions pass their own acceptance tests (in the sandbox)."""
+"""Prove a suite's tasks are sound (in the sandbox): every reference solution passes its own
+acceptance tests, and in a repair suite every buggy module fails them."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ from tracetune.sandbox import Job, Sandbox, SandboxResult
 from tracetune.tasks import Suite, Task
 
 
-def check_references(suite: Suite, sandbox: Sandbox) -> list[tuple[Task, SandboxResult]]:
-    """The tasks whose reference does not pass its acceptance tests, with the sandbox's verdict."""
-    results = sandbox.map([Job.tests(t.tests, module=t.reference) for t in suite.tasks])
-    return [(t, r) for t, r in zip(suite.tasks, results) if not r.passed]
+def check_references(suite: Suite, sandbox: Sandbox) -> list[tuple[Task, str, SandboxResult]]:
+    """(task, problem, verdict) for every task whose reference does not pass its acceptance
+    tests, or whose buggy module (repair tasks) does not fail them."""
+    checks = [(t, "reference fails its tests", t.reference, "pass") for t in suite.tasks]
+    checks += [(t, "buggy module does not fail its tests", t.buggy, "fail")
+               for t in suite.tasks if t.is_repair]
+    results = sandbox.map([Job.tests(t.tests, module=src, module_name=t.module)
+                           for t, _, src, _ in checks])
+    return [(t, problem, r) for (t, problem, _, want), r in zip(checks, results)
+            if r.status != want]
 
 
 def require_valid(suite: Suite, sandbox: Sandbox) -> None:
     bad = check_references(suite, sandbox)
     if bad:
-        lines = "; ".join(f"{t.id}: {r.status} ({r.reason})" for t, r in bad[:5])
-        raise TracetuneError(f"suite {suite.name}: {len(bad)} reference solution(s) fail their "
-                             f"own tests: {lines}")
+        lines = "; ".join(f"{t.id}: {problem} ({r.status}: {r.reason})" for t, problem, r in bad[:5])
+        raise TracetuneError(f"suite {suite.name}: {len(bad)} task check(s) failed: {lines}")

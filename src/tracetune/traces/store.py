@@ -1,12 +1,15 @@
 """The trajectory store: one SQLite file per run directory (`RUN/trajectories.sqlite`).
 
-Schema (version 1; `meta.schema_version`):
+Schema (version 2; `meta.schema_version`; a version 1 store is upgraded in place on open):
 
   run(id, created_at, suite, workflow, model_spec, seed, trials, config_json, packages_json)
       one row: what was run, with which seeds and package versions.
   episode(id, run_id, task_id, trial, workflow, seed, status, success, wrong_tests, failed_step,
-          n_attempts, duration_s, prompt_tokens, completion_tokens, error, started_at, finished_at)
+          n_attempts, duration_s, prompt_tokens, completion_tokens, error, started_at, finished_at,
+          metrics_json)
       one row per (task, trial). status: running -> done. UNIQUE(run_id, task_id, trial).
+      metrics_json (v2): agent workflows' per-episode counts, e.g. repair's {"parse_errors",
+      "loop_detections", "tool_errors", "writes", "wrote", "steps", "test_runs", "end"}; NULL else.
   attempt(id, episode_id, step, attempt, seed, messages_json, raw_output, code, passed,
           guards_json, feedback, prompt_tokens, completion_tokens, latency_s, check_s, created_at)
       one row per model call. guards_json: [{"guard", "passed", "feedback", "details"}].
@@ -30,7 +33,7 @@ from typing import Any, Iterator
 
 from tracetune.errors import TracetuneError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "trajectories.sqlite"
 
 _SCHEMA = """
@@ -46,7 +49,7 @@ CREATE TABLE IF NOT EXISTS episode (
     status TEXT NOT NULL CHECK (status IN ('running', 'done')),
     success INTEGER, wrong_tests INTEGER, failed_step TEXT, n_attempts INTEGER,
     duration_s REAL, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,
-    started_at REAL NOT NULL, finished_at REAL,
+    started_at REAL NOT NULL, finished_at REAL, metrics_json TEXT,
     UNIQUE (run_id, task_id, trial)
 );
 CREATE TABLE IF NOT EXISTS attempt (
@@ -103,6 +106,10 @@ class Store:
                     if not create:
                         raise TracetuneError(f"{path} is not a tracetune trajectory store")
                     self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                     (str(SCHEMA_VERSION),))
+                elif int(row["value"]) == 1:  # v1 -> v2: episodes gain metrics_json
+                    self._db.execute("ALTER TABLE episode ADD COLUMN metrics_json TEXT")
+                    self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'",
                                      (str(SCHEMA_VERSION),))
                 elif int(row["value"]) != SCHEMA_VERSION:
                     raise TracetuneError(f"{path} has schema version {row['value']}; this "
@@ -184,20 +191,26 @@ class Store:
 
     def finish_episode(self, episode_id: int, *, success: bool, wrong_tests: bool | None,
                        failed_step: str | None, n_attempts: int, duration_s: float,
-                       prompt_tokens: int, completion_tokens: int, error: str | None) -> None:
+                       prompt_tokens: int, completion_tokens: int, error: str | None,
+                       metrics: dict | None = None) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE episode SET status='done', success=?, wrong_tests=?, failed_step=?,"
                 " n_attempts=?, duration_s=?, prompt_tokens=?, completion_tokens=?, error=?,"
-                " finished_at=? WHERE id=?",
+                " finished_at=?, metrics_json=? WHERE id=?",
                 (int(success), None if wrong_tests is None else int(wrong_tests), failed_step,
                  n_attempts, duration_s, prompt_tokens, completion_tokens, error, time.time(),
-                 episode_id))
+                 None if metrics is None else json.dumps(metrics, sort_keys=True), episode_id))
 
     def episodes(self, *, done_only: bool = True) -> list[dict]:
+        """Episodes as dicts; `metrics` holds the decoded metrics_json (None if absent)."""
         sql = "SELECT * FROM episode" + (" WHERE status='done'" if done_only else "")
         with self._lock:
-            return [dict(r) for r in self._db.execute(sql + " ORDER BY task_id, trial")]
+            rows = [dict(r) for r in self._db.execute(sql + " ORDER BY task_id, trial")]
+        for r in rows:
+            raw = r.pop("metrics_json", None)
+            r["metrics"] = json.loads(raw) if raw else None
+        return rows
 
     def attempts(self, episode_id: int) -> list[dict]:
         with self._lock:

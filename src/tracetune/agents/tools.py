@@ -1,0 +1,329 @@
+"""The repair agent's file tools over one task directory, and the JSON tool protocol (seed 002).
+
+Protocol: every assistant message is exactly one JSON object and nothing else:
+    {"type": "tool_call", "name": TOOL, "args": {...}}
+    {"type": "final", "message": "what was changed"}
+Tool results go back as user messages starting with `[tool_result]`. A message that is not one
+such object (bad JSON, text around it, an unknown type or tool, missing/unknown/mistyped args) is a
+parse error: the driver answers with an error saying what is wrong.
+
+Tools never reach outside the workspace root: absolute paths, `..` components and symlinks that
+resolve outside are refused; writes are capped in size and must be text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# name -> (required {arg: type}, optional {arg: default}); one-line help for the system prompt
+TOOLS: dict[str, tuple[dict[str, type], dict[str, object], str]] = {
+    "list_files": ({}, {"rel_dir": ".", "max_files": 200},
+                   "the files under a directory, one relative path per line"),
+    "read_file": ({"rel_path": str}, {"max_chars": 4000}, "the text of a file"),
+    "grep": ({"pattern": str}, {"rel_dir": ".", "max_matches": 50},
+             "lines matching a regular expression, as path:line: text"),
+    "write_file": ({"rel_path": str, "content": str}, {}, "replace a whole file with content"),
+    "edit": ({"rel_path": str, "search": str, "replace": str}, {},
+             "replace one occurrence of the search text (close matches are found too)"),
+}
+WRITE_TOOLS = ("write_file", "edit")
+MAX_WRITE_CHARS = 100_000
+MAX_READ_CHARS = 20_000
+FUZZY_THRESHOLD = 0.8
+"""Least similarity (difflib ratio of whitespace-normalised lines) a fuzzy edit match needs."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One assistant message, read against the protocol."""
+
+    kind: str
+    """tool_call, final or error."""
+    name: str = ""
+    args: dict = field(default_factory=dict)
+    """As given (canonical JSON and training targets use these)."""
+    error: str = ""
+    message: str = ""
+    """final: the model's summary."""
+
+    def canonical(self) -> str:
+        """The message as compact canonical JSON ("" for a parse error)."""
+        if self.kind == "tool_call":
+            obj = {"type": "tool_call", "name": self.name, "args": self.args}
+        elif self.kind == "final":
+            obj = {"type": "final", "message": self.message}
+        else:
+            return ""
+        return json.dumps(obj, ensure_ascii=False)
+
+    def call_key(self) -> str:
+        """Identity of a call for loop detection: the name and its args with defaults filled."""
+        _, optional, _ = TOOLS[self.name]
+        return json.dumps([self.name, {**optional, **self.args}], sort_keys=True)
+
+
+def _type_name(t: type) -> str:
+    return {str: "a string", int: "an integer"}[t]
+
+
+def parse_message(text: str) -> Parsed:
+    """Read one assistant message. Never raises: problems come back as kind "error"."""
+    body = text.strip()
+    if not body:
+        return Parsed("error", error="empty message; reply with one JSON object")
+    try:
+        obj, end = json.JSONDecoder().raw_decode(body)
+    except json.JSONDecodeError as exc:
+        return Parsed("error", error=f"not valid JSON ({exc.msg} at char {exc.pos}); reply with "
+                      "one JSON object and nothing else")
+    if body[end:].strip():
+        return Parsed("error", error="text after the JSON object; reply with one JSON object "
+                      "and nothing else")
+    if not isinstance(obj, dict):
+        return Parsed("error", error=f"expected a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    if kind == "final":
+        extra = sorted(set(obj) - {"type", "message"})
+        if extra:
+            return Parsed("error", error=f"unknown key(s) {', '.join(extra)} in a final answer")
+        message = obj.get("message", "")
+        if not isinstance(message, str):
+            return Parsed("error", error="final: message must be a string")
+        return Parsed("final", message=message)
+    if kind != "tool_call":
+        return Parsed("error", error='"type" must be "tool_call" or "final"')
+    extra = sorted(set(obj) - {"type", "name", "args"})
+    if extra:
+        return Parsed("error", error=f"unknown key(s) {', '.join(extra)} in a tool call "
+                      "(keys: type, name, args)")
+    name = obj.get("name")
+    if not isinstance(name, str) or name not in TOOLS:
+        return Parsed("error", error=f"unknown tool {name!r} (tools: {', '.join(TOOLS)})")
+    if "args" not in obj:
+        return Parsed("error", name=name, error=f"{name}: missing \"args\" (an object)")
+    args = obj["args"]
+    if not isinstance(args, dict):
+        return Parsed("error", name=name, error=f"{name}: \"args\" must be an object")
+    required, optional, _ = TOOLS[name]
+    missing = [k for k in required if k not in args]
+    if missing:
+        return Parsed("error", name=name, error=f"{name}: missing arg(s) {', '.join(missing)}")
+    unknown = sorted(set(args) - set(required) - set(optional))
+    if unknown:
+        valid = ", ".join([*required, *optional])
+        return Parsed("error", name=name,
+                      error=f"{name}: unknown arg(s) {', '.join(unknown)} (args: {valid})")
+    for key, value in args.items():
+        want = required.get(key) or type(optional[key])
+        if not isinstance(value, want) or isinstance(value, bool):
+            return Parsed("error", name=name, error=f"{name}: {key} must be {_type_name(want)}")
+    return Parsed("tool_call", name=name, args=args)
+
+
+class ToolError(Exception):
+    """A tool refused or failed; the message goes back to the model."""
+
+
+class Workspace:
+    """The task's directory and the tools that act on it."""
+
+    def __init__(self, root: Path, *, max_write_chars: int = MAX_WRITE_CHARS) -> None:
+        self.root = Path(root).resolve()
+        self.max_write_chars = max_write_chars
+
+    def call(self, parsed: Parsed) -> str:
+        """Run a parsed tool call; raises ToolError with a message for the model."""
+        _, optional, _ = TOOLS[parsed.name]
+        args = {**optional, **parsed.args}
+        return getattr(self, parsed.name)(**args)
+
+    def resolve(self, rel: str, *, must_exist: bool = True) -> Path:
+        if not rel or "\0" in rel:
+            raise ToolError("empty or invalid path")
+        if rel.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", rel):
+            raise ToolError(f"{rel}: absolute paths are not allowed; use a path relative to the "
+                            "repository root")
+        if ".." in re.split(r"[\\/]+", rel):
+            raise ToolError(f"{rel}: '..' is not allowed; paths stay inside the repository")
+        path = (self.root / rel).resolve()
+        if path != self.root and not path.is_relative_to(self.root):
+            raise ToolError(f"{rel}: outside the repository")
+        if must_exist and not path.exists():
+            raise ToolError(f"{rel}: no such file or directory")
+        return path
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _files(self, rel_dir: str) -> list[Path]:
+        base = self.resolve(rel_dir)
+        if not base.is_dir():
+            raise ToolError(f"{rel_dir}: not a directory")
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames
+                                 if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.resolve().is_relative_to(self.root):  # no symlinks out
+                    out.append(p)
+        return out
+
+    def _text(self, path: Path, rel: str) -> str:
+        if path.is_dir():
+            raise ToolError(f"{rel}: is a directory (use list_files)")
+        data = path.read_bytes()
+        if b"\0" in data:
+            raise ToolError(f"{rel}: binary file, not shown")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ToolError(f"{rel}: not UTF-8 text, not shown") from None
+
+    # -- tools ------------------------------------------------------------------------------------
+    def list_files(self, rel_dir: str, max_files: int) -> str:
+        files = self._files(rel_dir)
+        shown = [self._rel(p) for p in files[:max(1, max_files)]]
+        more = len(files) - len(shown)
+        return "\n".join(shown) + (f"\n... ({more} more)" if more > 0 else "") \
+            if files else "(no files)"
+
+    def read_file(self, rel_path: str, max_chars: int) -> str:
+        text = self._text(self.resolve(rel_path), rel_path)
+        limit = max(1, min(max_chars, MAX_READ_CHARS))
+        if len(text) > limit:
+            return text[:limit] + f"\n... (truncated: {len(text) - limit} more chars)"
+        return text
+
+    def grep(self, pattern: str, rel_dir: str, max_matches: int) -> str:
+        try:
+            rx = re.compile(pattern)
+        except re.error as exc:
+            raise ToolError(f"bad regular expression {pattern!r}: {exc}") from None
+        hits = []
+        for p in self._files(rel_dir):
+            try:
+                text = self._text(p, self._rel(p))
+            except ToolError:
+                continue
+            for n, line in enumerate(text.splitlines(), 1):
+                if rx.search(line):
+                    hits.append(f"{self._rel(p)}:{n}: {line}")
+        if not hits:
+            return "(no matches)"
+        limit = max(1, max_matches)
+        return "\n".join(hits[:limit]) + (f"\n... ({len(hits) - limit} more)"
+                                          if len(hits) > limit else "")
+
+    def write_file(self, rel_path: str, content: str) -> str:
+        self._check_content(content)
+        path = self.resolve(rel_path, must_exist=False)
+        if path.is_dir():
+            raise ToolError(f"{rel_path}: is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+        return f"wrote {self._rel(path)} ({len(content)} chars)"
+
+    def edit(self, rel_path: str, search: str, replace: str) -> str:
+        path = self.resolve(rel_path)
+        text = self._text(path, rel_path)
+        if not search.strip():
+            raise ToolError("edit: search must not be empty (use write_file for a new file)")
+        new, how = fuzzy_replace(text, search, replace)
+        self._check_content(new)
+        path.write_text(new, encoding="utf-8")
+        return f"edited {self._rel(path)} ({how})"
+
+    def _check_content(self, content: str) -> None:
+        if len(content) > self.max_write_chars:
+            raise ToolError(f"content too large: {len(content)} chars (limit "
+                            f"{self.max_write_chars})")
+        if "\0" in content:
+            raise ToolError("content contains NUL bytes: only text files can be written")
+
+
+def _norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _reindent(lines: list[str], delta: int) -> list[str]:
+    if delta > 0:
+        return [" " * delta + ln if ln.strip() else ln for ln in lines]
+    if delta < 0:
+        cut = -delta
+        return [ln[min(cut, len(ln) - len(ln.lstrip(" "))):] for ln in lines]
+    return lines
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
+    """Replace one occurrence of `search` in `text`; returns (new text, how it matched).
+
+    1. exact: the search text occurs exactly once;
+    2. whitespace: one window of lines equal to the search lines after normalising whitespace
+       (indentation, runs of spaces, trailing blanks);
+    3. fuzzy: the window of as many lines with the highest similarity (difflib ratio of the
+       normalised lines), when it is at least FUZZY_THRESHOLD and clearly ahead of the runner-up.
+    In 2 and 3 the matched lines are replaced by the replace text, re-indented by the difference
+    between the matched and the searched indentation. Raises ToolError when nothing fits.
+    """
+    count = text.count(search)
+    if count == 1:
+        return text.replace(search, replace, 1), "exact match"
+    if count > 1:
+        raise ToolError(f"edit: the search text occurs {count} times; include more surrounding "
+                        "lines so it matches once")
+    lines = text.splitlines(keepends=True)
+    want = [ln for ln in search.splitlines()]
+    while want and not want[0].strip():
+        want.pop(0)
+    while want and not want[-1].strip():
+        want.pop()
+    if not want:
+        raise ToolError("edit: search must not be empty")
+    n = len(want)
+    target = [_norm(w) for w in want]
+    windows = [(i, [_norm(ln) for ln in lines[i:i + n]]) for i in range(len(lines) - n + 1)]
+    same = [i for i, w in windows if w == target]
+    if len(same) > 1:
+        raise ToolError(f"edit: the search text matches {len(same)} places (ignoring "
+                        "whitespace); include more surrounding lines")
+    if same:
+        start, how = same[0], "whitespace-insensitive match"
+    else:
+        joined = "\n".join(target)
+        scored = sorted(((difflib.SequenceMatcher(None, "\n".join(w), joined).ratio(), i)
+                         for i, w in windows), reverse=True)
+        if not scored:
+            raise ToolError("edit: the search text is longer than the file")
+        best, start = scored[0]
+        runner_up = scored[1][0] if len(scored) > 1 else 0.0
+        if best < FUZZY_THRESHOLD or best - runner_up < 0.02:
+            shown = "".join(lines[start:start + n]).rstrip("\n")
+            raise ToolError(f"edit: search text not found (closest: lines {start + 1}-"
+                            f"{start + n}, similarity {best:.2f}):\n{shown}")
+        how = f"fuzzy match, similarity {best:.2f}"
+    matched = lines[start:start + n]
+    first = next(k for k, w in enumerate(want) if w.strip())
+    delta = _indent(matched[first]) - _indent(want[first])
+    new_lines = _reindent(replace.splitlines(), delta)
+    ending = "\n" if matched[-1].endswith("\n") else ""
+    block = "\n".join(new_lines) + (ending if new_lines else "")
+    out = "".join(lines[:start]) + block + "".join(lines[start + n:])
+    return out, f"{how}, lines {start + 1}-{start + n}"
+
+
+def describe_tools() -> str:
+    out = []
+    for name, (required, optional, help_text) in TOOLS.items():
+        args = {**{k: k.upper() for k in required}, **optional}
+        out.append(f"- {name} {json.dumps(args)}: {help_text}")
+    return "\n".join(out)
