@@ -418,7 +418,8 @@ def mine_cmd(
     tier: list[str] = typer.Option([], help="STEP=TIER[+TIER] that SFT rows must satisfy, e.g. "
                                    "g_test=first_attempt+validated (repeatable; defaults: "
                                    "impl=workflow, g_test=first_attempt+validated, "
-                                   "g_impl=workflow)."),
+                                   "g_impl=workflow, repair=tool_ok+workflow). STEP= (no tier) "
+                                   "mines every passing attempt (repair: every valid message)."),
     train_pct: Optional[int] = typer.Option(None, help="Tasks with md5(id) % 100 < this are "
                                             "train tasks (default: each run's own split)."),
     allow_heldout: bool = typer.Option(False, "--allow-heldout",
@@ -428,6 +429,9 @@ def mine_cmd(
                                   "('none' to skip the length filter)."),
     leakage_suite: list[str] = typer.Option(["humaneval"], help="Evaluation suites no row may "
                                             "contain (repeatable; 'none' to skip)."),
+    dpo_teacher: Optional[str] = typer.Option(None, help="repair steps: 'oracle' supplies the "
+                                              "preferred call at every parse error or loop "
+                                              "(DPO pairs without a second good rollout)."),
     stats: bool = typer.Option(False, "--stats", help="Print rows per tier, task and kind, and "
                                "what each filter dropped."),
 ) -> None:
@@ -438,13 +442,14 @@ def mine_cmd(
     tiers = dict(DEFAULT_TIERS)
     for item in tier:
         step, sep, value = item.partition("=")
-        if not sep or not value:
+        if not sep or not step:
             raise TracetuneError(f"--tier must look like STEP=TIER[+TIER], not {item!r}")
-        tiers[step] = tuple(value.split("+"))
+        tiers[step] = tuple(value.split("+")) if value else ()
     config = MineConfig(kinds=tuple(kind), tiers=tiers, train_pct=train_pct,
                         allow_heldout=allow_heldout, max_seq_len=max_seq_len,
                         tokenizer=None if tokenizer == "none" else tokenizer,
-                        leakage_suites=tuple(s for s in leakage_suite if s != "none"))
+                        leakage_suites=tuple(s for s in leakage_suite if s != "none"),
+                        dpo_teacher=dpo_teacher)
     report = mine(runs, out_dir, config)
     counts = ", ".join(f"{k}: {len(v)}" for k, v in report.rows.items())
     out.print(f"wrote {out_dir}: {counts}")

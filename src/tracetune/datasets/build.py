@@ -16,6 +16,7 @@ fix rows go to the SFT formats too, marked in metadata: they are SFT rows with a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,9 @@ class MineConfig:
     """Evaluation suites no row may contain (exact or normalized matches)."""
     max_dpo_pairs_per_task: int = 8
     """Cap on DPO pairs from one task and step."""
+    dpo_teacher: str | None = None
+    """repair steps: "oracle" supplies the preferred message at a bad step's prefix when no
+    other rollout has a good one there."""
     unfiltered: int = 0
     """Control data set: this many SFT rows drawn at random from every first attempt, passing or
     not, ignoring the tiers (held-out, leakage and length filters still apply). 0: off."""
@@ -96,7 +100,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     if "fix" in config.kinds:
         rows += fix_rows(attempts)
     if "dpo" in config.kinds:
-        rows += dpo_rows(attempts, config.max_dpo_pairs_per_task)
+        rows += dpo_rows(attempts, config.max_dpo_pairs_per_task, config.dpo_teacher)
     rows = _filter(rows, config, report, pct)
     report.rows = {k: [r for r in rows if r["kind"] == k] for k in config.kinds}
     if not rows:
@@ -116,9 +120,10 @@ def _filter(rows: list[dict], config: MineConfig, report: MineReport,
         else:
             report.drop("held_out_task", r)
     rows, kept, seen = kept, [], set()
-    for r in rows:  # dedup: the same program (normalized) for the same task, step and kind
+    for r in rows:  # dedup: the same program (normalized) for the same prompt, task, step, kind
         key = (r["kind"], r["task"], r["step"], code_hash(r["code"]),
-               code_hash(r["rejected"]["content"]) if r["kind"] == "dpo" else "")
+               code_hash(r["rejected"]["content"]) if r["kind"] == "dpo" else "",
+               hashlib.sha1(json.dumps(r["prompt"], sort_keys=True).encode()).hexdigest())
         if key in seen:
             report.drop("duplicate", r)
         else:

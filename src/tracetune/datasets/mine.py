@@ -12,6 +12,14 @@ Row schema (version 1), one JSON object per row, the same for every kind:
 Quality tiers (seed 000): first_attempt (passed its guards on attempt 1), validated (tdd g_test:
 the tests passed their guard, the downstream g_impl succeeded and the tests were right), workflow
 (the episode succeeded; the attempt is the step's accepted one).
+
+Repair episodes (seed 002) are mined step by step: every assistant message is one example whose
+prompt is the conversation so far and whose completion is the message as canonical JSON. A step
+is mined only when it was a valid protocol message (never a parse error or a detected loop);
+its tiers add: tool_ok (the tool succeeded: seed 002's require-valid-tool-ok) and workflow (the
+episode fixed the bug: require-success). DPO pairs prefer, at the same conversation prefix, a
+valid call whose tool succeeded over a parse error or a looping call (from other rollouts that
+share the prefix, or from a teacher asked at that prefix, e.g. the oracle).
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ from tracetune.errors import TracetuneError
 from tracetune.traces.store import Store
 
 SCHEMA_VERSION = 1
-TIERS = ("first_attempt", "validated", "workflow")
+TIERS = ("first_attempt", "validated", "workflow", "tool_ok")
 KINDS = ("sft", "dpo", "fix")
 DEFAULT_TIERS = {"impl": ("workflow",), "g_test": ("first_attempt", "validated"),
-                 "g_impl": ("workflow",)}
+                 "g_impl": ("workflow",), "repair": ("tool_ok", "workflow")}
+REPAIR = "repair"
+VALID_KINDS = ("tool_call", "final")
 
 
 @dataclass
@@ -61,6 +71,7 @@ class Attempt:
     tiers: tuple[str, ...] = ()
     train_pct: int = 50
     """The train share of the run's split (its --train-pct, else its suite's)."""
+    suite: str = ""
     details: dict = field(default_factory=dict)
     """repair steps: kind (tool_call, final, parse_error, loop), name, tool_ok, tests."""
 
@@ -130,6 +141,7 @@ def load_attempts(run_dir: Path) -> list[Attempt]:
                     step=a["step"], attempt=a["attempt"], passed=a["passed"], prompt=prompt,
                     messages=a["messages"], raw=a["raw_output"], code=a["code"],
                     feedback=a["feedback"], created_at=a["created_at"], train_pct=pct,
+                    suite=run.suite,
                     details=(a["guards"][0].get("details") or {}) if a["guards"] else {}))
         return [_with_tiers(a) for a in out]
     finally:
@@ -138,6 +150,13 @@ def load_attempts(run_dir: Path) -> list[Attempt]:
 
 def _with_tiers(a: Attempt) -> Attempt:
     tiers = []
+    if a.step == REPAIR:
+        if a.details.get("kind") in VALID_KINDS and a.details.get("tool_ok") is not False:
+            tiers.append("tool_ok")
+            if a.episode_success:
+                tiers.append("workflow")
+        a.tiers = tuple(tiers)
+        return a
     if a.passed and a.attempt == 1:
         tiers.append("first_attempt")
     if a.passed and a.episode_success:
@@ -161,13 +180,27 @@ def _row_id(*parts: object) -> str:
 
 
 def sft_rows(attempts: Iterable[Attempt], tiers: dict[str, tuple[str, ...]]) -> list[dict]:
+    """Attempts that satisfy every tier listed for their step (a step not listed is not mined;
+    an empty list asks for a passing attempt, or for repair a valid message, and nothing more)."""
     rows = []
     for a in attempts:
-        want = tiers.get(a.step, ())
-        if not a.passed or not want or not all(t in a.tiers for t in want):
+        want = tiers.get(a.step)
+        if want is None or not all(t in a.tiers for t in want):
             continue
-        rows.append(_sft_row(a, fenced(a.code), a.code))
+        if a.step == REPAIR:
+            if a.details.get("kind") in VALID_KINDS:
+                rows.append(_step_row(a))
+        elif a.passed:
+            rows.append(_sft_row(a, fenced(a.code), a.code))
     return rows
+
+
+def _step_row(a: Attempt) -> dict:
+    """A repair step: the conversation so far -> the message as canonical JSON."""
+    completion = {"role": "assistant", "content": a.code}
+    return {"id": _row_id("sft", a.messages, completion), "kind": "sft", "step": a.step,
+            "task": a.task, "tiers": list(a.tiers), "prompt": a.messages,
+            "completion": completion, "code": a.code, "provenance": _provenance(a)}
 
 
 def _sft_row(a: Attempt, content: str, code: str, *id_extra: object) -> dict:
@@ -181,7 +214,8 @@ def unfiltered_rows(attempts: Iterable[Attempt]) -> list[dict]:
     """Control rows: every first attempt as an SFT row, passing or not (its extracted code, or
     the raw answer when nothing could be extracted). Trained on as many rows as the filtered set,
     they separate the effect of the filter from the effect of fine-tuning at all."""
-    return [_sft_row(a, fenced(a.code) if a.code.strip() else a.raw, a.code or a.raw, a.trial)
+    return [_sft_row(a, a.raw if a.step == REPAIR or not a.code.strip() else fenced(a.code),
+                     a.code or a.raw, a.trial)
             for a in attempts if a.attempt == 1]
 
 
@@ -189,6 +223,8 @@ def fix_rows(attempts: list[Attempt]) -> list[dict]:
     """A failed attempt + its guard feedback -> the attempt that then passed (seed 001 stage C)."""
     by_key: dict[tuple, list[Attempt]] = {}
     for a in attempts:
+        if a.step == REPAIR:  # a repair step after an error is an ordinary step row
+            continue
         by_key.setdefault((a.run_id, a.task, a.trial, a.step), []).append(a)
     rows = []
     for group in by_key.values():
@@ -205,16 +241,18 @@ def fix_rows(attempts: list[Attempt]) -> list[dict]:
     return rows
 
 
-def dpo_rows(attempts: list[Attempt], max_pairs_per_task: int = 8) -> list[dict]:
-    """Same prompt (a step's first prompt), a passing answer preferred over a failing one."""
+def dpo_rows(attempts: list[Attempt], max_pairs_per_task: int = 8,
+             teacher: str | None = None) -> list[dict]:
+    """Same prompt (a step's first prompt), a passing answer preferred over a failing one; for
+    repair steps see step_dpo_rows."""
+    rows = step_dpo_rows([a for a in attempts if a.step == REPAIR], max_pairs_per_task, teacher)
     groups: dict[tuple, tuple[list[Attempt], list[Attempt]]] = {}
     for a in attempts:
-        if a.attempt != 1:  # first attempts share the exact prompt across trials
+        if a.attempt != 1 or a.step == REPAIR:  # first attempts share the prompt across trials
             continue
         key = (a.task, a.step, json.dumps(a.prompt, sort_keys=True))
         good, bad = groups.setdefault(key, ([], []))
         (good if a.passed else bad).append(a)
-    rows = []
     for (task, step, _), (good, bad) in groups.items():
         good, bad = _unique_by_code(good), _unique_by_code(bad)
         if not good or not bad:
@@ -230,6 +268,65 @@ def dpo_rows(attempts: list[Attempt], max_pairs_per_task: int = 8) -> list[dict]
                          "chosen": chosen, "rejected": rejected, "code": g.code,
                          "provenance": {**_provenance(g), "rejected": _provenance(b)}})
     return rows
+
+
+def step_dpo_rows(attempts: list[Attempt], max_pairs_per_task: int = 8,
+                  teacher: str | None = None) -> list[dict]:
+    """Repair steps: at one conversation prefix, a valid call whose tool succeeded (chosen) over a
+    parse error or a looping call (rejected). The chosen message comes from another rollout with
+    the same prefix, or, with teacher = "oracle", from the oracle asked at that prefix (so every
+    bad step of a weak model yields a pair)."""
+    groups: dict[tuple, tuple[list[Attempt], list[Attempt]]] = {}
+    for a in attempts:
+        kind = a.details.get("kind")
+        key = (a.task, json.dumps(a.messages, sort_keys=True))
+        good, bad = groups.setdefault(key, ([], []))
+        if "tool_ok" in a.tiers:
+            good.append(a)
+        elif kind in ("parse_error", "loop"):
+            bad.append(a)
+    tasks = _suite_tasks(attempts) if teacher else {}
+    if teacher not in (None, "oracle"):
+        raise TracetuneError(f"DPO teacher {teacher!r}: only 'oracle' can relabel steps offline")
+    rows: list[dict] = []
+    per_task: dict[str, int] = {}
+    for (task, _), (good, bad) in sorted(groups.items(), key=lambda kv: kv[0]):
+        bad = _unique_by_code(bad)
+        for b in bad:
+            if per_task.get(task, 0) >= max_pairs_per_task:
+                break
+            if good:
+                chosen_text, source = good[0].code, _provenance(good[0])
+            elif task in tasks:
+                from tracetune.agents.repair import canonical_json, oracle_step
+
+                chosen_text = canonical_json(oracle_step(tasks[task], b.messages))
+                source = {"source": "oracle"}
+            else:
+                continue
+            chosen = {"role": "assistant", "content": chosen_text}
+            rejected = {"role": "assistant", "content": b.raw}
+            rows.append({"id": _row_id("dpo", b.messages, chosen, rejected), "kind": "dpo",
+                         "step": REPAIR, "task": task, "tiers": ["tool_ok"],
+                         "prompt": b.messages, "chosen": chosen, "rejected": rejected,
+                         "code": chosen_text,
+                         "provenance": {**_provenance(b), "chosen": source,
+                                        "rejected_kind": b.details.get("kind")}})
+            per_task[task] = per_task.get(task, 0) + 1
+    return rows
+
+
+def _suite_tasks(attempts: list[Attempt]) -> dict:
+    """Task id -> Task for the suites the attempts' runs used (the oracle needs the fixes)."""
+    from tracetune.tasks import load_suite, split_suffix
+
+    out = {}
+    for suite in {a.suite for a in attempts}:
+        try:
+            out.update({t.id: t for t in load_suite(split_suffix(suite)[0]).tasks})
+        except TracetuneError:
+            continue
+    return out
 
 
 def _unique_by_code(attempts: list[Attempt]) -> list[Attempt]:

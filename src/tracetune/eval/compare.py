@@ -9,7 +9,8 @@ Overall (over the tasks both runs share):
   when both runs used the same base seed), and a cluster bootstrap interval of the success delta
   that resamples tasks (trials of one task are correlated, so resampling samples would be too
   narrow). Attempts, duration and tokens are compared on per-task means with the Wilcoxon
-  signed-rank test, the paired t-test and a bootstrap interval.
+  signed-rank test, the paired t-test and a bootstrap interval; so are, for agent workflows, parse
+  errors, the share of runs that write, loop detections, steps and tool errors per episode.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from tracetune.traces.store import DB_NAME, Store
 
 METRICS = {"attempts": "avg_attempts", "duration_s": "avg_duration_s", "tokens": "avg_tokens"}
 """Per-task-mean metrics compared with paired tests -> the Summary field that holds them."""
+AGENT_METRICS = {"parse_errors": "avg_parse_errors", "wrote": "write_rate",
+                 "loop_detections": "avg_loop_detections", "steps": "avg_steps",
+                 "tool_errors": "avg_tool_errors"}
+"""Agent workflows (repair) add these, from the episodes' tool metrics (Summary.agent)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,16 @@ def _by_task(episodes: list[dict]) -> dict[str, list[dict]]:
 
 
 def _mean(eps: list[dict], metric: str) -> float:
-    return getattr(summarize("", eps), METRICS[metric])
+    summary = summarize("", eps)
+    if metric in AGENT_METRICS:
+        return getattr(summary.agent, AGENT_METRICS[metric])
+    return getattr(summary, METRICS[metric])
+
+
+def metric_names(a: dict[str, list[dict]], b: dict[str, list[dict]]) -> list[str]:
+    """The per-task-mean metrics both runs have (agent metrics only when every episode has)."""
+    agent = all(e.get("metrics") for side in (a, b) for eps in side.values() for e in eps)
+    return list(METRICS) + (list(AGENT_METRICS) if agent else [])
 
 
 def _row(model: str, task: str, a: list[dict], b: list[dict]) -> ComparisonResult:
@@ -207,7 +221,7 @@ def _metric_deltas(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]
                    seed: int) -> list[MetricDelta]:
     out = []
     tasks = list(a)
-    for metric in METRICS:
+    for metric in metric_names(a, b):
         x = [_mean(a[t], metric) for t in tasks]
         y = [_mean(b[t], metric) for t in tasks]
         if len(tasks) >= 2:

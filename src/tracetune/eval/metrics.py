@@ -1,5 +1,7 @@
 """Seed 000's tables from stored episodes: success rate with a 95% Wilson interval, average
-attempts, average duration and tokens, per task and overall."""
+attempts, average duration and tokens, per task and overall; for agent workflows (repair) also
+seed 002's tool metrics: parse errors, share of runs that ever write or edit, loop detections and
+steps per episode."""
 
 from __future__ import annotations
 
@@ -24,6 +26,40 @@ class Summary:
     """Prompt + completion tokens per episode."""
     wrong_tests: int | None
     """tdd: episodes whose accepted generated tests fail on the reference (None: not tdd)."""
+    agent: AgentSummary | None = None
+    """Agent workflows (episodes that recorded metrics): the tool-use metrics."""
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    avg_parse_errors: float
+    """Invalid protocol messages per episode."""
+    write_rate: float
+    """Share of episodes that ever wrote or edited a file successfully."""
+    avg_loop_detections: float
+    avg_steps: float
+    """Assistant messages (tool calls and the final answer) per episode."""
+    avg_tool_errors: float
+    parse_error_rate: float
+    """Invalid messages over all messages."""
+
+
+AGENT_STATS = ("avg_parse_errors", "write_rate", "avg_loop_detections", "avg_steps",
+               "avg_tool_errors", "parse_error_rate")
+
+
+def summarize_agent(episodes: list[dict]) -> AgentSummary | None:
+    rows = [e["metrics"] for e in episodes if e.get("metrics")]
+    if not rows or len(rows) != len(episodes):
+        return None
+    steps = sum(m["steps"] for m in rows)
+    return AgentSummary(
+        avg_parse_errors=fmean(m["parse_errors"] for m in rows),
+        write_rate=fmean(bool(m["wrote"]) for m in rows),
+        avg_loop_detections=fmean(m["loop_detections"] for m in rows),
+        avg_steps=fmean(m["steps"] for m in rows),
+        avg_tool_errors=fmean(m["tool_errors"] for m in rows),
+        parse_error_rate=sum(m["parse_errors"] for m in rows) / steps if steps else 0.0)
 
 
 def summarize(name: str, episodes: list[dict]) -> Summary:
@@ -39,6 +75,7 @@ def summarize(name: str, episodes: list[dict]) -> Summary:
         avg_tokens=fmean(e["prompt_tokens"] + e["completion_tokens"] for e in episodes)
         if n else 0.0,
         wrong_tests=sum(map(bool, wrong)) if is_tdd else None,
+        agent=summarize_agent(episodes),
     )
 
 

@@ -103,14 +103,13 @@ def select_tasks(config: EvalConfig) -> list[Task]:
         raise TracetuneError(
             f"suite {config.suite} is a repair suite: use --workflow repair" if not repair else
             f"the repair workflow needs a repair suite (e.g. bugs), and {config.suite} is not one")
+    if config.tasks:
+        unknown = sorted(set(config.tasks) - {t.id for t in suite.tasks})
+        if unknown:
+            raise TracetuneError(f"task(s) not in suite {config.suite}: {', '.join(unknown)}")
     tasks = select(suite.tasks, config.split,
                    suite.train_pct if config.train_pct is None else config.train_pct)
-    if config.tasks:
-        known = {t.id for t in tasks}
-        unknown = [t for t in config.tasks if t not in known]
-        if unknown:
-            raise TracetuneError(f"task(s) not in suite {config.suite} (split {config.split}): "
-                                 f"{', '.join(unknown)}")
+    if config.tasks:  # the listed tasks that fall in the split
         tasks = [t for t in tasks if t.id in set(config.tasks)]
     if config.max_difficulty:
         tasks = [t for t in tasks if t.difficulty <= config.max_difficulty]

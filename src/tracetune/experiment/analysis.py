@@ -12,11 +12,15 @@ from statistics import median
 
 from tracetune.eval.compare import Comparison, compare, load_episodes
 from tracetune.eval.metrics import summarize
-from tracetune.experiment.spec import STATS, Experiment, Hypothesis
+from tracetune.experiment.spec import AGENT_STATS, STATS, Experiment, Hypothesis
 from tracetune.tasks.splits import in_train
 
 STAT_TO_METRIC = {"avg_attempts": "attempts", "avg_duration_s": "duration_s",
-                  "median_duration_s": "duration_s", "avg_tokens": "tokens"}
+                  "median_duration_s": "duration_s", "avg_tokens": "tokens",
+                  "avg_parse_errors": "parse_errors", "write_rate": "wrote",
+                  "avg_loop_detections": "loop_detections", "avg_steps": "steps",
+                  "avg_tool_errors": "tool_errors"}
+"""A hypothesis's STAT -> the per-task-mean metric its paired tests (Wilcoxon, t) use."""
 
 
 def arm_runs(exp: Experiment, out: Path) -> dict[str, Path]:
@@ -38,10 +42,13 @@ def stat_values(episodes: list[dict]) -> dict[str, float]:
     if not episodes:
         return {}
     summary = summarize("", episodes)
-    return {"success_rate": summary.rate, "avg_attempts": summary.avg_attempts,
-            "avg_duration_s": summary.avg_duration_s,
-            "median_duration_s": median(e["duration_s"] for e in episodes),
-            "avg_tokens": summary.avg_tokens, "n": summary.n}
+    values = {"success_rate": summary.rate, "avg_attempts": summary.avg_attempts,
+              "avg_duration_s": summary.avg_duration_s,
+              "median_duration_s": median(e["duration_s"] for e in episodes),
+              "avg_tokens": summary.avg_tokens, "n": summary.n}
+    if summary.agent is not None:
+        values.update({stat: getattr(summary.agent, stat) for stat in AGENT_STATS})
+    return values
 
 
 def analyze(exp: Experiment, out: Path) -> dict:
@@ -68,7 +75,7 @@ def analyze(exp: Experiment, out: Path) -> dict:
             for stat, value in stat_values(eps).items():
                 metrics[f"{arm}.capability.{stat}"] = value
     for name in comparisons:
-        for stat in STATS:
+        for stat in STATS + AGENT_STATS:
             a, b = metrics.get(f"adapted.{name}.{stat}"), metrics.get(f"base.{name}.{stat}")
             if a is not None and b is not None:
                 metrics[f"delta.{name}.{stat}"] = a - b
@@ -144,13 +151,18 @@ def _verdict(h: Hypothesis, comparisons: dict[str, Comparison], episodes: dict,
             lo, hi = md.ci_low, md.ci_high
             p = {"wilcoxon": md.p_wilcoxon, "paired_t": md.p_t}.get(h.test)
         passes_test = h.test == "none" or (p is not None and p < h.alpha)
-        supported = delta >= h.min_delta - 1e-12 and passes_test
+        if h.min_delta is not None:
+            supported = delta >= h.min_delta - 1e-12 and passes_test
+            needs = f"needs Δ ≥ {fmt(h.min_delta)}"
+        else:
+            supported = delta <= h.max_delta + 1e-12 and passes_test
+            needs = f"needs Δ ≤ {fmt(h.max_delta)}"
         test_text = "no test (point estimate)" if h.test == "none" else \
             f"{h.test} p = {p:.3g} {'<' if passes_test else '>='} {h.alpha}"
         record.update(observed=delta, ci=[lo, hi], p_value=p, treatment_value=a,
                       control_value=b, n=overall.n, detail=(
                           f"Δ = {fmt(delta)} (95% CI {fmt(lo)} to {fmt(hi)}), {test_text}; "
-                          f"needs Δ ≥ {fmt(h.min_delta)}"))
+                          f"{needs}"))
     record["verdict"] = "SUPPORTED" if supported else "NOT SUPPORTED"
     return record
 

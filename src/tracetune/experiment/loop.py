@@ -1,7 +1,10 @@
 """`tracetune loop EXPERIMENT.toml --out RUN`: the whole loop, as cached, resumable stages.
 
-    baseline    eval of the base model on the [eval] tasks (both splits)      RUN/baseline/
-    mine        training rows from the baseline's train-split tasks           RUN/data/
+    baseline    eval of the base model on the [eval] tasks (both splits, or   RUN/baseline/
+                the held-out ones with eval_on = "heldout")
+    teacher     [teacher] model's trajectories of the train tasks             RUN/teacher/
+    mine        training rows from the train-split tasks of the teacher's     RUN/data/
+                trajectories (with a [teacher]) or the baseline's
     train       LoRA adapter                                                  RUN/adapter/
     export      adapter -> GGUF LoRA / merged GGUF (parity-checked)           RUN/export/
     adapted     eval of the adapted model on the same tasks and seeds         RUN/adapted/
@@ -34,12 +37,13 @@ from tracetune.errors import TracetuneError
 from tracetune.experiment import prereg
 from tracetune.experiment.spec import Experiment, experiment_hash, load_experiment
 
-STAGES = ("baseline", "mine", "train", "export", "adapted", "capability", "control",
+STAGES = ("baseline", "teacher", "mine", "train", "export", "adapted", "capability", "control",
           "control_eval", "reference", "compare", "report")
 # stage -> (experiment sections it reads, stages it depends on)
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baseline": (("experiment", "models.base", "eval"), ()),
-    "mine": (("mine",), ("baseline",)),
+    "teacher": (("experiment", "teacher", "eval"), ()),
+    "mine": (("mine",), ("baseline", "teacher")),
     "train": (("train", "models.train_base"), ("mine",)),
     "export": (("export",), ("train",)),
     "adapted": (("models.adapted",), ("baseline", "export")),
@@ -70,6 +74,8 @@ class Loop:
             return self.exp.control.enabled
         if stage == "reference":
             return bool(self.exp.models.reference)
+        if stage == "teacher":
+            return self.exp.teacher.model is not None
         return True
 
     def _section(self, name: str):
@@ -229,9 +235,11 @@ class Loop:
         values = dict(suite=ev.suite, workflow=ev.workflow, model=model, trials=ev.trials,
                       seed=self.exp.info.seed, temperature=ev.temperature, top_p=ev.top_p,
                       max_tokens=ev.max_tokens, max_attempts=ev.max_attempts,
-                      min_tests=ev.min_tests, split="all", train_pct=ev.train_pct,
-                      tasks=ev.tasks, max_difficulty=ev.max_difficulty, limit=ev.limit,
-                      concurrency=ev.concurrency, check_timeout_s=ev.check_timeout_s)
+                      min_tests=ev.min_tests, split="test" if ev.eval_on == "heldout" else "all",
+                      train_pct=ev.train_pct, tasks=ev.tasks, max_difficulty=ev.max_difficulty,
+                      limit=ev.limit, concurrency=ev.concurrency,
+                      check_timeout_s=ev.check_timeout_s, max_iters=ev.max_iters,
+                      test_policy=ev.test_policy)
         values.update(changes)
         return EvalConfig(**values)
 
@@ -335,6 +343,14 @@ def _baseline(loop: Loop) -> dict:
                          loop.out / "baseline")
 
 
+def _teacher(loop: Loop) -> dict:
+    t = loop.exp.teacher
+    config = loop.eval_config(t.model, split="train", trials=t.rollouts,
+                              temperature=t.temperature, max_tokens=t.max_tokens,
+                              max_iters=t.max_iters)
+    return loop.evaluate("teacher", config, loop.out / "teacher")
+
+
 def _mine(loop: Loop, *, out: Path | None = None, unfiltered: int = 0) -> dict:
     from tracetune.datasets.build import MineConfig, mine
 
@@ -346,8 +362,9 @@ def _mine(loop: Loop, *, out: Path | None = None, unfiltered: int = 0) -> dict:
                         train_pct=loop.exp.eval.train_pct, max_seq_len=m.max_seq_len,
                         tokenizer=m.tokenizer, leakage_suites=m.leakage_suites,
                         max_dpo_pairs_per_task=m.max_dpo_pairs_per_task, unfiltered=unfiltered,
-                        seed=loop.exp.info.seed)
-    report = mine([loop.out / "baseline"], out, config)
+                        seed=loop.exp.info.seed, dpo_teacher=m.dpo_teacher)
+    source = "teacher" if loop.exp.teacher.model is not None else "baseline"
+    report = mine([loop.out / source], out, config)
     counts = {k: len(v) for k, v in report.rows.items()}
     loop.log(f"[mine] rows: {counts}; dropped: {report.dropped}")
     total = sum(counts.values())
@@ -451,13 +468,13 @@ def _report(loop: Loop) -> dict:
 
 
 RUNNERS: dict[str, Callable[[Loop], dict]] = {
-    "baseline": _baseline, "mine": _mine, "train": _train, "export": _export,
+    "baseline": _baseline, "teacher": _teacher, "mine": _mine, "train": _train, "export": _export,
     "adapted": _adapted, "capability": _capability, "control": _control,
     "control_eval": _control_eval,
     "reference": _reference, "compare": _compare, "report": _report,
 }
 OUTPUTS: dict[str, tuple[str, ...]] = {  # what --from (or a changed stage) removes, under RUN/
-    "baseline": ("baseline",), "mine": ("data",), "train": ("adapter",), "export": ("export",),
+    "baseline": ("baseline",), "teacher": ("teacher",), "mine": ("data",), "train": ("adapter",), "export": ("export",),
     "adapted": ("adapted",), "capability": ("capability",), "control": ("control",),
     "control_eval": ("control/eval",), "reference": ("reference",),
     "compare": ("results.json",), "report": ("report.md", "report.html", "report_files"),

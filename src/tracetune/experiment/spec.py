@@ -5,6 +5,10 @@
                   (a spec for the adapted model; default: derived from the export), reference
                   (table name -> spec: models the adapted one is compared with, seed 000's 14B)
     [eval]        the evaluation: suite, workflow, trials, split share, sampling, attempts...
+                  (repair: max_iters, test_policy); eval_on = "heldout" evaluates the held-out
+                  tasks only (cheaper when the training data comes from a teacher)
+    [teacher]     model (e.g. "oracle"), rollouts, temperature: trajectories of the train tasks
+                  that the miner reads instead of the base model's
     [mine]        what becomes training data (kinds, quality tiers per step, filters)
     [train]       the LoRA recipe (tracetune.train.config.TrainConfig)
     [export]      target: gguf-lora, merged-gguf or none (none: the adapted model runs in
@@ -21,7 +25,8 @@ Metric names (used by hypotheses and decision criteria):
     ARM.EVAL.STAT     ARM: base, adapted, control, or a reference name
                       EVAL: heldout, train, all (the [eval] tasks), capability
                       STAT: success_rate, avg_attempts, avg_duration_s, median_duration_s,
-                            avg_tokens
+                            avg_tokens; repair adds avg_parse_errors, write_rate,
+                            avg_loop_detections, avg_steps, avg_tool_errors
     delta.EVAL.STAT   adapted minus base
     train.STAT        peak_ram_gb, seconds, rows, final_loss (the adapter's training)
     adapted.peak_ram_gb   peak memory of the process while it evaluated the adapted model
@@ -42,6 +47,10 @@ from tracetune.train.config import TrainConfig
 
 EVALS = ("heldout", "train", "all", "capability")
 STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", "avg_tokens")
+AGENT_STATS = ("avg_parse_errors", "write_rate", "avg_loop_detections", "avg_steps",
+               "avg_tool_errors")
+"""Per-episode tool metrics of agent workflows (repair): Summary.agent."""
+EVAL_ON = ("all", "heldout")
 TRAIN_STATS = ("peak_ram_gb", "seconds", "rows", "final_loss")
 TESTS = ("fisher", "mcnemar", "wilcoxon", "paired_t", "none")
 EXPORT_TARGETS = ("gguf-lora", "merged-gguf", "none")
@@ -89,6 +98,25 @@ class EvalSection:
     min_tests: int = 3
     concurrency: int = 4
     check_timeout_s: float = 10.0
+    max_iters: int = 10
+    """repair: most assistant messages per episode."""
+    test_policy: str = "after_write"
+    """repair: never, after_write or end."""
+    eval_on: str = "all"
+    """all: base and adapted run on every task (train and held-out); heldout: only held-out."""
+
+
+@dataclass(frozen=True)
+class TeacherSection:
+    model: str | None = None
+    """A model spec whose trajectories of the train tasks become the training data (oracle: the
+    scripted reference fix). None: mine the base model's own baseline episodes."""
+    rollouts: int = 1
+    """Trajectories per train task."""
+    temperature: float = 0.2
+    max_tokens: int = 512
+    max_iters: int = 10
+    """repair: the teacher's own iteration budget (the student's is [eval] max_iters)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,8 @@ class MineSection:
     tokenizer: str | None = "embedded"
     leakage_suites: tuple[str, ...] = ("humaneval",)
     max_dpo_pairs_per_task: int = 8
+    dpo_teacher: str | None = None
+    """repair: "oracle" supplies the preferred call at each parse error or loop."""
     min_rows: int = 1
     """Stop the loop (before training) when mining yields fewer rows than this (seed 000: 50)."""
 
@@ -136,6 +166,9 @@ class Hypothesis:
     control: str = "base"
     min_delta: float | None = None
     """Supported when treatment - control >= min_delta (and the test's p < alpha)."""
+    max_delta: float | None = None
+    """Supported when treatment - control <= max_delta (and the test's p < alpha): for metrics
+    that should fall, e.g. avg_parse_errors with max_delta = -1."""
     test: str = "fisher"
     """fisher or mcnemar (success_rate), wilcoxon or paired_t (per-task means), none."""
     alpha: float = 0.05
@@ -169,6 +202,7 @@ class Experiment:
     info: ExperimentInfo
     models: Models
     eval: EvalSection
+    teacher: TeacherSection
     mine: MineSection
     train: dict
     """The [train] table as written (what stage keys hash)."""
@@ -197,8 +231,8 @@ class Experiment:
                              "abort": [c.text for c in self.decision.abort]}}
 
 
-SECTIONS = ("experiment", "models", "eval", "mine", "train", "export", "capability", "control",
-            "hypothesis", "decision")
+SECTIONS = ("experiment", "models", "eval", "teacher", "mine", "train", "export", "capability",
+            "control", "hypothesis", "decision")
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -217,6 +251,7 @@ def load_experiment(path: Path) -> Experiment:
     info = build(ExperimentInfo, data.get("experiment", {}), f"{where} [experiment]")
     models = build(Models, data.get("models", {}), f"{where} [models]")
     ev = build(EvalSection, data.get("eval", {}), f"{where} [eval]")
+    teacher = build(TeacherSection, data.get("teacher", {}), f"{where} [teacher]")
     mine = build(MineSection, data.get("mine", {}), f"{where} [mine]")
     train_table = data.get("train", {})
     train_cfg = build(TrainConfig, train_table, f"{where} [train]")
@@ -236,17 +271,21 @@ def load_experiment(path: Path) -> Experiment:
         go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
         abort=tuple(_criterion(t, f"{where} [decision] abort")
                     for t in _strings(raw_d, "abort", where)))
-    exp = Experiment(path, info, models, ev, mine, train_table, train_cfg, export, cap, control,
-                     hyps, decision)
+    exp = Experiment(path, info, models, ev, teacher, mine, train_table, train_cfg, export, cap,
+                     control, hyps, decision)
 
     # --- values and cross-references ------------------------------------------------------------
     for key, spec in [("base", models.base), ("train_base", models.train_base),
-                      ("adapted", models.adapted), *models.reference.items()]:
+                      ("adapted", models.adapted), *models.reference.items(),
+                      ("[teacher] model", teacher.model)]:
         if spec is not None:
             try:
                 parse_spec(spec)
             except TracetuneError as exc:
-                raise TracetuneError(f"{where} [models] {key}: {exc}") from None
+                section = "" if key.startswith("[") else "[models] "
+                raise TracetuneError(f"{where} {section}{key}: {exc}") from None
+    if teacher.model is not None and teacher.rollouts < 1:
+        raise TracetuneError(f"{where} [teacher] rollouts: must be at least 1")
     clash = set(models.reference) & {"base", "adapted", "control", "delta", "train"}
     if clash:
         raise TracetuneError(f"{where} [models] reference: the names {', '.join(sorted(clash))} "
@@ -254,9 +293,20 @@ def load_experiment(path: Path) -> Experiment:
     if ev.workflow not in WORKFLOWS:
         raise TracetuneError(f"{where} [eval] workflow: {ev.workflow!r} is not one of "
                              f"{', '.join(WORKFLOWS)}")
-    for key in ("trials", "max_tokens", "max_attempts", "concurrency"):
+    for key in ("trials", "max_tokens", "max_attempts", "concurrency", "max_iters"):
         if getattr(ev, key) < 1:
             raise TracetuneError(f"{where} [eval] {key}: must be at least 1")
+    from tracetune.agents.repair import TEST_POLICIES
+
+    if ev.test_policy not in TEST_POLICIES:
+        raise TracetuneError(f"{where} [eval] test_policy: {ev.test_policy!r} is not one of "
+                             f"{', '.join(TEST_POLICIES)}")
+    if ev.eval_on not in EVAL_ON:
+        raise TracetuneError(f"{where} [eval] eval_on: {ev.eval_on!r} is not one of "
+                             f"{', '.join(EVAL_ON)}")
+    if ev.eval_on == "heldout" and ev.train_pct == 100:
+        raise TracetuneError(f"{where} [eval] eval_on = heldout needs held-out tasks "
+                             "(train_pct < 100)")
     if not 1 <= ev.train_pct <= 100:
         raise TracetuneError(f"{where} [eval] train_pct: must be within 1..100 (100: train on "
                              "every task, no held-out split)")
@@ -264,9 +314,13 @@ def load_experiment(path: Path) -> Experiment:
         if section == "capability" and not cap.enabled:
             continue
         try:
-            load_suite(suite)
+            loaded = load_suite(suite)
         except TracetuneError as exc:
             raise TracetuneError(f"{where} [{section}] suite: {exc}") from None
+        if section == "eval" and (loaded.kind == "repair") != (ev.workflow == "repair"):
+            raise TracetuneError(f"{where} [eval] workflow: suite {suite} is a {loaded.kind} "
+                                 f"suite; workflow {ev.workflow!r} does not run on it (repair "
+                                 "suites take workflow = \"repair\")")
     try:
         MineConfig(kinds=mine.kinds, tiers=mine.tiers or MineConfig().tiers).validate()
     except TracetuneError as exc:
@@ -294,14 +348,26 @@ def load_experiment(path: Path) -> Experiment:
     return exp
 
 
+def evals_of(exp: Experiment) -> list[str]:
+    """The evaluations this experiment produces."""
+    out = ["heldout"] if exp.eval.train_pct < 100 else []
+    if exp.eval.eval_on == "all":
+        out += ["train", "all"]
+    return out + (["capability"] if exp.capability.enabled else [])
+
+
+def stats_of(exp: Experiment, evaluation: str) -> tuple[str, ...]:
+    agent = exp.eval.workflow == "repair" and evaluation != "capability"
+    return STATS + (AGENT_STATS if agent else ())
+
+
 def metric_names(exp: Experiment) -> set[str]:
-    evals = [e for e in EVALS if e != "capability" or exp.capability.enabled]
-    names = {f"{arm}.{e}.{s}" for arm in exp.arms for e in evals for s in STATS
+    evals = evals_of(exp)
+    control_eval = "heldout" if exp.eval.train_pct < 100 else "all"
+    names = {f"{arm}.{e}.{s}" for arm in exp.arms for e in evals for s in stats_of(exp, e)
              if (e != "capability" or arm in ("base", "adapted"))
-             and (arm != "control" or e == ("heldout" if exp.eval.train_pct < 100 else "all"))
-             and (e != "heldout" or exp.eval.train_pct < 100)}
-    names |= {f"delta.{e}.{s}" for e in evals for s in STATS
-              if e != "heldout" or exp.eval.train_pct < 100}
+             and (arm != "control" or e == control_eval)}
+    names |= {f"delta.{e}.{s}" for e in evals for s in stats_of(exp, e)}
     names |= {f"train.{s}" for s in TRAIN_STATS} | {"adapted.peak_ram_gb"}
     return names
 
@@ -330,11 +396,18 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
     if not h.id or not h.claim:
         raise TracetuneError(f"{where}: id and claim must not be empty")
     parts = h.metric.split(".")
-    if len(parts) != 2 or parts[0] not in EVALS or parts[1] not in STATS:
+    stats = STATS + AGENT_STATS
+    if len(parts) != 2 or parts[0] not in EVALS or parts[1] not in stats:
         raise TracetuneError(f"{where} metric: {h.metric!r} does not exist (EVAL.STAT with EVAL "
-                             f"in {', '.join(EVALS)} and STAT in {', '.join(STATS)})")
+                             f"in {', '.join(EVALS)} and STAT in {', '.join(stats)})")
     if parts[0] == "heldout" and exp.eval.train_pct == 100:
         raise TracetuneError(f"{where} metric: [eval] train_pct = 100 leaves no held-out tasks")
+    if parts[0] in ("train", "all") and exp.eval.eval_on == "heldout":
+        raise TracetuneError(f"{where} metric: [eval] eval_on = heldout evaluates held-out "
+                             "tasks only")
+    if parts[1] in AGENT_STATS and (exp.eval.workflow != "repair" or parts[0] == "capability"):
+        raise TracetuneError(f"{where} metric: {parts[1]} is a tool metric of the repair "
+                             "workflow")
     if parts[0] == "capability" and not exp.capability.enabled:
         raise TracetuneError(f"{where} metric: {h.metric!r} needs [capability] enabled")
     for role, arm in (("treatment", h.treatment), ("control", h.control)):
@@ -349,9 +422,10 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
                                  "tasks only (metric heldout.STAT)")
     if h.treatment == h.control:
         raise TracetuneError(f"{where}: treatment and control are both {h.treatment!r}")
-    if (h.min_delta is None) == (h.within is None):
+    if sum(x is not None for x in (h.min_delta, h.max_delta, h.within)) != 1:
         raise TracetuneError(f"{where}: give exactly one of min_delta (a difference of at least "
-                             "this much) or within (per task, within this much)")
+                             "this much), max_delta (at most this much) or within (per task, "
+                             "within this much)")
     if h.test not in TESTS:
         raise TracetuneError(f"{where} test: {h.test!r} is not one of {', '.join(TESTS)}")
     if h.test in ("fisher", "mcnemar") and parts[1] != "success_rate":

@@ -8,16 +8,31 @@ from tracetune.eval.metrics import Summary
 from tracetune.traces.store import RunInfo
 
 
+AGENT_COLUMNS = ("parse errors", "wrote", "loops", "steps")
+
+
+def agent_cells(s: Summary) -> list[str]:
+    """parse errors / episode, share of episodes that wrote, loop detections / episode, steps."""
+    a = s.agent
+    if a is None:
+        return ["-"] * len(AGENT_COLUMNS)
+    return [f"{a.avg_parse_errors:.2f}", f"{100 * a.write_rate:.0f}%",
+            f"{a.avg_loop_detections:.2f}", f"{a.avg_steps:.2f}"]
+
+
 def run_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
     tdd = overall.wrong_tests is not None
+    agent = overall.agent is not None
     table = Table(title=f"{run.suite} / {run.workflow} / {run.model_spec} "
                         f"({run.trials} trial{'s' if run.trials != 1 else ''}, seed {run.seed})")
-    for col in ("task", "n", "success", "95% CI", "avg attempts", "avg duration s",
-                "avg tokens") + (("wrong tests",) if tdd else ()):
+    for col in ("task", "n", "success", "95% CI") + \
+            (AGENT_COLUMNS if agent else ("avg attempts",)) + \
+            ("avg duration s", "avg tokens") + (("wrong tests",) if tdd else ()):
         table.add_column(col, justify="left" if col == "task" else "right")
     for i, s in enumerate(rows + [overall]):
         cells = [s.name, str(s.n), f"{s.successes}/{s.n} {100 * s.rate:.1f}%",
-                 f"[{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]", f"{s.avg_attempts:.2f}",
+                 f"[{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]",
+                 *(agent_cells(s) if agent else [f"{s.avg_attempts:.2f}"]),
                  f"{s.avg_duration_s:.2f}", f"{s.avg_tokens:.0f}"]
         if tdd:
             cells.append(str(s.wrong_tests))
