@@ -10,6 +10,7 @@ from tracetune.experiment.spec import load_experiment, metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.toml")
+TINY_REPAIR = Path(__file__).with_name("tiny_repair.toml")
 
 
 def _variant(tmp_path, old: str, new: str, base: Path = TINY) -> Path:
@@ -20,7 +21,7 @@ def _variant(tmp_path, old: str, new: str, base: Path = TINY) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["quickstart.toml", "tdd_finetune.toml"])
+@pytest.mark.parametrize("name", ["quickstart.toml", "tdd_finetune.toml", "repair_sft.toml"])
 def test_shipped_experiments_validate(name):
     exp = load_experiment(ROOT / "experiments" / name)
     assert exp.hypotheses and (exp.decision.go or exp.decision.abort)
@@ -65,6 +66,45 @@ def test_tdd_finetune_is_seed_000s_protocol():
 def test_bad_experiments_fail_with_the_key_named(tmp_path, old, new, message):
     with pytest.raises(TracetuneError, match=message):
         load_experiment(_variant(tmp_path, old, new))
+
+
+def test_repair_sft_is_seed_002s_protocol():
+    exp = load_experiment(ROOT / "experiments" / "repair_sft.toml")
+    assert (exp.eval.suite, exp.eval.workflow, exp.eval.train_pct) == ("bugs", "repair", 70)
+    assert exp.teacher.model == "oracle" and exp.eval.eval_on == "heldout"
+    assert exp.mine.tiers["repair"] == ("tool_ok", "workflow")
+    stages = Loop(exp, Path("unused")).stages
+    assert stages[:3] == ["baseline", "teacher", "mine"] and "capability" not in stages
+    names = metric_names(exp)
+    assert {"delta.heldout.avg_parse_errors", "adapted.heldout.write_rate",
+            "base.heldout.avg_loop_detections", "delta.heldout.avg_steps"} <= names
+    assert not any(n.split(".")[1] in ("train", "all") for n in names if n.count(".") == 2)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('workflow = "repair"', 'workflow = "direct"', r"bugs is a repair suite; workflow 'direct'"),
+    ('max_iters = 2', 'max_iters = 0', r"\[eval\] max_iters: must be at least 1"),
+    ('eval_on = "heldout"', 'eval_on = "train"', r"\[eval\] eval_on: 'train' is not one of"),
+    ('concurrency = 2', 'concurrency = 2\ntest_policy = "always"',
+     r"\[eval\] test_policy: 'always' is not one of never, after_write, end"),
+    ('model = "oracle"', 'model = "wizard"', r"\[teacher\] model: unknown model spec"),
+    ('model = "oracle"', 'model = "oracle"\nrollouts = 0', r"\[teacher\] rollouts"),
+    ('max_delta = -1.0', 'max_delta = -1.0\nmin_delta = 0.1', r"exactly one of min_delta"),
+    ('metric = "heldout.avg_parse_errors"', 'metric = "all.avg_parse_errors"',
+     r"eval_on = heldout evaluates held-out tasks only"),
+    ('"delta.heldout.avg_parse_errors <= -1"', '"delta.train.avg_parse_errors <= -1"',
+     r"no metric 'delta.train.avg_parse_errors'"),
+])
+def test_bad_repair_experiments(tmp_path, old, new, message):
+    with pytest.raises(TracetuneError, match=message):
+        load_experiment(_variant(tmp_path, old, new, TINY_REPAIR))
+
+
+def test_tool_metrics_belong_to_the_repair_workflow(tmp_path):
+    bad = _variant(tmp_path, 'metric = "heldout.success_rate"\nmin_delta',
+                   'metric = "heldout.avg_parse_errors"\nmin_delta')
+    with pytest.raises(TracetuneError, match="tool metric of the repair workflow"):
+        load_experiment(bad)
 
 
 def test_metric_names_cover_arms_evals_and_training():

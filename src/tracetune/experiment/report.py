@@ -78,6 +78,15 @@ def _answer(results: dict) -> str:
     else:
         text += ("**No reliable difference**: the interval includes zero or the test is not "
                  "significant, so this run does not show that the adapter helped.")
+    tool = {m["metric"]: m for m in held["metrics"] if m["model"] == "adapted"}
+    if "parse_errors" in tool:
+        pe, wr, lp, st = (tool[k] for k in ("parse_errors", "wrote", "loop_detections", "steps"))
+        text += (f" Tool use (per episode, means over tasks): parse errors {pe['baseline']:.2f} → "
+                 f"{pe['value']:.2f} (Δ {pe['delta']:+.2f}, 95% CI {pe['ci_low']:+.2f} to "
+                 f"{pe['ci_high']:+.2f}, Wilcoxon p = {pe['p_wilcoxon']:.3g}); episodes that "
+                 f"wrote or edited a file {_pct(wr['baseline'])} → {_pct(wr['value'])}; loop "
+                 f"detections {lp['baseline']:.2f} → {lp['value']:.2f}; steps "
+                 f"{st['baseline']:.2f} → {st['value']:.2f}.")
     cap = results["comparisons"].get("capability")
     if cap:
         c = next(r for r in cap["results"] if r["model"] == "adapted" and r["task"] == "overall")
