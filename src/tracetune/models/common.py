@@ -2,6 +2,32 @@
 
 from __future__ import annotations
 
+import time
+from typing import Sequence
+
+from tracetune.types import Completion, GenerationRequest, Usage
+
+
+class Scripted:
+    """Base of the scripted backends (replay, oracle): `_text(request)` gives the answer; usage
+    counts whitespace-separated words as tokens (a script has no tokenizer)."""
+
+    def _text(self, request: GenerationRequest) -> str:
+        raise NotImplementedError
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        t0 = time.perf_counter()
+        text = self._text(request)
+        prompt_words = sum(len(m.content.split()) for m in request.messages)
+        return Completion(text=text, usage=Usage(prompt_words, len(text.split())),
+                          latency_s=time.perf_counter() - t0)
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        return [self.generate(r) for r in requests]
+
+    def close(self) -> None:
+        pass
+
 
 def apply_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut `text` at the first stop string; returns (text, whether a stop string was found)."""

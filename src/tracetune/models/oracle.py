@@ -10,13 +10,13 @@ Usage counts whitespace-separated words as tokens (an oracle has no tokenizer).
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 from tracetune.errors import ModelError
+from tracetune.models.common import Scripted
 from tracetune.models.configs import OracleConfig
 from tracetune.tasks import Task
-from tracetune.types import Completion, GenerationRequest, Usage
+from tracetune.types import Completion, GenerationRequest
 
 
 class OracleModel:
@@ -38,28 +38,17 @@ class OracleModel:
         pass
 
 
-class BoundOracle:
+class BoundOracle(Scripted):
     def __init__(self, task: Task, spec: str) -> None:
         self.task, self.spec = task, spec
 
-    def generate(self, request: GenerationRequest) -> Completion:
+    def _text(self, request: GenerationRequest) -> str:
         from tracetune.agents.repair import canonical_json, oracle_step
 
-        t0 = time.perf_counter()
         messages = [m.to_dict() for m in request.messages]
         if self.task.is_repair:
-            text = canonical_json(oracle_step(self.task, messages))
-        elif any(m["role"] == "assistant" for m in messages) or "pytest" in messages[-1]["content"]:
+            return canonical_json(oracle_step(self.task, messages))
+        if any(m["role"] == "assistant" for m in messages) or "pytest" in messages[-1]["content"]:
             raise ModelError("the oracle writes reference implementations (workflow direct) "
                              "and repairs (workflow repair); it does not write tests or retries")
-        else:
-            text = f"```python\n{self.task.reference.strip()}\n```"
-        prompt_words = sum(len(m["content"].split()) for m in messages)
-        return Completion(text=text, usage=Usage(prompt_words, len(text.split())),
-                          latency_s=time.perf_counter() - t0)
-
-    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        return [self.generate(r) for r in requests]
-
-    def close(self) -> None:
-        pass
+        return f"```python\n{self.task.reference.strip()}\n```"

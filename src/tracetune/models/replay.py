@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
-from typing import Sequence
-
 from tracetune.errors import ModelError
+from tracetune.models.common import Scripted
 from tracetune.models.configs import ReplayConfig
-from tracetune.types import Completion, GenerationRequest, Usage
+from tracetune.types import GenerationRequest
 
 
-class ReplayModel:
+class ReplayModel(Scripted):
     def __init__(self, config: ReplayConfig, spec: str = "") -> None:
         self.spec = spec or f"replay:{config.path}"
         self.config = config
@@ -40,27 +38,14 @@ class ReplayModel:
         self._used = [False] * len(self._script)
         self._lock = threading.Lock()
 
-    def generate(self, request: GenerationRequest) -> Completion:
-        t0 = time.perf_counter()
+    def _text(self, request: GenerationRequest) -> str:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         with self._lock:
             for i, entry in enumerate(self._script):
                 if not self._used[i] and entry.get("match", "") in last_user:
                     self._used[i] = True
-                    text = entry["text"]
-                    break
-            else:
-                if self.config.strict:
-                    raise ModelError(f"replay script {self.config.path} has no unused output "
-                                     f"for this request")
-                text = ""
-        prompt_words = sum(len(m.content.split()) for m in request.messages)
-        # Whitespace-separated words stand in for tokens: a replay has no tokenizer.
-        return Completion(text=text, usage=Usage(prompt_words, len(text.split())),
-                          latency_s=time.perf_counter() - t0)
-
-    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        return [self.generate(r) for r in requests]
-
-    def close(self) -> None:
-        pass
+                    return entry["text"]
+            if self.config.strict:
+                raise ModelError(f"replay script {self.config.path} has no unused output "
+                                 f"for this request")
+            return ""
