@@ -113,7 +113,14 @@ def test_tasks_commands():
     assert len(split["train"]) + len(split["test"]) == 160
     assert run("tasks", "split", "--suite", "funcs", "--train-pct", "70", "--json").stdout == r.stdout
     r = run("tasks", "check", "--suite", "demo", "--suite", "tdd6")
-    assert r.returncode == 0 and "6/6 references pass" in r.stdout
+    assert r.returncode == 0 and "tdd6: 6/6 tasks: references pass their tests" in r.stdout
+    r = run("tasks", "check", "--suite", "bugs")
+    assert r.returncode == 0 and \
+        "bugs: 52/52 tasks: references pass their tests and buggy modules fail them" in r.stdout
+    r = run("tasks", "split", "--suite", "bugs", "--json")
+    assert (json.loads(r.stdout)["train_pct"], len(json.loads(r.stdout)["test"])) == (70, 18)
+    r = run("tasks", "show", "bugs/gcd", "--suite", "bugs")
+    assert r.returncode == 0 and "gcd.py (buggy, as the agent first sees it)" in r.stdout
 
 
 def test_tasks_check_rejects_a_broken_suite(tmp_path):
@@ -122,7 +129,7 @@ def test_tasks_check_rejects_a_broken_suite(tmp_path):
                    'reference = "def f():\\n    return 1\\n"\n'
                    'tests = "from solution import f\\ndef test_f():\\n    assert f() == 2\\n"\n')
     r = run("tasks", "check", "--suite", str(bad))
-    assert r.returncode == 1 and "b/one: fail" in r.stdout
+    assert r.returncode == 1 and "b/one: reference fails its tests: fail" in r.stdout
     missing = tmp_path / "missing.toml"
     missing.write_text("[suite]\nname = 'm'\n[[task]]\nid = 'm/one'\nspec = 's'\n")
     r = run("tasks", "check", "--suite", str(missing))
