@@ -147,7 +147,7 @@ def test_a_user_suite_whose_reference_fails_is_rejected_by_name(tmp_path):
     suite = write_suite(tmp_path / "s.toml", 2)
     suite.write_text(suite.read_text().replace("return 2 * x", "return 3 * x", 1))
     cfg = EvalConfig(suite=str(suite), model="replay:x.jsonl")
-    with pytest.raises(TracetuneError, match=r"t/double0: fail"):
+    with pytest.raises(TracetuneError, match=r"t/double0: reference fails its tests \(fail"):
         run_eval(cfg, tmp_path / "run")
 
 
