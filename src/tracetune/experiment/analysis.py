@@ -35,6 +35,8 @@ def arm_runs(exp: Experiment, out: Path) -> dict[str, Path]:
 def subsets(exp: Experiment, episodes: list[dict]) -> dict[str, set[str]]:
     tasks = {e["task_id"] for e in episodes}
     train = {t for t in tasks if in_train(t, exp.eval.train_pct)}
+    if exp.eval.eval_on == "heldout":  # base and adapted saw held-out tasks only
+        return {"heldout": tasks - train}
     return {"heldout": tasks - train, "train": train, "all": tasks}
 
 
