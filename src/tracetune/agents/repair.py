@@ -161,12 +161,14 @@ def _drive(task: Task, wf: RepairWorkflow, model: Model, sandbox: Sandbox, ws: W
         except (OSError, UnicodeDecodeError):
             return None
 
-    def test_now() -> SandboxResult:
+    def test_now(*, feedback: bool = True) -> SandboxResult:
+        """The tests on the module as it is now (each source is tested once); `feedback`: the
+        result goes to the model (counted as a test run)."""
         src = module_source()
         key = src if src is not None else "\0missing"
         if key not in tested:
             tested[key] = run_tests(task, src, sandbox)
-        counts["test_runs"] += 1
+        counts["test_runs"] += feedback
         return tested[key]
 
     # A protocol message is one line of JSON; a blank line ends it (and the prose small models
@@ -239,8 +241,7 @@ def _drive(task: Task, wf: RepairWorkflow, model: Model, sandbox: Sandbox, ws: W
         if stop:
             break
         messages += [Message("assistant", raw), Message("user", reply)]
-    final = test_now()
-    counts["test_runs"] -= 1  # the final check is the driver's, not feedback to the model
+    final = test_now(feedback=False)  # the driver's verdict, not feedback to the model
     metrics = {**counts, "steps": len(records), "wrote": counts["writes"] > 0,
                "end": end_reason}
     return EpisodeOutcome(
@@ -300,12 +301,6 @@ def oracle_step(task: Task, messages: list[dict]) -> dict:
 
 def canonical_json(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False)
-
-
-def step_details(attempt: dict) -> dict:
-    """The details a repair step recorded (kind, name, tool_ok, tests)."""
-    guards = attempt.get("guards") or []
-    return (guards[0].get("details") or {}) if guards else {}
 
 
 __all__ = ["Parsed", "RepairWorkflow", "TEST_POLICIES", "oracle_edit", "oracle_step",

@@ -40,26 +40,18 @@ class AgentSummary:
     avg_steps: float
     """Assistant messages (tool calls and the final answer) per episode."""
     avg_tool_errors: float
-    parse_error_rate: float
-    """Invalid messages over all messages."""
-
-
-AGENT_STATS = ("avg_parse_errors", "write_rate", "avg_loop_detections", "avg_steps",
-               "avg_tool_errors", "parse_error_rate")
 
 
 def summarize_agent(episodes: list[dict]) -> AgentSummary | None:
     rows = [e["metrics"] for e in episodes if e.get("metrics")]
     if not rows or len(rows) != len(episodes):
         return None
-    steps = sum(m["steps"] for m in rows)
     return AgentSummary(
         avg_parse_errors=fmean(m["parse_errors"] for m in rows),
         write_rate=fmean(bool(m["wrote"]) for m in rows),
         avg_loop_detections=fmean(m["loop_detections"] for m in rows),
         avg_steps=fmean(m["steps"] for m in rows),
-        avg_tool_errors=fmean(m["tool_errors"] for m in rows),
-        parse_error_rate=sum(m["parse_errors"] for m in rows) / steps if steps else 0.0)
+        avg_tool_errors=fmean(m["tool_errors"] for m in rows))
 
 
 def summarize(name: str, episodes: list[dict]) -> Summary:

@@ -83,14 +83,16 @@ class EvalConfig:
         for name in ("trials", "max_tokens", "max_attempts", "concurrency", "max_iters"):
             if getattr(self, name) < 1:
                 raise TracetuneError(f"{name} must be at least 1")
-        from tracetune.agents.repair import TEST_POLICIES
-
-        if self.test_policy not in TEST_POLICIES:
-            raise TracetuneError(f"unknown test policy {self.test_policy!r} "
-                                 f"({', '.join(TEST_POLICIES)})")
+        self.workflow_settings()  # e.g. an unknown test policy fails here
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise TracetuneError("temperature must be >= 0 and top_p within (0, 1]")
         parse_spec(self.model)  # a bad spec fails here, before any work starts
+
+    def workflow_settings(self):
+        """The workflow this config runs (a guarded Workflow, or RepairWorkflow)."""
+        return build_workflow(self.workflow, max_attempts=self.max_attempts,
+                              min_tests=self.min_tests, max_iters=self.max_iters,
+                              test_policy=self.test_policy)
 
     def params(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.max_tokens)
@@ -179,9 +181,7 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
         on_progress(finished, total)
     if not todo:
         return
-    workflow = build_workflow(config.workflow, max_attempts=config.max_attempts,
-                              min_tests=config.min_tests, max_iters=config.max_iters,
-                              test_policy=config.test_policy)
+    workflow = config.workflow_settings()
     params = config.params()
     model = load_model(config.model)
     sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))

@@ -10,16 +10,14 @@ import json
 from pathlib import Path
 from statistics import median
 
-from tracetune.eval.compare import Comparison, compare, load_episodes
+from tracetune.eval.compare import AGENT_METRICS, Comparison, compare, load_episodes
 from tracetune.eval.metrics import summarize
 from tracetune.experiment.spec import AGENT_STATS, STATS, Experiment, Hypothesis
 from tracetune.tasks.splits import in_train
 
 STAT_TO_METRIC = {"avg_attempts": "attempts", "avg_duration_s": "duration_s",
                   "median_duration_s": "duration_s", "avg_tokens": "tokens",
-                  "avg_parse_errors": "parse_errors", "write_rate": "wrote",
-                  "avg_loop_detections": "loop_detections", "avg_steps": "steps",
-                  "avg_tool_errors": "tool_errors"}
+                  **{stat: metric for metric, stat in AGENT_METRICS.items()}}
 """A hypothesis's STAT -> the per-task-mean metric its paired tests (Wilcoxon, t) use."""
 
 
