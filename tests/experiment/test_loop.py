@@ -19,7 +19,7 @@ import pytest
 from tracetune.errors import TracetuneError
 from tracetune.experiment.loop import Loop, run_loop
 from tracetune.experiment.report import write_report
-from tracetune.experiment.spec import load_experiment
+from tracetune.experiment.spec import experiment_hash, load_experiment
 
 TINY = Path(__file__).with_name("tiny.toml")
 CLI = [sys.executable, "-m", "tracetune.cli"]
@@ -200,3 +200,20 @@ def test_from_a_stage_whose_input_is_missing(tmp_path):
         run_loop(TINY, tmp_path / "run", from_stage="adapted", log=lambda m: None)
     with pytest.raises(TracetuneError, match=r"--until .nosuch.: not a stage"):
         run_loop(TINY, tmp_path / "run2", until="nosuch", log=lambda m: None)
+
+
+def test_a_record_frozen_before_a_new_hypothesis_field_still_verifies(killed_run, tmp_path):
+    out, *_ = killed_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    prereg = copy / "preregistration.json"
+    record = json.loads(prereg.read_text())
+    for h in record["content"]["hypotheses"]:  # as an older tracetune froze it: no max_delta
+        assert h.pop("max_delta") is None
+    record["sha256"] = experiment_hash(record["content"])
+    prereg.write_text(json.dumps(record))
+    write_report(copy)  # the same claims: accepted
+    exp_file = copy / "experiment.toml"
+    exp_file.write_text(exp_file.read_text().replace("min_delta = 0.05", "max_delta = 0.05"))
+    with pytest.raises(TracetuneError, match=r"H1.max_delta None -> 0.05"):
+        write_report(copy)

@@ -52,7 +52,7 @@ def verify(exp: Experiment, out: Path) -> dict:
         raise TracetuneError(f"{out} has no {PREREG}: results without a pre-registration "
                              "cannot be reported")
     now = exp.preregistered()
-    if now != record["content"]:
+    if _stated(now) != _stated(record["content"]):
         raise TracetuneError(
             f"the hypotheses or decision criteria in {exp.path} differ from those pre-registered "
             f"in {out} at {record['frozen_at']} (hash {record['sha256'][:12]}, now "
@@ -60,6 +60,14 @@ def verify(exp: Experiment, out: Path) -> dict:
             + ". Results were judged against the frozen ones; start a new run directory to "
             "test new hypotheses")
     return record
+
+
+def _stated(content: dict) -> dict:
+    """What a record asserts: a hypothesis field left unset (None) states nothing, so a record
+    frozen before a later tracetune added that field still matches the same experiment."""
+    return {"hypotheses": [{k: v for k, v in h.items() if v is not None}
+                           for h in content["hypotheses"]],
+            "decision": content["decision"]}
 
 
 def _changes(old: dict, new: dict) -> list[str]:
