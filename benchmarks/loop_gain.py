@@ -100,6 +100,19 @@ def main() -> int:
     print(f"  HumanEval ({cap['n']} problems, greedy): base {pct(cap['baseline_rate'])}, "
           f"adapted {pct(cap['success_rate'])}, delta {pp(cap['delta_success'])} "
           f"(McNemar p={cap['mcnemar_p']:.3g})")
+    from tracetune.eval.metrics import failure_kinds
+    from tracetune.traces.store import Store
+
+    held = set(results["split"]["heldout"])
+    print("  held-out failures by kind (last attempt of each failed episode):")
+    kinds = {}
+    for arm, run in (("base", "baseline"), ("adapted", "adapted"), ("control", "control/eval")):
+        store = Store(args.out / run)
+        try:
+            kinds[arm] = failure_kinds(store, held)
+        finally:
+            store.close()
+        print(f"    {arm:8s} " + ", ".join(f"{k} {n}" for k, n in kinds[arm].most_common()))
     targets = {"+10pp held-out": gain >= 0.10, "p < 0.01": base_vs["p_value"] < 0.01,
                ">= 1.2x control": ratio >= 1.2, "HumanEval drop <= 2pp": cap["delta_success"]
                >= -0.02}
@@ -108,7 +121,8 @@ def main() -> int:
     (args.out / "loop_gain.json").write_text(json.dumps(
         {"trials": args.trials, "gain": gain, "control_gain": control_gain, "ratio": ratio,
          "p_fisher": base_vs["p_value"], "p_mcnemar": base_vs["mcnemar_p"],
-         "humaneval_delta": cap["delta_success"], "targets": targets}, indent=2))
+         "humaneval_delta": cap["delta_success"], "targets": targets,
+         "heldout_failures": kinds}, indent=2))
     return 0
 
 

@@ -177,3 +177,14 @@ def test_train_cli_rejects_bad_config(tmp_path):
     cfg.write_text("[train]\nrank = 8\n")
     r = run("train", str(tmp_path), "--out", str(tmp_path / "a"), "--config", str(cfg))
     assert r.returncode == 1 and "unknown key(s) rank" in r.stderr
+
+
+def test_show_counts_failed_episodes_by_kind(tmp_path):
+    script = tmp_path / "r.jsonl"
+    wrong = "```python\ndef is_even(n):\n    return n % 2 == 1\n```"
+    script.write_text(json.dumps({"text": wrong, "match": "is_even"}) + "\n")
+    r = run("eval", "--suite", "demo", "--task", "demo/is_even", "--model", f"replay:{script}",
+            "--max-attempts", "1", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    r = run("show", str(tmp_path / "run"))
+    assert r.returncode == 0 and "failed episodes by last attempt: wrong answer 1" in r.stdout

@@ -391,7 +391,7 @@ def _run_with_progress(config, out_dir: Path, resume: bool) -> None:
 
 
 def _print_run(run_dir: Path) -> None:
-    from tracetune.eval.metrics import summarize_run
+    from tracetune.eval.metrics import failure_kinds, summarize_run
     from tracetune.report.tables import run_table
     from tracetune.traces.store import Store
 
@@ -399,6 +399,10 @@ def _print_run(run_dir: Path) -> None:
     try:
         rows, overall = summarize_run(store.episodes())
         out.print(run_table(store.run(), rows, overall))
+        kinds = failure_kinds(store)
+        if kinds:
+            out.print("failed episodes by last attempt: " + ", ".join(
+                f"{kind} {n}" for kind, n in kinds.most_common()))
     finally:
         store.close()
     out.print(f"[dim]trajectories: {run_dir}/trajectories.sqlite[/]")

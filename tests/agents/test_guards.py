@@ -71,3 +71,29 @@ def test_test_guard_reports_a_hanging_program():
     with Sandbox(SandboxConfig(timeout_s=1)) as sb:
         r = TestGuard().check(hang, StepContext(TASK, sb, {}))
     assert not r.passed and "timed out" in r.feedback
+    from tracetune.eval.metrics import failure_kind
+
+    assert failure_kind([r.to_dict()]) == "timeout"
+
+
+@pytest.mark.parametrize("code, kind", [
+    (TASK.reference, None),
+    ("def add(a, b):\n    return a - b\n", "wrong answer"),
+    ("def add(a, b):\n    assert a < 0\n    return a + b\n", "wrong answer"),
+    ("def add(a):\n    return a\n", "raised TypeError"),
+    ("def add(a, b):\n    return a + c\n", "raised NameError"),
+    ("def plus(a, b):\n    return a + b\n", "could not run"),  # the import fails: no test runs
+    ("def add(a, b)\n    return a + b\n", "syntax"),
+])
+def test_failure_kind_from_real_guard_results(ctx, code, kind):
+    from tracetune.eval.metrics import failure_kind
+
+    guards = [SyntaxGuard(), TestGuard()]
+    results = []
+    for g in guards:  # as the workflow runs them: cheap first, stop at the first failure
+        results.append(g.check(code, ctx).to_dict())
+        if not results[-1]["passed"]:
+            break
+    if kind == "could not run":  # past the static guard, straight to the tests
+        results = [TestGuard().check(code, ctx).to_dict()]
+    assert failure_kind(results) == kind

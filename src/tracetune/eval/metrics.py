@@ -1,10 +1,12 @@
 """Seed 000's tables from stored episodes: success rate with a 95% Wilson interval, average
 attempts, average duration and tokens, per task and overall; for agent workflows (repair) also
 seed 002's tool metrics: parse errors, share of runs that ever write or edit, loop detections and
-steps per episode."""
+steps per episode; and why failed episodes failed (`failure_kind`)."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from statistics import fmean
 
@@ -78,3 +80,43 @@ def summarize_run(episodes: list[dict]) -> tuple[list[Summary], Summary]:
         by_task.setdefault(e["task_id"], []).append(e)
     return ([summarize(task, eps) for task, eps in by_task.items()],
             summarize("overall", episodes))
+
+
+_RAISED = re.compile(r"(?m)^E\s+(\w+(?:Error|Exception|Exit|Interrupt))\b")
+
+
+def failure_kind(guards: list[dict]) -> str | None:
+    """Why an attempt failed, from its stored guard results (None: every guard passed).
+
+    A static guard that rejected the code gives its own name ("syntax", "names", ...). A test run
+    gives "timeout"; "could not run" when pytest never ran a test (the module failed to import,
+    e.g. the function is missing: collection error); "raised X" when a test raised exception X
+    other than an assertion (wrong signature: TypeError, undefined name: NameError); and
+    "wrong answer" when the code ran and an assertion failed."""
+    for g in guards:
+        if g["passed"]:
+            continue
+        details = g.get("details") or {}
+        if "status" not in details:
+            return g["guard"]
+        if details["status"] == "timeout":
+            return "timeout"
+        if details["status"] != "fail":
+            return "could not run"
+        m = _RAISED.search(g.get("feedback", ""))
+        return f"raised {m.group(1)}" if m and m.group(1) != "AssertionError" else "wrong answer"
+    return None
+
+
+def failure_kinds(store, tasks: set[str] | None = None) -> Counter:
+    """Failed episodes of a Store by the failure kind of their last attempt (restricted to
+    `tasks` when given); "other" when the last attempt failed no guard (a repair agent that
+    stopped, a tdd episode judged by its tests)."""
+    out: Counter = Counter()
+    for ep in store.episodes():
+        if ep["success"] or (tasks is not None and ep["task_id"] not in tasks):
+            continue
+        attempts = store.attempts(ep["id"])
+        last = attempts[-1]["guards"] if attempts else []
+        out[failure_kind(last) or "other"] += 1
+    return out
