@@ -217,3 +217,27 @@ def test_a_record_frozen_before_a_new_hypothesis_field_still_verifies(killed_run
     exp_file.write_text(exp_file.read_text().replace("min_delta = 0.05", "max_delta = 0.05"))
     with pytest.raises(TracetuneError, match=r"H1.max_delta None -> 0.05"):
         write_report(copy)
+
+
+def test_stages_recorded_before_a_new_setting_existed_stay_cached(killed_run, tmp_path):
+    out, stages, *_ = killed_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for stage in stages:  # as an older tracetune recorded them: no max_iters knob, other keys
+        marker = copy / "stages" / f"{stage}.json"
+        record = json.loads(marker.read_text())
+        record["key"] = "0" * 16
+        eval_settings = record["settings"]["sections"].get("eval")
+        if eval_settings is not None:
+            assert eval_settings.pop("max_iters") is not None
+        marker.write_text(json.dumps(record))
+    logs: list[str] = []
+    run_loop(TINY, copy, log=logs.append)
+    assert [m for m in logs if m.startswith("[")] == [f"[{s}] cached" for s in stages]
+    # a setting the record states with another value is still a change
+    marker = copy / "stages" / "baseline.json"
+    record = json.loads(marker.read_text())
+    record["settings"]["sections"]["eval"]["temperature"] = 0.123
+    marker.write_text(json.dumps(record))
+    with pytest.raises(TracetuneError, match="changed since stage baseline"):
+        run_loop(TINY, copy, log=logs.append)

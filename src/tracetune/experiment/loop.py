@@ -83,13 +83,33 @@ class Loop:
         value = self.exp.section(head) if head != "experiment" else asdict(self.exp.info)
         return value[attr] if attr else value
 
-    def key(self, stage: str) -> str:
-        sections, deps = DEPENDS[stage]
-        data = {"stage": stage, "sections": {s: self._section(s) for s in sections},
-                "deps": {d: self.key(d) for d in deps if d in self.stages}}
+    def settings(self, stage: str) -> dict:
+        """What a stage reads from the experiment (its sections, as JSON would hold them)."""
+        data = {"sections": {s: self._section(s) for s in DEPENDS[stage][0]}}
         if stage in ("train", "control"):  # train_base defaults to base
             data["train_base"] = self.train_base
+        return json.loads(json.dumps(data, default=str))
+
+    def key(self, stage: str) -> str:
+        data = {"stage": stage, **self.settings(stage),
+                "deps": {d: self.key(d) for d in DEPENDS[stage][1] if d in self.stages}}
         return experiment_hash(data)[:16]
+
+    def matches(self, stage: str, record: dict) -> bool:
+        """A stage's record (finished or started) still holds for this experiment: the same
+        key; or the record comes from an earlier tracetune that lacked some settings this one
+        has (each taken at its default) and states the same value for every other one, and so
+        do the records of the stages it reads."""
+        if record.get("key") == self.key(stage):
+            return True
+        if "settings" not in record or not _subsumes(record["settings"], self.settings(stage)):
+            return False
+        for dep in DEPENDS[stage][1]:
+            path = self.marker(dep)
+            if dep in self.stages and not (path.is_file()
+                                           and self.matches(dep, json.loads(path.read_text()))):
+                return False
+        return True
 
     def marker(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage}.json"
@@ -99,7 +119,7 @@ class Loop:
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
-        if record.get("key") != self.key(stage):
+        if not self.matches(stage, record):
             raise TracetuneError(
                 f"the experiment changed since stage {stage} ran in {self.out} (it reads "
                 f"{', '.join(DEPENDS[stage][0]) or 'only earlier stages'}); rerun with "
@@ -167,14 +187,14 @@ class Loop:
     def _run_stage(self, stage: str) -> None:
         started = self.out / "stages" / f"{stage}.started"
         started.parent.mkdir(parents=True, exist_ok=True)
-        key = self.key(stage)
-        if started.is_file() and started.read_text() != key:
+        key, settings = self.key(stage), self.settings(stage)
+        if started.is_file() and not self.matches(stage, _started_record(started)):
             self._clear(stage)  # partial output of another configuration: start over
-        started.write_text(key)
+        started.write_text(json.dumps({"key": key, "settings": settings}))
         self.log(f"[{stage}] running (log: {self.out / 'logs' / (stage + '.log')})")
         t0 = time.time()
         summary, peak = self._in_child(stage)
-        record = {"stage": stage, "key": key, "started_at": t0, "finished_at": time.time(),
+        record = {"stage": stage, "key": key, "settings": settings, "started_at": t0, "finished_at": time.time(),
                   "seconds": round(time.time() - t0, 2), "peak_ram_gb": peak,
                   "summary": summary or {}}
         tmp = self.marker(stage).with_suffix(".tmp")
@@ -373,6 +393,22 @@ def _mine(loop: Loop, *, out: Path | None = None, unfiltered: int = 0) -> dict:
         raise TracetuneError(f"mining yielded {total} rows, fewer than [mine] min_rows = "
                              f"{m.min_rows}; run more trials or relax the tiers")
     return {"counts": counts, "dropped": report.dropped}
+
+
+def _subsumes(old, new) -> bool:
+    """`new` states every setting `old` states, with the same value (and maybe more)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() <= new.keys() and all(_subsumes(v, new[k]) for k, v in old.items())
+    return old == new
+
+
+def _started_record(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"key": text.strip()}  # older: the bare key
 
 
 def _train(loop: Loop, *, data: Path | None = None, out: Path | None = None) -> dict:
