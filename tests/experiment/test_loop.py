@@ -42,6 +42,15 @@ def _episodes(run: Path) -> dict:
         con.close()
 
 
+def _failed(run: Path) -> list[str]:
+    con = sqlite3.connect(run / "trajectories.sqlite")
+    try:
+        return [t for (t,) in con.execute(
+            "SELECT task_id FROM episode WHERE status = 'done' AND NOT success")]
+    finally:
+        con.close()
+
+
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory):
     """Run tiny.toml, SIGKILL the whole loop soon after each stage starts, rerun, until done."""
@@ -108,7 +117,13 @@ def test_results_and_report(killed_run):
     assert m["delta.heldout.success_rate"] == pytest.approx(
         m["adapted.heldout.success_rate"] - m["base.heldout.success_rate"])
     assert m["train.peak_ram_gb"] > 0.2 and m["train.rows"] >= 1
+    held = set(results["split"]["heldout"])
+    for arm, run in (("base", "baseline"), ("adapted", "adapted")):  # every failure, one kind
+        failed = [t for t in _failed(out / run) if t in held]
+        assert sum(results["failures"][arm].values()) == len(failed)
     md = (out / "report.md").read_text()
+    assert ("## Held-out tasks: why failed episodes failed" in md) == \
+        any(results["failures"].values())
     for heading in ("## Answer", "## Pre-registered hypotheses", "## Decision", "## Held-out",
                     "## Reproducibility"):
         assert heading in md

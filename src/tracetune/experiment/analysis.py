@@ -11,7 +11,7 @@ from pathlib import Path
 from statistics import median
 
 from tracetune.eval.compare import AGENT_METRICS, Comparison, compare, load_episodes
-from tracetune.eval.metrics import summarize
+from tracetune.eval.metrics import failure_kinds, summarize
 from tracetune.experiment.spec import AGENT_STATS, STATS, Experiment, Hypothesis
 from tracetune.tasks.splits import in_train
 
@@ -103,9 +103,25 @@ def analyze(exp: Experiment, out: Path) -> dict:
                         for name, c in comparisons.items()},
         "split": {k: sorted(v) for k, v in split.items()},
         "metrics": metrics, "hypotheses": verdicts, "decision": decision,
+        "failures": _failures(arm_runs(exp, out), split["heldout"]) if "heldout" in split
+        else {},
         "stages": {k: {"seconds": v.get("seconds"), "summary": v.get("summary")}
                    for k, v in stages.items()},
     }
+
+
+def _failures(runs: dict[str, Path], tasks: set[str]) -> dict[str, dict[str, int]]:
+    """Held-out failed episodes of each arm by failure kind (see eval.metrics.failure_kind)."""
+    from tracetune.traces.store import Store
+
+    out = {}
+    for arm, path in runs.items():
+        store = Store(path)
+        try:
+            out[arm] = dict(failure_kinds(store, tasks).most_common())
+        finally:
+            store.close()
+    return out
 
 
 def _pp(x: float) -> str:

@@ -150,6 +150,17 @@ def _blocks(exp, out: Path, results: dict, record: dict) -> list[tuple[str, obje
                                   f"{m['delta']:+.2f} [{m['ci_low']:+.2f}, {m['ci_high']:+.2f}]",
                                   f"{m['p_wilcoxon']:.3g}", f"{m['p_t']:.3g}"]
                                  for m in comp["metrics"]])))
+    failures = results.get("failures") or {}
+    if any(failures.values()):
+        arms = list(failures)
+        kinds = sorted({k for f in failures.values() for k in f},
+                       key=lambda k: -sum(f.get(k, 0) for f in failures.values()))
+        b.append(("h", "Held-out tasks: why failed episodes failed"))
+        b.append(("p", "Each failed episode by its last attempt: a static check that rejected "
+                       "the code (syntax), a test that timed out, a module the tests could not "
+                       "import, an exception the code raised, or a wrong answer."))
+        b.append(("table", (["failure", *arms],
+                            [[k, *(str(failures[a].get(k, 0)) for a in arms)] for k in kinds])))
     b.append(("h", "Plots"))
     b.append(("plot", "success_per_task"))
     b.append(("plot", "attempts_duration"))
