@@ -256,3 +256,18 @@ def test_stages_recorded_before_a_new_setting_existed_stay_cached(killed_run, tm
     marker.write_text(json.dumps(record))
     with pytest.raises(TracetuneError, match="changed since stage baseline"):
         run_loop(TINY, copy, log=logs.append)
+
+
+def test_a_setting_missing_from_a_record_must_hold_its_default(killed_run, tmp_path):
+    out, *_ = killed_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    marker = copy / "stages" / "baseline.json"
+    record = json.loads(marker.read_text())
+    record["key"] = "0" * 16
+    record["settings"]["sections"]["eval"].pop("max_iters")
+    marker.write_text(json.dumps(record))
+    exp = tmp_path / "exp.toml"  # the knob the record lacks, set away from its default (10)
+    exp.write_text(TINY.read_text().replace("[eval]\n", "[eval]\nmax_iters = 3\n"))
+    with pytest.raises(TracetuneError, match="changed since stage baseline"):
+        run_loop(exp, copy, log=lambda m: None)

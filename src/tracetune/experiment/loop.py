@@ -35,7 +35,8 @@ from typing import Callable
 
 from tracetune.errors import TracetuneError
 from tracetune.experiment import prereg
-from tracetune.experiment.spec import Experiment, experiment_hash, load_experiment
+from tracetune.experiment.spec import (Experiment, as_json, experiment_hash, field_defaults,
+                                      load_experiment, same_settings)
 
 STAGES = ("baseline", "teacher", "mine", "train", "export", "adapted", "capability", "control",
           "control_eval", "reference", "compare", "report")
@@ -88,7 +89,16 @@ class Loop:
         data = {"sections": {s: self._section(s) for s in DEPENDS[stage][0]}}
         if stage in ("train", "control"):  # train_base defaults to base
             data["train_base"] = self.train_base
-        return json.loads(json.dumps(data, default=str))
+        return as_json(data)
+
+    def defaults(self, stage: str) -> dict:
+        """The defaults of the settings `settings(stage)` holds, nested the same way."""
+        return {"sections": {s: self._section_defaults(s) for s in DEPENDS[stage][0]}}
+
+    def _section_defaults(self, name: str):
+        head, _, attr = name.partition(".")
+        values = field_defaults(self.exp.info if head == "experiment" else getattr(self.exp, head))
+        return values.get(attr) if attr else values
 
     def key(self, stage: str) -> str:
         data = {"stage": stage, **self.settings(stage),
@@ -98,11 +108,12 @@ class Loop:
     def matches(self, stage: str, record: dict) -> bool:
         """A stage's record (finished or started) still holds for this experiment: the same
         key; or the record comes from an earlier tracetune that lacked some settings this one
-        has (each taken at its default) and states the same value for every other one, and so
-        do the records of the stages it reads."""
+        has (this experiment must hold each at its default) and states the same value for
+        every other one, and so do the records of the stages it reads."""
         if record.get("key") == self.key(stage):
             return True
-        if "settings" not in record or not _subsumes(record["settings"], self.settings(stage)):
+        if "settings" not in record or not same_settings(
+                record["settings"], self.settings(stage), self.defaults(stage)):
             return False
         for dep in DEPENDS[stage][1]:
             path = self.marker(dep)
@@ -194,9 +205,9 @@ class Loop:
         self.log(f"[{stage}] running (log: {self.out / 'logs' / (stage + '.log')})")
         t0 = time.time()
         summary, peak = self._in_child(stage)
-        record = {"stage": stage, "key": key, "settings": settings, "started_at": t0, "finished_at": time.time(),
-                  "seconds": round(time.time() - t0, 2), "peak_ram_gb": peak,
-                  "summary": summary or {}}
+        record = {"stage": stage, "key": key, "settings": settings, "started_at": t0,
+                  "finished_at": time.time(), "seconds": round(time.time() - t0, 2),
+                  "peak_ram_gb": peak, "summary": summary or {}}
         tmp = self.marker(stage).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2))
         tmp.replace(self.marker(stage))
@@ -395,13 +406,6 @@ def _mine(loop: Loop, *, out: Path | None = None, unfiltered: int = 0) -> dict:
     return {"counts": counts, "dropped": report.dropped}
 
 
-def _subsumes(old, new) -> bool:
-    """`new` states every setting `old` states, with the same value (and maybe more)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return old.keys() <= new.keys() and all(_subsumes(v, new[k]) for k, v in old.items())
-    return old == new
-
-
 def _started_record(path: Path) -> dict:
     text = path.read_text()
     try:
@@ -510,7 +514,8 @@ RUNNERS: dict[str, Callable[[Loop], dict]] = {
     "reference": _reference, "compare": _compare, "report": _report,
 }
 OUTPUTS: dict[str, tuple[str, ...]] = {  # what --from (or a changed stage) removes, under RUN/
-    "baseline": ("baseline",), "teacher": ("teacher",), "mine": ("data",), "train": ("adapter",), "export": ("export",),
+    "baseline": ("baseline",), "teacher": ("teacher",), "mine": ("data",), "train": ("adapter",),
+    "export": ("export",),
     "adapted": ("adapted",), "capability": ("capability",), "control": ("control",),
     "control_eval": ("control/eval",), "reference": ("reference",),
     "compare": ("results.json",), "report": ("report.md", "report.html", "report_files"),

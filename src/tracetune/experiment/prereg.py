@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
-from tracetune.experiment.spec import Experiment, experiment_hash
+from tracetune.experiment.spec import (Experiment, Hypothesis, as_json, experiment_hash,
+                                      field_defaults, same_settings)
 
 PREREG = "preregistration.json"
 
@@ -52,7 +53,8 @@ def verify(exp: Experiment, out: Path) -> dict:
         raise TracetuneError(f"{out} has no {PREREG}: results without a pre-registration "
                              "cannot be reported")
     now = exp.preregistered()
-    if _stated(now) != _stated(record["content"]):
+    if not same_settings(record["content"], as_json(now),
+                         {"hypotheses": field_defaults(Hypothesis)}):
         raise TracetuneError(
             f"the hypotheses or decision criteria in {exp.path} differ from those pre-registered "
             f"in {out} at {record['frozen_at']} (hash {record['sha256'][:12]}, now "
@@ -60,14 +62,6 @@ def verify(exp: Experiment, out: Path) -> dict:
             + ". Results were judged against the frozen ones; start a new run directory to "
             "test new hypotheses")
     return record
-
-
-def _stated(content: dict) -> dict:
-    """What a record asserts: a hypothesis field left unset (None) states nothing, so a record
-    frozen before a later tracetune added that field still matches the same experiment."""
-    return {"hypotheses": [{k: v for k, v in h.items() if v is not None}
-                           for h in content["hypotheses"]],
-            "decision": content["decision"]}
 
 
 def _changes(old: dict, new: dict) -> list[str]:

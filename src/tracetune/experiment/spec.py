@@ -38,7 +38,7 @@ import hashlib
 import json
 import operator
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
@@ -374,6 +374,41 @@ def metric_names(exp: Experiment) -> set[str]:
 
 def experiment_hash(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def as_json(data):
+    """`data` as a JSON record holds it (tuples become lists, other objects strings)."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def field_defaults(obj) -> dict:
+    """A dataclass's (or dataclass instance's) field defaults as JSON data; fields without a
+    default are left out. Anything else: {}."""
+    if not is_dataclass(obj):
+        return {}
+    out = {}
+    for f in fields(obj):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return as_json(out)
+
+
+def same_settings(old, new, defaults) -> bool:
+    """`old`, recorded by this or an earlier tracetune, states what `new` states: the same
+    values, except that a key missing from a dict of `old` is a setting added since, which `new`
+    must hold at its default (`defaults` mirrors the nesting of the dicts; a list's are those of
+    its items)."""
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(map(same_settings, old, new,
+                                                [defaults] * len(old)))
+    if isinstance(old, dict) and isinstance(new, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
+        return old.keys() <= new.keys() and all(
+            same_settings(old[k], v, defaults.get(k)) if k in old
+            else k in defaults and v == defaults[k] for k, v in new.items())
+    return old == new
 
 
 def _strings(table: dict, key: str, where: str) -> list[str]:
