@@ -100,19 +100,10 @@ def main() -> int:
     print(f"  HumanEval ({cap['n']} problems, greedy): base {pct(cap['baseline_rate'])}, "
           f"adapted {pct(cap['success_rate'])}, delta {pp(cap['delta_success'])} "
           f"(McNemar p={cap['mcnemar_p']:.3g})")
-    from tracetune.eval.metrics import failure_kinds
-    from tracetune.traces.store import Store
-
-    held = set(results["split"]["heldout"])
+    kinds = results["failures"]  # the compare stage's, most frequent first
     print("  held-out failures by kind (last attempt of each failed episode):")
-    kinds = {}
-    for arm, run in (("base", "baseline"), ("adapted", "adapted"), ("control", "control/eval")):
-        store = Store(args.out / run)
-        try:
-            kinds[arm] = failure_kinds(store, held)
-        finally:
-            store.close()
-        print(f"    {arm:8s} " + ", ".join(f"{k} {n}" for k, n in kinds[arm].most_common()))
+    for arm in ("base", "adapted", "control"):
+        print(f"    {arm:8s} " + ", ".join(f"{k} {n}" for k, n in kinds[arm].items()))
     targets = {"+10pp held-out": gain >= 0.10, "p < 0.01": base_vs["p_value"] < 0.01,
                ">= 1.2x control": ratio >= 1.2, "HumanEval drop <= 2pp": cap["delta_success"]
                >= -0.02}
