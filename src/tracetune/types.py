@@ -62,3 +62,71 @@ def chat(prompt: str, system: str | None = None) -> tuple[Message, ...]:
     """The messages of a one-turn chat."""
     msgs = [Message("system", system)] if system else []
     return tuple(msgs + [Message("user", prompt)])
+
+
+@dataclass
+class Attempt:
+    """One model call of an episode: what the model saw and said, and what was checked.
+
+    The one row type from the agent (workflows build it) to the store (table `attempt`, one row
+    each) to the miner (which reads it back with its episode). Guarded workflows make one per
+    attempt of a step; the repair agent one per assistant message (step "repair", attempt =
+    iteration)."""
+
+    step: str
+    """The workflow step (impl, g_test, g_impl, repair)."""
+    attempt: int
+    """1-based attempt of the step (repair: the iteration)."""
+    seed: int
+    """The request's sampling seed (derived from the episode seed, step and attempt)."""
+    messages: list[dict]
+    """The chat messages the model saw ([{"role", "content"}])."""
+    raw_output: str
+    """The completion text as generated."""
+    code: str
+    """What the checks ran: extracted code, or (agent steps) the message as canonical JSON."""
+    passed: bool
+    """Every check passed (agent steps: a valid protocol message whose tool did not fail)."""
+    guards: list[dict]
+    """Check verdicts in order: [{"guard", "passed", "feedback", "details"}]; a sandbox run's
+    details are `SandboxResult.verdict()`."""
+    feedback: str
+    """What the model was told next (the failed check's feedback; agent steps: the tool result)."""
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    """Generation wall-clock seconds."""
+    check_s: float
+    """Seconds spent checking (guards, tools, tests)."""
+    facts: dict | None = None
+    """Agent steps (tool protocol): {"kind": tool_call | final | parse_error | loop, "name",
+    "tool_ok", "tests": pass | fail | None}; None for guarded-workflow attempts."""
+    created_at: float = 0.0
+    """When the store recorded it (unix seconds; 0 until stored)."""
+
+
+@dataclass
+class EpisodeOutcome:
+    """What one episode of a workflow produced (the Workflow protocol's return value)."""
+
+    success: bool
+    """The task's own hidden tests pass on the final code."""
+    failed_step: str | None
+    """The step that gave up (guarded workflows), or why the agent stopped (max_iters, loop,
+    final); None on success."""
+    wrong_tests: bool | None
+    """tdd: the accepted generated tests fail on the reference implementation (None: no tests)."""
+    attempts: list[Attempt] = field(default_factory=list)
+    duration_s: float = 0.0
+    final_check: dict | None = None
+    """The final sandbox verdict (`SandboxResult.verdict()`), None when no step was accepted."""
+    metrics: dict | None = None
+    """Agent workflows: per-episode counts (parse_errors, loop_detections, wrote, steps...)."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens for a in self.attempts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(a.completion_tokens for a in self.attempts)

@@ -118,6 +118,13 @@ class SandboxResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def verdict(self) -> dict:
+        """The short form stored with attempts and episodes: {"status", "reason", "tests":
+        [[test name, outcome], ...], "duration_s"}."""
+        return {"status": self.status, "reason": self.reason,
+                "tests": [[t.nodeid.split("::")[-1], t.outcome] for t in self.tests],
+                "duration_s": round(self.duration_s, 4)}
+
 
 def _paths_under_tmp() -> list[str]:
     """The interpreter and import paths that live under /tmp, which bwrap replaces with a tmpfs

@@ -1,0 +1,153 @@
+"""Every path under a loop's run directory, named once.
+
+    RUN/experiment.toml          the experiment as run (copied at every start)
+    RUN/preregistration.json     hypotheses and criteria frozen before the first stage (prereg)
+    RUN/stages/STAGE.json        a finished stage's record; STAGE.started while it runs
+    RUN/logs/STAGE.log           a stage's output (it runs in a child process)
+    RUN/baseline/  RUN/teacher/  RUN/adapted/  RUN/reference/NAME/  RUN/capability/ARM/
+                                 evaluation runs (each holds a trajectory store)
+    RUN/data/                    mined training data (a dataset directory)
+    RUN/adapter/                 the trained LoRA adapter
+    RUN/export/                  the exported adapter (adapter.gguf or merged.gguf)
+    RUN/control/{data,adapter,export,eval}/   the unfiltered control arm
+    RUN/results.json             the compare stage's figures, verdicts and decision
+    RUN/report.md  RUN/report.html  RUN/report_files/   the report
+
+No other module spells these names: stages, the analysis, the report and the benchmarks ask a
+RunLayout for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EXPORT_FILES = {"gguf-lora": "adapter.gguf", "merged-gguf": "merged.gguf"}
+"""[export] target -> the file the export stage writes in its directory."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    @property
+    def experiment(self) -> Path:
+        return self.root / "experiment.toml"
+
+    @property
+    def prereg(self) -> Path:
+        return self.root / "preregistration.json"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    def marker(self, stage: str) -> Path:
+        """A finished stage's record."""
+        return self.stages / f"{stage}.json"
+
+    def started(self, stage: str) -> Path:
+        """Written when a stage starts, removed when its marker is written."""
+        return self.stages / f"{stage}.started"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def log(self, stage: str) -> Path:
+        return self.logs / f"{stage}.log"
+
+    # --- stage outputs -------------------------------------------------------------------------
+    @property
+    def baseline(self) -> Path:
+        return self.root / "baseline"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def adapted(self) -> Path:
+        return self.root / "adapted"
+
+    @property
+    def capability_root(self) -> Path:
+        return self.root / "capability"
+
+    def capability(self, arm: str) -> Path:
+        return self.capability_root / arm
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def control_data(self) -> Path:
+        return self.control / "data"
+
+    @property
+    def control_adapter(self) -> Path:
+        return self.control / "adapter"
+
+    @property
+    def control_export(self) -> Path:
+        return self.control / "export"
+
+    @property
+    def control_eval(self) -> Path:
+        return self.control / "eval"
+
+    @property
+    def reference_root(self) -> Path:
+        return self.root / "reference"
+
+    def reference(self, name: str) -> Path:
+        return self.reference_root / name
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_files(self) -> Path:
+        return self.root / "report_files"
+
+    # --- derived -------------------------------------------------------------------------------
+    def arm_run(self, arm: str) -> Path:
+        """The evaluation run of an arm on the [eval] tasks: base, adapted, control, or a
+        reference model's name."""
+        fixed = {"base": self.baseline, "adapted": self.adapted, "control": self.control_eval}
+        return fixed.get(arm) or self.reference(arm)
+
+    @staticmethod
+    def export_file(export_dir: Path, target: str) -> Path:
+        """The artifact an export of `target` writes in `export_dir`."""
+        return Path(export_dir) / EXPORT_FILES[target]
+
+    def relative(self, path: Path) -> str:
+        """`path` as recorded in stage summaries and results.json (relative to the run)."""
+        return str(Path(path).relative_to(self.root))
