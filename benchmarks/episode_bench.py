@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from tracetune.agents.extract import extract_code, sanitize
-from tracetune.agents.workflow import IMPL_PROMPT, derive_seed
+from tracetune.agents.workflow import IMPL_PROMPT
+from tracetune.types import derive_seed
 from tracetune.eval.runner import EvalConfig, run_eval
 from tracetune.stats import wilson_interval
 from tracetune.tasks import load_suite
@@ -86,9 +87,9 @@ def naive(tasks, trials: int, seed: int) -> tuple[float, int, int]:
 
 def ours(tasks, trials: int, seed: int) -> tuple[float, int, int]:
     with tempfile.TemporaryDirectory() as d:
-        config = EvalConfig(suite="funcs", workflow="direct", model="embedded", trials=trials,
-                            seed=seed, temperature=TEMPERATURE, top_p=TOP_P,
-                            max_tokens=MAX_TOKENS, max_attempts=1,
+        config = EvalConfig(suite="funcs", workflow="direct,max_attempts=1", model="embedded",
+                            trials=trials, seed=seed, temperature=TEMPERATURE, top_p=TOP_P,
+                            max_tokens=MAX_TOKENS,
                             tasks=tuple(t.id for t in tasks), concurrency=4)
         t0 = time.perf_counter()
         run_eval(config, Path(d) / "run")

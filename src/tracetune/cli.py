@@ -295,7 +295,7 @@ def tasks_check(
             mark = "[green]ok[/]" if not bad else "[red]FAILED[/]"
             n_bad = len({t.id for t, _, _ in bad})
             what = "references pass their tests" + \
-                (" and buggy modules fail them" if s.kind == "repair" else "")
+                (" and buggy modules fail them" if s.is_repair else "")
             out.print(f"{mark} {s.name}: {len(s.tasks) - n_bad}/{len(s.tasks)} tasks: {what}")
             for t, problem, r in bad:
                 out.print(f"   {t.id}: {problem}: {r.status}: {escape(r.reason)}")
@@ -303,77 +303,66 @@ def tasks_check(
         raise TracetuneError(f"{failures} task(s) failed the check")
 
 
+from tracetune.cliopts import config_options  # noqa: E402 - after the app, used by commands
+from tracetune.datasets.build import MineConfig  # noqa: E402
+from tracetune.eval.config import EvalConfig  # noqa: E402
+
+_EVAL_FLAGS = {"model": ("--model", "-m"), "tasks": ("--task",),
+               "check_timeout_s": ("--check-timeout-s", "--check-timeout")}
+
+
 @app.command("eval")
+@config_options(EvalConfig, flags=_EVAL_FLAGS)
 def eval_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
-    suite: str = typer.Option("funcs", help="Suite name or .toml file."),
-    workflow: str = typer.Option("direct", help="direct, tdd, or repair (repair suites, e.g. "
-                                 "bugs)."),
-    model: str = typer.Option("embedded", "--model", "-m", help="Model spec."),
-    trials: int = typer.Option(1, help="Episodes per task."),
-    seed: int = typer.Option(0, help="Base seed (every trial and attempt derives its own)."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature (0 = greedy)."),
-    top_p: float = typer.Option(0.95, help="Nucleus sampling mass."),
-    max_tokens: int = typer.Option(512, help="Most completion tokens per attempt."),
-    max_attempts: int = typer.Option(3, help="Attempts per step (guard feedback between them)."),
-    min_tests: int = typer.Option(3, help="tdd: tests g_test must write."),
-    split: str = typer.Option("all", help="all, train or test (task-level, by hash)."),
-    train_pct: Optional[int] = typer.Option(None, help="Share of tasks (by hash) in train "
-                                            "(default: the suite's, 50 or bugs' 70)."),
-    task: list[str] = typer.Option([], help="Only these task ids (repeatable)."),
-    max_difficulty: int = typer.Option(0, help="Only tasks of at most this difficulty tier "
-                                       "(0 = all)."),
-    limit: int = typer.Option(0, help="At most this many tasks (0 = all)."),
-    concurrency: int = typer.Option(4, help="Episodes in flight at once."),
-    check_timeout: float = typer.Option(10.0, help="Sandbox limit per check, seconds."),
-    max_iters: int = typer.Option(10, help="repair: most tool calls (assistant messages) per "
-                                  "episode."),
-    test_policy: str = typer.Option("after_write", help="repair: when the driver runs the "
-                                    "tests: never, after_write, end."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored "
-                                "settings are used; the options above are ignored)."),
+                                "settings are used; the other options are ignored)."),
+    settings: dict = None,
 ) -> None:
     """Run a workflow on a suite, record every attempt, print success tables.
 
-    SUITE may name a split of a suite, e.g. bugs:test (the suite's own train share, by hash)."""
-    from tracetune.eval.runner import EvalConfig
-
-    config = EvalConfig(suite=suite, workflow=workflow, model=model, trials=trials, seed=seed,
-                        temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                        max_attempts=max_attempts, min_tests=min_tests, split=split,
-                        train_pct=train_pct, tasks=tuple(task), max_difficulty=max_difficulty,
-                        limit=limit, concurrency=concurrency, check_timeout_s=check_timeout,
-                        max_iters=max_iters, test_policy=test_policy)
+    SUITE may name a split of a suite, e.g. bugs:test (the suite's own train share, by hash).
+    A workflow's own options go in its spec: --workflow direct,max_attempts=1 or
+    --workflow repair,max_iters=5,test_policy=end (`tracetune workflows` lists them)."""
+    config = EvalConfig(**settings)
+    if not resume:
+        config.validate()
     _run_with_progress(config, out_dir, resume)
 
 
 @app.command("rollouts")
+@config_options(EvalConfig, flags={**_EVAL_FLAGS, "trials": ("--rollouts",)},
+                defaults={"workflow": "repair,test_policy=never", "temperature": 0.2},
+                required=("suite", "model"))
 def rollouts_cmd(
-    suite: str = typer.Option(..., help="Suite (a split like bugs:train keeps held-out tasks "
-                              "out of the training data)."),
-    model: str = typer.Option(..., "--model", "-m", help="Teacher model spec: oracle (the "
-                              "scripted reference fix, offline), openai:MODEL@URL, hf:..., "
-                              "embedded..."),
-    rollouts: int = typer.Option(1, help="Trajectories per task."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
-    workflow: str = typer.Option("repair", help="repair (or direct / tdd for function suites)."),
-    seed: int = typer.Option(0, help="Base seed."),
-    temperature: float = typer.Option(0.2, help="Sampling temperature of the teacher."),
-    max_tokens: int = typer.Option(512, help="Most completion tokens per message."),
-    max_iters: int = typer.Option(10, help="repair: most tool calls per trajectory."),
-    test_policy: str = typer.Option("never", help="repair: never (cheapest; protocol "
-                                    "trajectories), after_write or end."),
-    concurrency: int = typer.Option(4, help="Trajectories in flight at once."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    settings: dict = None,
 ) -> None:
     """Generate teacher trajectories (seed 002): every one is stored, ready for `tracetune mine`
-    (step-level SFT and DPO rows)."""
-    from tracetune.eval.runner import EvalConfig
-
-    config = EvalConfig(suite=suite, workflow=workflow, model=model, trials=rollouts, seed=seed,
-                        temperature=temperature, max_tokens=max_tokens, max_attempts=1,
-                        concurrency=concurrency, max_iters=max_iters, test_policy=test_policy)
+    (step-level SFT and DPO rows). The same options as `eval`, with a teacher's defaults: the
+    repair workflow without test feedback, temperature 0.2; --model oracle is the scripted
+    reference fix (offline); a split like --suite bugs:train keeps held-out tasks out."""
+    config = EvalConfig(**settings)
+    if not resume:
+        config.validate()
     _run_with_progress(config, out_dir, resume)
+
+
+@app.command("workflows")
+def workflows_cmd() -> None:
+    """List the workflows and the options each one's spec takes."""
+    from tracetune.agents.spec import WORKFLOWS
+    from tracetune.tomlconf import field_defaults, field_help
+
+    table = Table(title="Workflows (--workflow NAME[,key=value...])")
+    for col in ("workflow", "suites", "what", "options (default): meaning"):
+        table.add_column(col)
+    for w in WORKFLOWS.values():
+        helps, defaults = field_help(w.config_cls), field_defaults(w.config_cls)
+        opts = "\n".join(f"{k} ({defaults[k]}): {helps.get(k, '')}" for k in defaults)
+        table.add_row(w.name, w.suite_kind, w.summary, opts)
+    out.print(table)
 
 
 def _run_with_progress(config, out_dir: Path, resume: bool) -> None:
@@ -415,32 +404,24 @@ def show(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
 
 
 @app.command("mine")
+@config_options(MineConfig, exclude=("tiers",), flags={
+    "kinds": ("--kind",), "leakage_suites": ("--leakage-suite",),
+    "allow_heldout": ("--allow-heldout",)})
 def mine_cmd(
     runs: list[Path] = typer.Argument(..., help="Run directories to mine."),
     out_dir: Path = typer.Option(..., "--out", help="Dataset directory to create."),
-    kind: list[str] = typer.Option(["sft"], help="Row kinds: sft, dpo, fix (repeatable)."),
     tier: list[str] = typer.Option([], help="STEP=TIER[+TIER] that SFT rows must satisfy, e.g. "
                                    "g_test=first_attempt+validated (repeatable; defaults: "
                                    "impl=workflow, g_test=first_attempt+validated, "
                                    "g_impl=workflow, repair=tool_ok+workflow). STEP= (no tier) "
                                    "mines every passing attempt (repair: every valid message)."),
-    train_pct: Optional[int] = typer.Option(None, help="Tasks with md5(id) % 100 < this are "
-                                            "train tasks (default: each run's own split)."),
-    allow_heldout: bool = typer.Option(False, "--allow-heldout",
-                                       help="Also mine held-out tasks (leaks the evaluation)."),
-    max_seq_len: int = typer.Option(1024, help="Longest prompt + completion, in tokens."),
-    tokenizer: str = typer.Option("embedded", help="Model whose tokenizer measures length "
-                                  "('none' to skip the length filter)."),
-    leakage_suite: list[str] = typer.Option(["humaneval"], help="Evaluation suites no row may "
-                                            "contain (repeatable; 'none' to skip)."),
-    dpo_teacher: Optional[str] = typer.Option(None, help="repair steps: 'oracle' supplies the "
-                                              "preferred call at every parse error or loop "
-                                              "(DPO pairs without a second good rollout)."),
     stats: bool = typer.Option(False, "--stats", help="Print rows per tier, task and kind, and "
                                "what each filter dropped."),
+    settings: dict = None,
 ) -> None:
-    """Mine trajectories into SFT rows, DPO pairs and failure->fix pairs, in every format."""
-    from tracetune.datasets.build import MineConfig, mine
+    """Mine trajectories into SFT rows, DPO pairs and failure->fix pairs, in every format.
+    --tokenizer none skips the length filter; --leakage-suite none skips the leakage check."""
+    from tracetune.datasets.build import mine
     from tracetune.datasets.mine import DEFAULT_TIERS
 
     tiers = dict(DEFAULT_TIERS)
@@ -449,12 +430,10 @@ def mine_cmd(
         if not sep or not step:
             raise TracetuneError(f"--tier must look like STEP=TIER[+TIER], not {item!r}")
         tiers[step] = tuple(value.split("+")) if value else ()
-    config = MineConfig(kinds=tuple(kind), tiers=tiers, train_pct=train_pct,
-                        allow_heldout=allow_heldout, max_seq_len=max_seq_len,
-                        tokenizer=None if tokenizer == "none" else tokenizer,
-                        leakage_suites=tuple(s for s in leakage_suite if s != "none"),
-                        dpo_teacher=dpo_teacher)
-    report = mine(runs, out_dir, config)
+    if settings["tokenizer"] == "none":
+        settings["tokenizer"] = None
+    settings["leakage_suites"] = tuple(s for s in settings["leakage_suites"] if s != "none")
+    report = mine(runs, out_dir, MineConfig(tiers=tiers, **settings))
     counts = ", ".join(f"{k}: {len(v)}" for k, v in report.rows.items())
     out.print(f"wrote {out_dir}: {counts}")
     if stats:
@@ -488,7 +467,9 @@ def _print_mine_stats(report) -> None:
 @app.command("train")
 def train_cmd(
     dataset: Path = typer.Argument(..., help="Dataset directory written by `tracetune mine`."),
-    base: str = typer.Option("embedded", help="Base model: embedded, gguf:PATH, hf:NAME_OR_PATH."),
+    base: str = typer.Option("embedded", help="Base model spec: embedded, gguf:PATH or "
+                             "hf:NAME_OR_DIR[,device=cuda][,dtype=bfloat16] (the spec's device "
+                             "and dtype apply to training)."),
     out_dir: Path = typer.Option(..., "--out", help="Adapter directory to create."),
     config: Optional[Path] = typer.Option(None, help="TOML file with training settings "
                                           "(keys of tracetune.train.config.TrainConfig)."),
@@ -523,8 +504,9 @@ def export_cmd(
                                      "merged-gguf or ollama."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Where to write (a run's JSONL "
                                             "goes to stdout without it)."),
-    base: Optional[str] = typer.Option(None, help="Adapter: base model (default: the one it "
-                                       "was trained on)."),
+    base: Optional[str] = typer.Option(None, help="Adapter: base model spec (default: the one "
+                                       "it was trained on); GGUF targets need embedded or "
+                                       "gguf:PATH."),
 ) -> None:
     """Export a run's trajectories (--jsonl), or an adapter (--to; ends with a parity check
     and writes nothing if it fails)."""
@@ -644,12 +626,12 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A loop's run directory.
 @app.command("check-experiment")
 def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment file.")) -> None:
     """Validate an experiment file and list its stages, models, hypotheses and criteria."""
-    from tracetune.experiment.loop import Loop
     from tracetune.experiment.spec import load_experiment
+    from tracetune.experiment.stages import active_stages
 
     exp = load_experiment(experiment)
-    loop = Loop(exp, Path("."))
-    out.print(f"[green]ok[/] {exp.info.name}: stages {' -> '.join(loop.stages)}")
+    stages = [s.name for s in active_stages(exp)]
+    out.print(f"[green]ok[/] {exp.info.name}: stages {' -> '.join(stages)}")
     out.print(f"models: {', '.join(f'{a}' for a in exp.arms)} (base {exp.models.base})")
     for h in exp.hypotheses:
         out.print(escape(f"  {h.id}: {h.claim} [{h.metric}, {h.treatment} vs {h.control}]"))

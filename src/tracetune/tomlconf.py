@@ -74,3 +74,92 @@ def _name(hint) -> str:
         return " or ".join(_name(a) for a in args)
     return {"str": "a string", "int": "an integer", "float": "a number",
             "bool": "true or false"}.get(getattr(hint, "__name__", ""), str(hint))
+
+
+# --- key=value option strings ("NAME,key=value,...") -------------------------------------------
+
+def split_options(text: str, what: str) -> tuple[str, dict[str, str]]:
+    """`"NAME,key=value,..."` -> ("NAME", {key: value}); `what` names the string in errors
+    (e.g. "workflow 'repair,max_iters=5'")."""
+    head, *parts = [p.strip() for p in text.strip().split(",")]
+    if not head:
+        raise TracetuneError(f"{what}: empty name")
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise TracetuneError(f"{what}: bad option {part!r} (expected key=value)")
+        options[key.strip()] = value.strip()
+    return head, options
+
+
+def build_from_strings(cls: type, values: dict[str, str], where: str):
+    """`cls(**values)` with each string converted to its field's type (bool: true/false/1/0/
+    yes/no/on/off); unknown keys and unparsable values raise one TracetuneError naming them."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise TracetuneError(f"{where}: unknown option(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(sorted(fields)) or 'none'})")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _from_string(f"{where}: {k}", v, hints[k]) for k, v in values.items()})
+
+
+def _from_string(name: str, raw, hint):
+    if not isinstance(raw, str):  # already typed (a TOML table's value)
+        return check_type(name, raw, hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if raw.lower() == "none" and type(None) in typing.get_args(hint):
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint in (int, float):
+            return hint(raw)
+    except ValueError:
+        raise TracetuneError(f"{name} = {raw!r} is not {_name(hint)}") from None
+    return raw
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """A dataclass's one-line field docs: the string literal under each field, as written in
+    its source (the house style's field docs). Fields without one are left out.
+
+    Read from the source with `ast` because Python keeps no attribute docstrings at run time;
+    this is what lets CLI help and config docs be written once, beside the field."""
+    import ast
+    import inspect
+    import textwrap
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                    isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and \
+                    isinstance(nxt.value.value, str):
+                out[node.target.id] = " ".join(nxt.value.value.split())
+    return out
+
+
+def field_defaults(cls: type) -> dict:
+    """name -> default of every dataclass field that has one (factories called)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out

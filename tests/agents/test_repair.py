@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tracetune.agents.repair import RepairWorkflow, oracle_edit, run_repair_episode
+from tracetune.agents.configs import RepairConfig
+from tracetune.agents.repair import run_repair_episode
+from tracetune.agents.teachers import oracle_edit
 from tracetune.agents.tools import fuzzy_replace
 from tracetune.datasets.build import MineConfig, mine
 from tracetune.errors import TracetuneError
@@ -45,7 +47,7 @@ def episode(tmp_path, task, sandbox, texts, **wf):
     script = tmp_path / "script.jsonl"
     script.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     model = load_model(f"replay:{script}")
-    return run_repair_episode(task, RepairWorkflow(**wf), model, sandbox,
+    return run_repair_episode(task, RepairConfig(**wf), model, sandbox,
                               params=SamplingParams(), seed=1)
 
 
@@ -202,8 +204,9 @@ def test_step_level_dpo_prefers_the_oracle_over_parse_errors_and_loops(tmp_path)
     script.write_text("".join(json.dumps({"text": t}) + "\n"
                               for t in ["hello", read, read, "bye"] * 2))
     run = tmp_path / "run"
-    run_eval(EvalConfig(suite=str(TINY), workflow="repair", model=f"replay:{script}",
-                        tasks=("tiny/maximum",), trials=2, max_iters=4, concurrency=1), run)
+    run_eval(EvalConfig(suite=str(TINY), workflow="repair,max_iters=4",
+                        model=f"replay:{script}", tasks=("tiny/maximum",), trials=2,
+                        concurrency=1), run)
     report = mine([run], tmp_path / "data",
                   MineConfig(kinds=("dpo", "sft"), tiers={"repair": ()}, tokenizer=None,
                              leakage_suites=(), allow_heldout=True, dpo_teacher="oracle"))
@@ -226,8 +229,8 @@ def test_compare_reports_tool_metrics(oracle_run, tmp_path):
     script = tmp_path / "s.jsonl"
     script.write_text(json.dumps({"text": "not json"}) + "\n")  # then empty messages
     weak = tmp_path / "weak"
-    run_eval(EvalConfig(suite="bugs", workflow="repair", model=f"replay:{script},strict=false",
-                        max_iters=2, concurrency=2), weak)
+    run_eval(EvalConfig(suite="bugs", workflow="repair,max_iters=2",
+                        model=f"replay:{script},strict=false", concurrency=2), weak)
     runs = {}
     for label, path in (("oracle", oracle_run), ("weak", weak)):
         store = Store(path)

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from tracetune.agents.workflow import build_workflow, derive_seed, run_episode
+from tracetune.agents import build_workflow
+from tracetune.agents.workflow import run_episode
+from tracetune.types import derive_seed
 from tracetune.errors import TracetuneError
 from tracetune.models import load_model
 from tracetune.sandbox import Sandbox, SandboxConfig

@@ -53,8 +53,8 @@ def write_script(path, texts):
 def test_eval_records_everything_and_tables_agree(tmp_path):
     suite = write_suite(tmp_path / "s.toml", 3)
     script = write_script(tmp_path / "r.jsonl", [SLOW_GOOD, BAD, BAD, SLOW_GOOD, BAD, BAD] * 3)
-    cfg = EvalConfig(suite=str(suite), model=f"replay:{script}", trials=2, max_attempts=2,
-                     concurrency=1)
+    cfg = EvalConfig(suite=str(suite), model=f"replay:{script}", trials=2,
+                     workflow="direct,max_attempts=2", concurrency=1)
     run_eval(cfg, tmp_path / "run")
     store = Store(tmp_path / "run")
     eps = store.episodes()
@@ -155,7 +155,8 @@ def test_same_seed_reproduces_outputs_whatever_the_concurrency(tmp_path):
     outputs = []
     for i, concurrency in enumerate((1, 3)):
         cfg = EvalConfig(suite="demo", model="embedded", trials=2, temperature=0.8,
-                         max_tokens=96, max_attempts=1, limit=3, concurrency=concurrency, seed=7)
+                         max_tokens=96, workflow="direct,max_attempts=1", limit=3,
+                         concurrency=concurrency, seed=7)
         run_eval(cfg, tmp_path / f"run{i}")
         store = Store(tmp_path / f"run{i}")
         outputs.append({(e["task_id"], e["trial"]): store.attempts(e["id"])[0]["raw_output"]

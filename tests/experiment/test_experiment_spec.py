@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tracetune.errors import TracetuneError
-from tracetune.experiment.loop import Loop
 from tracetune.experiment.spec import load_experiment, metric_names
+from tracetune.experiment.stages import active_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.toml")
@@ -25,7 +25,7 @@ def _variant(tmp_path, old: str, new: str, base: Path = TINY) -> Path:
 def test_shipped_experiments_validate(name):
     exp = load_experiment(ROOT / "experiments" / name)
     assert exp.hypotheses and (exp.decision.go or exp.decision.abort)
-    assert Loop(exp, Path("unused")).stages[0] == "baseline"
+    assert active_stages(exp)[0].name == "baseline"
 
 
 def test_tdd_finetune_is_seed_000s_protocol():
@@ -35,14 +35,26 @@ def test_tdd_finetune_is_seed_000s_protocol():
     assert exp.mine.tiers["g_test"] == ("first_attempt", "validated")
     assert set(exp.models.reference) == {"reference"}
     assert {h.id for h in exp.hypotheses} >= {"H1", "H2"}
-    assert "reference" in Loop(exp, Path("unused")).stages
+    assert "reference" in [s.name for s in active_stages(exp)]
 
 
 @pytest.mark.parametrize("old, new, message", [
     ("[eval]\n", "[evaluation]\n", r"unknown section\(s\) evaluation"),
     ("trials = 2", "trails = 2", r"\[eval\]: unknown key\(s\) trails"),
     ("trials = 2", "trials = 'two'", r"\[eval\]: trials must be an integer, not str"),
-    ("trials = 2", "trials = 0", r"\[eval\] trials: must be at least 1"),
+    ("trials = 2", "trials = 0", r"\[eval\]: trials must be at least 1, not 0"),
+    # whatever the baseline stage would refuse is refused before anything is frozen
+    ("temperature = 0.8", "temperature = 0.8\ntop_p = 0.0", r"\[eval\]: top_p must be within"),
+    ("temperature = 0.8", "temperature = -1.0", r"\[eval\]: temperature must be a number >= 0"),
+    ("temperature = 0.8", "temperature = nan", r"\[eval\]: temperature must be a number >= 0"),
+    ("max_attempts = 1", 'workflow = "direct,max_loops=2"',
+     r"\[eval\]: workflow 'direct,max_loops=2': unknown option\(s\) max_loops"),
+    ("max_attempts = 1", 'workflow = { name = "direct", max_attempts = 0 }',
+     r"\[eval\]: workflow 'direct': max_attempts must be at least 1, not 0"),
+    ("max_attempts = 1", "max_attempts = 1\ncheck_timeout_s = 0", r"\[eval\]: check_timeout_s"),
+    ("limit = 2", "limit = 2\ntemperature = -0.5", r"\[capability\]: temperature must be"),
+    ("max_attempts = 1", "max_attempts = 1\nmodel = 'embedded'",
+     r"\[eval\]: unknown key\(s\) model"),
     ("r = 4", "r = 4.5", r"\[train\]: r must be an integer"),
     ("epochs = 1", "epoch = 1", r"\[train\]: unknown key\(s\) epoch"),
     ('base = "embedded"', 'base = "nosuch:model"', r"\[models\] base"),
@@ -70,10 +82,12 @@ def test_bad_experiments_fail_with_the_key_named(tmp_path, old, new, message):
 
 def test_repair_sft_is_seed_002s_protocol():
     exp = load_experiment(ROOT / "experiments" / "repair_sft.toml")
-    assert (exp.eval.suite, exp.eval.workflow, exp.eval.train_pct) == ("bugs", "repair", 70)
-    assert exp.teacher.model == "oracle" and exp.eval.eval_on == "heldout"
+    assert (exp.eval.suite, exp.eval.workflow, exp.eval.train_pct) == \
+        ("bugs", "repair,max_iters=5", 70)
+    assert exp.teacher.model == "oracle" and exp.eval_on == "heldout"
+    assert exp.eval.split == "test"  # eval_on = heldout
     assert exp.mine.tiers["repair"] == ("tool_ok", "workflow")
-    stages = Loop(exp, Path("unused")).stages
+    stages = [s.name for s in active_stages(exp)]
     assert stages[:3] == ["baseline", "teacher", "mine"] and "capability" not in stages
     names = metric_names(exp)
     assert {"delta.heldout.avg_parse_errors", "adapted.heldout.write_rate",
@@ -82,11 +96,13 @@ def test_repair_sft_is_seed_002s_protocol():
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ('workflow = "repair"', 'workflow = "direct"', r"bugs is a repair suite; workflow 'direct'"),
-    ('max_iters = 2', 'max_iters = 0', r"\[eval\] max_iters: must be at least 1"),
+    ('workflow = "repair"', 'workflow = "direct"',
+     r"\[eval\] workflow: workflow direct runs on functions suites, and bugs is a repair suite"),
+    ('max_iters = 2', 'max_iters = 0',
+     r"\[eval\]: workflow 'repair': max_iters must be at least 1, not 0"),
     ('eval_on = "heldout"', 'eval_on = "train"', r"\[eval\] eval_on: 'train' is not one of"),
     ('concurrency = 2', 'concurrency = 2\ntest_policy = "always"',
-     r"\[eval\] test_policy: 'always' is not one of never, after_write, end"),
+     r"\[eval\]: workflow 'repair': test_policy 'always' is not one of never, after_write, end"),
     ('model = "oracle"', 'model = "wizard"', r"\[teacher\] model: unknown model spec"),
     ('model = "oracle"', 'model = "oracle"\nrollouts = 0', r"\[teacher\] rollouts"),
     ('max_delta = -1.0', 'max_delta = -1.0\nmin_delta = 0.1', r"exactly one of min_delta"),
@@ -103,7 +119,7 @@ def test_bad_repair_experiments(tmp_path, old, new, message):
 def test_tool_metrics_belong_to_the_repair_workflow(tmp_path):
     bad = _variant(tmp_path, 'metric = "heldout.success_rate"\nmin_delta',
                    'metric = "heldout.avg_parse_errors"\nmin_delta')
-    with pytest.raises(TracetuneError, match="tool metric of the repair workflow"):
+    with pytest.raises(TracetuneError, match="tool metric of agent workflows"):
         load_experiment(bad)
 
 

@@ -238,13 +238,15 @@ def test_stages_recorded_before_a_new_setting_existed_stay_cached(killed_run, tm
     out, stages, *_ = killed_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    for stage in stages:  # as an older tracetune recorded them: no max_iters knob, other keys
+    for stage in stages:  # as an older tracetune recorded them: no check_timeout_s knob, the
+        # workflow options of every workflow as flat keys, other keys
         marker = copy / "stages" / f"{stage}.json"
         record = json.loads(marker.read_text())
         record["key"] = "0" * 16
         eval_settings = record["settings"]["sections"].get("eval")
         if eval_settings is not None:
-            assert eval_settings.pop("max_iters") is not None
+            assert eval_settings.pop("check_timeout_s") is not None
+            eval_settings.update(min_tests=3, max_iters=7, test_policy="end")
         marker.write_text(json.dumps(record))
     logs: list[str] = []
     run_loop(TINY, copy, log=logs.append)
@@ -265,9 +267,9 @@ def test_a_setting_missing_from_a_record_must_hold_its_default(killed_run, tmp_p
     marker = copy / "stages" / "baseline.json"
     record = json.loads(marker.read_text())
     record["key"] = "0" * 16
-    record["settings"]["sections"]["eval"].pop("max_iters")
+    record["settings"]["sections"]["eval"].pop("check_timeout_s")
     marker.write_text(json.dumps(record))
     exp = tmp_path / "exp.toml"  # the knob the record lacks, set away from its default (10)
-    exp.write_text(TINY.read_text().replace("[eval]\n", "[eval]\nmax_iters = 3\n"))
+    exp.write_text(TINY.read_text().replace("[eval]\n", "[eval]\ncheck_timeout_s = 3.0\n"))
     with pytest.raises(TracetuneError, match="changed since stage baseline"):
         run_loop(exp, copy, log=lambda m: None)

@@ -158,9 +158,7 @@ class TestGuard:
     def check(self, code: str, ctx: StepContext) -> GuardResult:
         tests = ctx.task.tests if self.source is None else ctx.outputs[self.source]
         result = ctx.sandbox.run(Job.tests(tests, module=code, module_name=MODULE))
-        details = {"status": result.status, "reason": result.reason,
-                   "tests": [[t.nodeid.split("::")[-1], t.outcome] for t in result.tests],
-                   "duration_s": round(result.duration_s, 4)}
+        details = result.verdict()
         if result.passed:
             return GuardResult(self.name, True, details=details)
         return GuardResult(self.name, False, summarize_failures(result), details)

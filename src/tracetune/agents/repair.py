@@ -14,33 +14,38 @@ loop detections (a call identical to one made since the last file change is not 
 answered with an error and counted). It succeeds when the task's own tests pass on the module as
 the model left it (the model's edits to the test file do not count).
 
-Every assistant message is one AttemptRecord (step "repair", attempt = iteration): the messages it
-saw, its raw text, its canonical JSON (`code`), whether it was a valid protocol message (`passed`),
-and in guards[0].details the kind (tool_call, final, parse_error, loop), the tool, whether the tool
-succeeded and the test result.
+Every assistant message is one `types.Attempt` (step "repair", attempt = iteration): the messages
+it saw, its raw text, its canonical JSON (`code`), whether it was a valid protocol message whose
+tool did not fail (`passed`), the protocol guard's verdict, and in `facts` the kind (tool_call,
+final, parse_error, loop), the tool, whether the tool succeeded and the test result.
+
+The driver is a short loop over `_Episode.step`: each message is handled by the function for its
+kind, which returns the reply to the model; ending the episode is an exception (`_Stop`), raised
+after the message is recorded like any other.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tracetune.agents.configs import TEST_POLICIES, RepairConfig
 from tracetune.agents.tools import (WRITE_TOOLS, Parsed, ToolError, Workspace, describe_tools,
                                     parse_message)
-from tracetune.agents.workflow import AttemptRecord, EpisodeOutcome, derive_seed
 from tracetune.errors import TracetuneError
 from tracetune.models import Model
 from tracetune.sandbox import Job, Sandbox, SandboxResult
 from tracetune.tasks import Task
-from tracetune.types import GenerationRequest, Message, SamplingParams
+from tracetune.types import (Attempt, EpisodeOutcome, GenerationRequest, Message, SamplingParams,
+                             derive_seed)
 
-TEST_POLICIES = ("never", "after_write", "end")
+STEP = "repair"
+"""The step name of every repair attempt."""
 RESULT_PREFIX = "[tool_result]"
 SYSTEM_PROMPT = """You are a repo-fixing agent. You work on a small repository through tools.
 Reply with exactly one JSON object per message and nothing else. A tool call:
@@ -63,23 +68,20 @@ STOP = "\n\n"
 
 @dataclass(frozen=True)
 class RepairWorkflow:
-    """Settings of the repair workflow (the counterpart of a guarded Workflow)."""
+    """The repair agent as a Workflow (protocol in tracetune.agents)."""
 
+    config: RepairConfig = field(default_factory=RepairConfig)
     name: str = "repair"
-    max_iters: int = 10
-    """Most assistant messages per episode."""
-    test_policy: str = "after_write"
-    max_loops: int = 3
-    """Loop detections that end the episode."""
-    max_context_chars: int = 9000
-    """Above this, the oldest tool results are elided from the conversation (small contexts)."""
 
-    def __post_init__(self) -> None:
-        if self.test_policy not in TEST_POLICIES:
-            raise TracetuneError(f"unknown test policy {self.test_policy!r} "
-                                 f"({', '.join(TEST_POLICIES)})")
-        if self.max_iters < 1 or self.max_loops < 1:
-            raise TracetuneError("max_iters and max_loops must be at least 1")
+    def run(self, task: Task, model: Model, sandbox: Sandbox, *, params: SamplingParams,
+            seed: int, on_attempt: Callable[[Attempt], None] | None = None) -> EpisodeOutcome:
+        return run_repair_episode(task, self.config, model, sandbox, params=params, seed=seed,
+                                  on_attempt=on_attempt)
+
+
+def repair(config: RepairConfig) -> RepairWorkflow:
+    """The registry's constructor (agents.spec.WORKFLOWS)."""
+    return RepairWorkflow(config)
 
 
 def repo_files(task: Task) -> dict[str, str]:
@@ -126,182 +128,158 @@ def _elide(messages: list[Message], budget: int) -> list[Message]:
     return out
 
 
-def run_repair_episode(task: Task, workflow: RepairWorkflow, model: Model, sandbox: Sandbox, *,
+def run_repair_episode(task: Task, config: RepairConfig, model: Model, sandbox: Sandbox, *,
                        params: SamplingParams, seed: int,
-                       on_attempt: Callable[[AttemptRecord], None] | None = None
-                       ) -> EpisodeOutcome:
+                       on_attempt: Callable[[Attempt], None] | None = None) -> EpisodeOutcome:
+    """One repair episode in a fresh copy of the task's repository (removed afterwards)."""
     t0 = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="tracetune-repair-"))
     try:
         for rel, content in repo_files(task).items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(content, encoding="utf-8")
-        outcome = _drive(task, workflow, model, sandbox, Workspace(root), params, seed,
-                         on_attempt)
+        episode = _Episode(task, config, sandbox, Workspace(root))
+        outcome = episode.drive(model, params, seed, on_attempt)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     outcome.duration_s = time.perf_counter() - t0
     return outcome
 
 
-def _drive(task: Task, wf: RepairWorkflow, model: Model, sandbox: Sandbox, ws: Workspace,
-           params: SamplingParams, seed: int,
-           on_attempt: Callable[[AttemptRecord], None] | None) -> EpisodeOutcome:
-    messages = [Message("system", system_prompt(wf.test_policy)),
-                Message("user", GOAL_PROMPT.format(spec=task.spec))]
-    records: list[AttemptRecord] = []
-    counts = {"parse_errors": 0, "loop_detections": 0, "tool_errors": 0, "writes": 0,
-              "test_runs": 0}
-    seen: set[str] = set()
-    tested: dict[str, SandboxResult] = {}  # module source -> verdict
+class _Stop(Exception):
+    """Ends the episode after the current message (recorded first): final, loop."""
 
-    def module_source() -> str | None:
+    def __init__(self, reason: str, reply: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.reply = reason, reply
+
+
+@dataclass
+class _Episode:
+    """One episode's state: the workspace, the calls seen since the last change, the counts."""
+
+    task: Task
+    config: RepairConfig
+    sandbox: Sandbox
+    ws: Workspace
+    counts: dict = field(default_factory=lambda: {
+        "parse_errors": 0, "loop_detections": 0, "tool_errors": 0, "writes": 0, "test_runs": 0})
+    seen: set = field(default_factory=set)
+    tested: dict = field(default_factory=dict)
+    """module source -> verdict (each source is tested once)."""
+
+    def drive(self, model: Model, params: SamplingParams, seed: int,
+              on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
+        messages = [Message("system", system_prompt(self.config.test_policy)),
+                    Message("user", GOAL_PROMPT.format(spec=self.task.spec))]
+        # A protocol message is one line of JSON; a blank line ends it (and the prose small
+        # models append after it, which would otherwise cost tokens and make a valid call a
+        # parse error).
+        params = dataclasses.replace(params, stop=tuple(params.stop) + (STOP,))
+        records: list[Attempt] = []
+        end = "max_iters"
+        for it in range(1, self.config.max_iters + 1):
+            sent = _elide(messages, self.config.max_context_chars)
+            step_seed = derive_seed(seed, STEP, it)
+            completion = model.generate(GenerationRequest(tuple(sent), params, step_seed))
+            raw = completion.text.encode("utf-8", "replace").decode("utf-8")
+            t_check = time.perf_counter()
+            parsed = parse_message(raw)
+            facts = {"kind": "parse_error" if parsed.kind == "error" else parsed.kind,
+                     "name": parsed.name or None, "tool_ok": None, "tests": None}
+            stop = None
+            try:
+                reply = self.step(parsed, facts, last=it == self.config.max_iters)
+            except _Stop as exc:
+                stop, reply = exc, exc.reply
+            valid = facts["kind"] not in ("parse_error", "loop")
+            record = Attempt(
+                step=STEP, attempt=it, seed=step_seed, messages=[m.to_dict() for m in sent],
+                raw_output=raw, code=parsed.canonical(),
+                passed=valid and facts["tool_ok"] is not False,
+                guards=[{"guard": "protocol", "passed": valid, "feedback": parsed.error}],
+                feedback=reply, prompt_tokens=completion.usage.prompt_tokens,
+                completion_tokens=completion.usage.completion_tokens,
+                latency_s=completion.latency_s, check_s=time.perf_counter() - t_check,
+                facts=facts)
+            records.append(record)
+            if on_attempt is not None:
+                on_attempt(record)
+            if stop is not None:
+                end = stop.reason
+                break
+            messages += [Message("assistant", raw), Message("user", reply)]
+        final = self.test_now(feedback=False)  # the driver's verdict, not feedback to the model
+        metrics = {**self.counts, "steps": len(records), "wrote": self.counts["writes"] > 0,
+                   "end": end}
+        return EpisodeOutcome(success=final.passed,
+                              failed_step=None if final.passed else end, wrong_tests=None,
+                              attempts=records, final_check=final.verdict(), metrics=metrics)
+
+    # --- one message ------------------------------------------------------------------------------
+    def step(self, parsed: Parsed, facts: dict, *, last: bool) -> str:
+        """The reply to one message; raises _Stop to end the episode after it."""
+        handler = {"error": self._parse_error, "final": self._final,
+                   "tool_call": self._tool_call}[parsed.kind]
+        return handler(parsed, facts, last)
+
+    def _parse_error(self, parsed: Parsed, facts: dict, last: bool) -> str:
+        self.counts["parse_errors"] += 1
+        return f"{RESULT_PREFIX}\nerror: invalid message: {parsed.error}"
+
+    def _final(self, parsed: Parsed, facts: dict, last: bool) -> str:
+        if self.config.test_policy == "end":
+            result = self.test_now()
+            facts["tests"] = "pass" if result.passed else "fail"
+            if not result.passed and not last:  # back to work while iterations remain
+                return (f"{tests_text(result)}\nThe tests still fail. Keep working, then give "
+                        "your final answer.")
+        raise _Stop("final")
+
+    def _tool_call(self, parsed: Parsed, facts: dict, last: bool) -> str:
+        if parsed.call_key() in self.seen:
+            self.counts["loop_detections"] += 1
+            facts["kind"] = "loop"
+            reply = (f"{RESULT_PREFIX}\nerror: loop detected: you already made this exact call "
+                     "and no file has changed since; do something else")
+            if self.counts["loop_detections"] >= self.config.max_loops:
+                raise _Stop("loop", reply)
+            return reply
+        self.seen.add(parsed.call_key())
         try:
-            return (ws.root / task.file).read_text(encoding="utf-8")
+            output, ok = self.ws.call(parsed), True
+        except ToolError as exc:
+            output, ok = f"error: {exc}", False
+        except OSError as exc:  # e.g. a file name the filesystem refuses
+            output, ok = f"error: {exc.strerror or exc}", False
+        self.counts["tool_errors"] += not ok
+        facts["tool_ok"] = ok
+        reply = f"{RESULT_PREFIX}\n{output}"
+        if ok and parsed.name in WRITE_TOOLS:
+            self.counts["writes"] += 1
+            self.seen.clear()  # files changed: earlier calls may now give new results
+            if self.config.test_policy == "after_write":
+                result = self.test_now()
+                facts["tests"] = "pass" if result.passed else "fail"
+                reply += "\n" + tests_text(result)
+        return reply
+
+    # --- tests ------------------------------------------------------------------------------------
+    def module_source(self) -> str | None:
+        try:
+            return (self.ws.root / self.task.file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             return None
 
-    def test_now(*, feedback: bool = True) -> SandboxResult:
+    def test_now(self, *, feedback: bool = True) -> SandboxResult:
         """The tests on the module as it is now (each source is tested once); `feedback`: the
         result goes to the model (counted as a test run)."""
-        src = module_source()
+        src = self.module_source()
         key = src if src is not None else "\0missing"
-        if key not in tested:
-            tested[key] = run_tests(task, src, sandbox)
-        counts["test_runs"] += feedback
-        return tested[key]
-
-    # A protocol message is one line of JSON; a blank line ends it (and the prose small models
-    # append after it, which would otherwise cost tokens and make a valid call a parse error).
-    params = dataclasses.replace(params, stop=tuple(params.stop) + (STOP,))
-    end_reason = "max_iters"
-    for it in range(1, wf.max_iters + 1):
-        sent = _elide(messages, wf.max_context_chars)
-        step_seed = derive_seed(seed, "repair", it)
-        completion = model.generate(GenerationRequest(tuple(sent), params, step_seed))
-        raw = completion.text.encode("utf-8", "replace").decode("utf-8")
-        t_check = time.perf_counter()
-        parsed = parse_message(raw)
-        details: dict = {"kind": parsed.kind if parsed.kind != "error" else "parse_error",
-                         "name": parsed.name or None, "tool_ok": None, "tests": None}
-        valid = parsed.kind != "error"
-        stop = False
-        if parsed.kind == "error":
-            counts["parse_errors"] += 1
-            reply = f"{RESULT_PREFIX}\nerror: invalid message: {parsed.error}"
-        elif parsed.kind == "final":
-            reply = ""
-            if wf.test_policy == "end":
-                result = test_now()
-                details["tests"] = "pass" if result.passed else "fail"
-                if not result.passed and it < wf.max_iters:
-                    reply = (f"{tests_text(result)}\nThe tests still fail. Keep working, then "
-                             "give your final answer.")
-            if not reply:
-                stop, end_reason = True, "final"
-        elif parsed.call_key() in seen:
-            counts["loop_detections"] += 1
-            valid = False
-            details["kind"] = "loop"
-            reply = (f"{RESULT_PREFIX}\nerror: loop detected: you already made this exact call "
-                     "and no file has changed since; do something else")
-            if counts["loop_detections"] >= wf.max_loops:
-                stop, end_reason = True, "loop"
-        else:
-            seen.add(parsed.call_key())
-            try:
-                output, ok = ws.call(parsed), True
-            except ToolError as exc:
-                output, ok = f"error: {exc}", False
-                counts["tool_errors"] += 1
-            except OSError as exc:  # e.g. a file name the filesystem refuses
-                output, ok = f"error: {exc.strerror or exc}", False
-                counts["tool_errors"] += 1
-            details["tool_ok"] = ok
-            reply = f"{RESULT_PREFIX}\n{output}"
-            if ok and parsed.name in WRITE_TOOLS:
-                counts["writes"] += 1
-                seen.clear()  # files changed: earlier calls may now give new results
-                if wf.test_policy == "after_write":
-                    result = test_now()
-                    details["tests"] = "pass" if result.passed else "fail"
-                    reply += "\n" + tests_text(result)
-        record = AttemptRecord(
-            step="repair", attempt=it, seed=step_seed, messages=[m.to_dict() for m in sent],
-            raw_output=raw, code=parsed.canonical(),
-            passed=valid and details["tool_ok"] is not False,
-            guards=[{"guard": "protocol", "passed": valid, "feedback": parsed.error,
-                     "details": details}],
-            feedback=reply, prompt_tokens=completion.usage.prompt_tokens,
-            completion_tokens=completion.usage.completion_tokens,
-            latency_s=completion.latency_s, check_s=time.perf_counter() - t_check)
-        records.append(record)
-        if on_attempt is not None:
-            on_attempt(record)
-        if stop:
-            break
-        messages += [Message("assistant", raw), Message("user", reply)]
-    final = test_now(feedback=False)  # the driver's verdict, not feedback to the model
-    metrics = {**counts, "steps": len(records), "wrote": counts["writes"] > 0,
-               "end": end_reason}
-    return EpisodeOutcome(
-        success=final.passed, failed_step=None if final.passed else end_reason,
-        wrong_tests=None, attempts=records, final_check={
-            "status": final.status, "reason": final.reason,
-            "tests": [[t.nodeid.split("::")[-1], t.outcome] for t in final.tests]},
-        metrics=metrics)
+        if key not in self.tested:
+            self.tested[key] = run_tests(self.task, src, self.sandbox)
+        self.counts["test_runs"] += feedback
+        return self.tested[key]
 
 
-# --- the oracle: a scripted teacher that knows the reference fix ---------------------------------
-
-def oracle_edit(task: Task) -> dict:
-    """Args of one `edit` turning the buggy module into the reference: the changed lines plus
-    just enough context for the search text to occur once."""
-    import difflib
-
-    old, new = task.buggy.splitlines(keepends=True), task.reference.splitlines(keepends=True)
-    ops = [op for op in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
-           if op[0] != "equal"]
-    if not ops:
-        raise TracetuneError(f"task {task.id}: the buggy file equals the reference")
-    i1, i2, j1, j2 = ops[0][1], ops[-1][2], ops[0][3], ops[-1][4]
-    for ctx in range(0, len(old) + 1):
-        a, b = max(0, i1 - ctx), min(len(old), i2 + ctx)
-        search = "".join(old[a:b])
-        if search.strip() and task.buggy.count(search) == 1:
-            replace = "".join(new[max(0, j1 - (i1 - a)):j2 + (b - i2)])
-            return {"rel_path": task.file, "search": search, "replace": replace}
-    raise TracetuneError(f"task {task.id}: no unique search text for the oracle's edit")
-
-
-def oracle_step(task: Task, messages: list[dict]) -> dict:
-    """The oracle's next message given the conversation so far: list the files, read the module,
-    edit it (write the whole reference if an edit failed), then the final answer."""
-    done: list[tuple[str, bool]] = []
-    for m, reply in zip(messages, messages[1:]):
-        if m["role"] != "assistant":
-            continue
-        parsed = parse_message(m["content"])
-        ok = reply["content"].startswith(RESULT_PREFIX) and \
-            not reply["content"][len(RESULT_PREFIX):].lstrip().startswith("error")
-        if parsed.kind == "tool_call":
-            done.append((parsed.name, ok))
-    names_ok = {name for name, ok in done if ok}
-    if "list_files" not in names_ok:
-        return {"type": "tool_call", "name": "list_files", "args": {"rel_dir": "."}}
-    if "read_file" not in names_ok:
-        return {"type": "tool_call", "name": "read_file", "args": {"rel_path": task.file}}
-    if not names_ok & set(WRITE_TOOLS):
-        if any(name == "edit" for name, _ in done):  # the edit failed: write the whole file
-            return {"type": "tool_call", "name": "write_file",
-                    "args": {"rel_path": task.file, "content": task.reference}}
-        return {"type": "tool_call", "name": "edit", "args": oracle_edit(task)}
-    return {"type": "final", "message": f"Fixed the bug in {task.file}."}
-
-
-def canonical_json(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
-__all__ = ["Parsed", "RepairWorkflow", "TEST_POLICIES", "oracle_edit", "oracle_step",
-           "run_repair_episode"]
+__all__ = ["RepairWorkflow", "STEP", "TEST_POLICIES", "repair", "run_repair_episode"]

@@ -14,11 +14,11 @@ The episode succeeds when the final implementation passes the task's hidden acce
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
+from tracetune.agents.configs import DirectConfig, TDDConfig
 from tracetune.agents.extract import extract_code, sanitize
 from tracetune.agents.guards import (MODULE, Guard, GuardResult, StepContext, SyntaxGuard,
                                      TestGuard, TestSuiteGuard)
@@ -26,7 +26,8 @@ from tracetune.errors import TracetuneError
 from tracetune.models import Model
 from tracetune.sandbox import Job, Sandbox
 from tracetune.tasks import Task
-from tracetune.types import GenerationRequest, Message, SamplingParams
+from tracetune.types import (Attempt, EpisodeOutcome, GenerationRequest, Message, SamplingParams,
+                             derive_seed)
 
 IMPL_PROMPT = (
     "{spec}\n\n"
@@ -65,7 +66,9 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Workflow:
+class GuardedWorkflow:
+    """A small DAG of guarded steps (the Workflow protocol's direct and tdd)."""
+
     name: str
     steps: tuple[Step, ...]
     impl_step: str
@@ -85,76 +88,28 @@ class Workflow:
         if self.impl_step not in seen:
             raise TracetuneError(f"workflow {self.name}: no step named {self.impl_step}")
 
-
-def build_workflow(name: str, *, max_attempts: int = 3, min_tests: int = 3, max_iters: int = 10,
-                   test_policy: str = "after_write"):
-    """A guarded Workflow (direct, tdd) or the repair agent's settings (repair)."""
-    if name == "repair":
-        from tracetune.agents.repair import RepairWorkflow
-
-        return RepairWorkflow(max_iters=max_iters, test_policy=test_policy)
-    if name == "direct":
-        return Workflow("direct", (
-            Step("impl", IMPL_PROMPT, (SyntaxGuard(), TestGuard()), max_attempts=max_attempts),
-        ), impl_step="impl")
-    if name == "tdd":
-        return Workflow("tdd", (
-            Step("g_test", TEST_PROMPT, (TestSuiteGuard(min_tests),), max_attempts=max_attempts,
-                 writes_tests=True),
-            Step("g_impl", IMPL_FROM_TESTS_PROMPT, (SyntaxGuard(), TestGuard(source="g_test")),
-                 needs=("g_test",), max_attempts=max_attempts),
-        ), impl_step="g_impl", tests_step="g_test", min_tests=min_tests)
-    raise TracetuneError(f"unknown workflow {name!r} ({', '.join(WORKFLOWS)})")
+    def run(self, task: Task, model: Model, sandbox: Sandbox, *, params: SamplingParams,
+            seed: int, on_attempt: Callable[[Attempt], None] | None = None) -> EpisodeOutcome:
+        return run_episode(task, self, model, sandbox, params=params, seed=seed,
+                           on_attempt=on_attempt)
 
 
-WORKFLOWS = ("direct", "tdd", "repair")
+def direct(config: DirectConfig) -> GuardedWorkflow:
+    """spec -> implementation; guards: syntax, then the task's hidden tests."""
+    return GuardedWorkflow("direct", (
+        Step("impl", IMPL_PROMPT, (SyntaxGuard(), TestGuard()),
+             max_attempts=config.max_attempts),
+    ), impl_step="impl")
 
 
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (same on every machine and Python version)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-@dataclass
-class AttemptRecord:
-    step: str
-    attempt: int
-    seed: int
-    messages: list[dict]
-    raw_output: str
-    code: str
-    passed: bool
-    guards: list[dict]
-    feedback: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    check_s: float
-
-    def to_row(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class EpisodeOutcome:
-    success: bool
-    failed_step: str | None
-    wrong_tests: bool | None
-    """tdd: the accepted generated tests fail on the reference implementation (None: no tests)."""
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    duration_s: float = 0.0
-    final_check: dict | None = None
-    metrics: dict | None = None
-    """Agent workflows: per-episode counts (parse_errors, loop_detections, wrote, steps...)."""
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(a.prompt_tokens for a in self.attempts)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(a.completion_tokens for a in self.attempts)
+def tdd(config: TDDConfig) -> GuardedWorkflow:
+    """g_test (spec -> tests) then g_impl (spec + those tests -> implementation)."""
+    return GuardedWorkflow("tdd", (
+        Step("g_test", TEST_PROMPT, (TestSuiteGuard(config.min_tests),),
+             max_attempts=config.max_attempts, writes_tests=True),
+        Step("g_impl", IMPL_FROM_TESTS_PROMPT, (SyntaxGuard(), TestGuard(source="g_test")),
+             needs=("g_test",), max_attempts=config.max_attempts),
+    ), impl_step="g_impl", tests_step="g_test", min_tests=config.min_tests)
 
 
 MAX_OUTPUT_CHARS = 200_000  # a runaway completion is kept only up to this length
@@ -163,14 +118,14 @@ FENCE_END = "\n```\n"
 models otherwise ramble on (explanations, repeated blocks) until max_tokens."""
 
 
-def run_episode(task: Task, workflow: Workflow, model: Model, sandbox: Sandbox, *,
+def run_episode(task: Task, workflow: GuardedWorkflow, model: Model, sandbox: Sandbox, *,
                 params: SamplingParams, seed: int,
-                on_attempt: Callable[[AttemptRecord], None] | None = None) -> EpisodeOutcome:
+                on_attempt: Callable[[Attempt], None] | None = None) -> EpisodeOutcome:
     """Run one task through the workflow. Model errors propagate; everything the model writes
     (no code, huge output, a hanging program) becomes a failed attempt with a reason."""
     t0 = time.perf_counter()
     outputs: dict[str, str] = {}
-    records: list[AttemptRecord] = []
+    records: list[Attempt] = []
     ctx = StepContext(task, sandbox, outputs)
     failed_step = None
     for step in workflow.steps:
@@ -195,16 +150,15 @@ def run_episode(task: Task, workflow: Workflow, model: Model, sandbox: Sandbox, 
         else:
             check = sandbox.run(Job.tests(task.tests, module=outputs[workflow.impl_step],
                                           module_name=MODULE))
-            final = {"status": check.status, "reason": check.reason,
-                     "tests": [[t.nodeid.split("::")[-1], t.outcome] for t in check.tests]}
+            final = check.verdict()
             success = check.passed
     return EpisodeOutcome(success, failed_step, wrong_tests, records,
                           time.perf_counter() - t0, final)
 
 
-def _run_step(step: Step, task: Task, workflow: Workflow, model: Model, ctx: StepContext,
-              params: SamplingParams, seed: int, records: list[AttemptRecord],
-              on_attempt: Callable[[AttemptRecord], None] | None) -> str | None:
+def _run_step(step: Step, task: Task, workflow: GuardedWorkflow, model: Model,
+              ctx: StepContext, params: SamplingParams, seed: int, records: list[Attempt],
+              on_attempt: Callable[[Attempt], None] | None) -> str | None:
     fields = {"spec": task.spec, "names": ", ".join(task.names), "min_tests": workflow.min_tests,
               **{n: ctx.outputs[n].strip() for n in step.needs}}
     first = Message("user", step.prompt.format(**fields))
@@ -228,7 +182,7 @@ def _run_step(step: Step, task: Task, workflow: Workflow, model: Model, ctx: Ste
         check_s = time.perf_counter() - t_check
         passed = all(r.passed for r in results)
         feedback = "" if passed else results[-1].feedback
-        record = AttemptRecord(step.name, attempt, attempt_seed,
+        record = Attempt(step.name, attempt, attempt_seed,
                                [m.to_dict() for m in messages], raw, code, passed,
                                [r.to_dict() for r in results], feedback,
                                completion.usage.prompt_tokens, completion.usage.completion_tokens,

@@ -15,96 +15,27 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tracetune.agents.repair import run_repair_episode
-from tracetune.agents.workflow import WORKFLOWS, build_workflow, derive_seed, run_episode
+from tracetune.agents import build_workflow
 from tracetune.errors import TracetuneError
-from tracetune.models import load_model, parse_spec
+from tracetune.eval.config import EvalConfig, eval_config_from
+from tracetune.models import load_model
 from tracetune.sandbox import Sandbox, SandboxConfig
 from tracetune.tasks import Task, builtin_suites, load_suite
 from tracetune.tasks.check import require_valid
 from tracetune.tasks.splits import select
 from tracetune.traces.store import DB_NAME, RunInfo, Store
-from tracetune.types import SamplingParams
+from tracetune.types import derive_seed
 
 _PACKAGES = ("tracetune", "torch", "transformers", "peft", "trl", "llama-cpp-python", "openai",
              "pytest")
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything that defines an evaluation run (stored with the run, reused on resume)."""
-
-    suite: str
-    """Built-in suite name or a suite .toml file."""
-    workflow: str = "direct"
-    """direct, tdd or repair (repair suites only, e.g. bugs)."""
-    model: str = "embedded"
-    """Model spec."""
-    trials: int = 1
-    """Episodes per task."""
-    seed: int = 0
-    """Base seed; each (task, trial, step, attempt) derives its own."""
-    temperature: float = 0.8
-    """Sampling temperature (0 = greedy)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass."""
-    max_tokens: int = 512
-    """Most completion tokens per attempt."""
-    max_attempts: int = 3
-    """Attempts per step before the step (and episode) fails."""
-    min_tests: int = 3
-    """tdd: tests g_test must write."""
-    split: str = "all"
-    """all, train or test (task-level, by hash)."""
-    train_pct: int | None = None
-    """Share of tasks (by hash) in the train split (None: the suite's own, 50 unless it says)."""
-    tasks: tuple[str, ...] = ()
-    """Only these task ids (empty: all of the split)."""
-    max_difficulty: int = 0
-    """Only tasks of at most this difficulty tier (0: every tier)."""
-    limit: int = 0
-    """At most this many tasks (0: no limit), after the split and the task filter."""
-    concurrency: int = 4
-    """Episodes in flight at once."""
-    check_timeout_s: float = 10.0
-    """Sandbox wall-clock limit per check."""
-    max_iters: int = 10
-    """repair: most assistant messages (tool calls) per episode."""
-    test_policy: str = "after_write"
-    """repair: when the driver runs the tests (never, after_write, end)."""
-
-    def validate(self) -> None:
-        if self.workflow not in WORKFLOWS:
-            raise TracetuneError(f"unknown workflow {self.workflow!r} ({', '.join(WORKFLOWS)})")
-        for name in ("trials", "max_tokens", "max_attempts", "concurrency", "max_iters"):
-            if getattr(self, name) < 1:
-                raise TracetuneError(f"{name} must be at least 1")
-        self.workflow_settings()  # e.g. an unknown test policy fails here
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise TracetuneError("temperature must be >= 0 and top_p within (0, 1]")
-        parse_spec(self.model)  # a bad spec fails here, before any work starts
-
-    def workflow_settings(self):
-        """The workflow this config runs (a guarded Workflow, or RepairWorkflow)."""
-        return build_workflow(self.workflow, max_attempts=self.max_attempts,
-                              min_tests=self.min_tests, max_iters=self.max_iters,
-                              test_policy=self.test_policy)
-
-    def params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.max_tokens)
-
-
 def select_tasks(config: EvalConfig) -> list[Task]:
     suite = load_suite(config.suite)
-    repair = config.workflow == "repair"
-    if repair != (suite.kind == "repair"):
-        raise TracetuneError(
-            f"suite {config.suite} is a repair suite: use --workflow repair" if not repair else
-            f"the repair workflow needs a repair suite (e.g. bugs), and {config.suite} is not one")
+    check_suite_kind(config.workflow_spec().info, suite.kind, config.suite)
     if config.tasks:
         unknown = sorted(set(config.tasks) - {t.id for t in suite.tasks})
         if unknown:
@@ -120,6 +51,17 @@ def select_tasks(config: EvalConfig) -> list[Task]:
     if not tasks:
         raise TracetuneError(f"no tasks selected from suite {config.suite} (split {config.split})")
     return tasks
+
+
+def check_suite_kind(info, kind: str, suite: str) -> None:
+    """A workflow runs only on the kind of suite it is made for (agents.spec.WorkflowInfo)."""
+    if kind != info.suite_kind:
+        from tracetune.agents.spec import WORKFLOWS
+
+        fits = [w.name for w in WORKFLOWS.values() if w.suite_kind == kind]
+        raise TracetuneError(f"workflow {info.name} runs on {info.suite_kind} suites, and "
+                             f"{suite} is a {kind} suite (use workflow "
+                             f"{' or '.join(fits) or 'none'})")
 
 
 def package_versions() -> dict[str, str]:
@@ -139,8 +81,7 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool) -> tuple[Store, Eva
         if not db.is_file():
             raise TracetuneError(f"nothing to resume: no run in {out}")
         store = Store(db)
-        stored = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in store.run().config.items()})
+        stored = eval_config_from(store.run().config, f"{db} (stored run config)")
         return store, stored
     if db.exists():
         raise TracetuneError(f"{out} already holds a run: pass --resume to continue it, or "
@@ -151,8 +92,8 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool) -> tuple[Store, Eva
         with Sandbox(SandboxConfig(timeout_s=config.check_timeout_s)) as sb:
             require_valid(load_suite(config.suite), sb)
     store = Store(db, create=True)
-    store.create_run(RunInfo(uuid.uuid4().hex, time.time(), config.suite, config.workflow,
-                             config.model, config.seed, config.trials,
+    store.create_run(RunInfo(uuid.uuid4().hex, time.time(), config.suite,
+                             config.workflow_spec().name, config.model, config.seed, config.trials,
                              dataclasses.asdict(config), package_versions()))
     return store, config
 
@@ -181,7 +122,7 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
         on_progress(finished, total)
     if not todo:
         return
-    workflow = config.workflow_settings()
+    workflow = build_workflow(config.workflow_spec())
     params = config.params()
     model = load_model(config.model)
     sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
@@ -195,11 +136,10 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
             return
         seed = derive_seed(config.seed, task.id, trial)
         eid = store.start_episode(run.id, task.id, trial, workflow.name, seed)
-        episode = run_repair_episode if workflow.name == "repair" else run_episode
-        policy = model.bind(task) if hasattr(model, "bind") else model  # the oracle
+        policy = model.bind(task) if hasattr(model, "bind") else model  # a teacher
         try:
-            outcome = episode(task, workflow, policy, sandbox, params=params, seed=seed,
-                              on_attempt=lambda rec: store.add_attempt(eid, rec.to_row()))
+            outcome = workflow.run(task, policy, sandbox, params=params, seed=seed,
+                                   on_attempt=lambda attempt: store.add_attempt(eid, attempt))
         except BaseException as exc:  # a model error: stop, leave this episode unfinished
             stop.set()
             errors.append(exc)

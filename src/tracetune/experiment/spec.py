@@ -4,12 +4,14 @@
     [models]      base (evaluated), train_base (HF weights to train; default: base), adapted
                   (a spec for the adapted model; default: derived from the export), reference
                   (table name -> spec: models the adapted one is compared with, seed 000's 14B)
-    [eval]        the evaluation: suite, workflow, trials, split share, sampling, attempts...
-                  (repair: max_iters, test_policy); eval_on = "heldout" evaluates the held-out
-                  tasks only (cheaper when the training data comes from a teacher)
+    [eval]        the evaluation: the fields of tracetune.eval.config.EvalConfig except model,
+                  seed and split (suite, workflow spec with its options, trials, split share,
+                  sampling...), plus eval_on = "heldout" to evaluate the held-out tasks only
+                  (cheaper when the training data comes from a teacher)
     [teacher]     model (e.g. "oracle"), rollouts, temperature: trajectories of the train tasks
                   that the miner reads instead of the base model's
-    [mine]        what becomes training data (kinds, quality tiers per step, filters)
+    [mine]        what becomes training data: the fields of tracetune.datasets.build.MineConfig
+                  that the loop does not set itself, plus min_rows
     [train]       the LoRA recipe (tracetune.train.config.TrainConfig)
     [export]      target: gguf-lora, merged-gguf or none (none: the adapted model runs in
                   transformers with the PEFT adapter)
@@ -38,7 +40,7 @@ import hashlib
 import json
 import operator
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
@@ -82,28 +84,15 @@ class Models:
 
 
 @dataclass(frozen=True)
-class EvalSection:
-    suite: str = "funcs"
-    workflow: str = "direct"
-    trials: int = 8
-    train_pct: int = 50
-    """Share of tasks (by hash) in the train split; the rest are held out."""
-    max_difficulty: int = 0
-    tasks: tuple[str, ...] = ()
-    limit: int = 0
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 512
-    max_attempts: int = 3
-    min_tests: int = 3
-    concurrency: int = 4
-    check_timeout_s: float = 10.0
-    max_iters: int = 10
-    """repair: most assistant messages per episode."""
-    test_policy: str = "after_write"
-    """repair: never, after_write or end."""
+class LoopEval:
+    """Keys of [eval] that only the loop reads (the rest are EvalConfig's)."""
+
     eval_on: str = "all"
     """all: base and adapted run on every task (train and held-out); heldout: only held-out."""
+
+
+EVAL_FIXED = ("model", "seed", "split")
+"""EvalConfig fields the loop sets itself ([models], [experiment] seed, eval_on)."""
 
 
 @dataclass(frozen=True)
@@ -120,18 +109,15 @@ class TeacherSection:
 
 
 @dataclass(frozen=True)
-class MineSection:
-    kinds: tuple[str, ...] = ("sft",)
-    tiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    """Per step, the quality tiers SFT rows must satisfy (empty: the miner's defaults)."""
-    max_seq_len: int = 1024
-    tokenizer: str | None = "embedded"
-    leakage_suites: tuple[str, ...] = ("humaneval",)
-    max_dpo_pairs_per_task: int = 8
-    dpo_teacher: str | None = None
-    """repair: "oracle" supplies the preferred call at each parse error or loop."""
+class LoopMine:
+    """Keys of [mine] that only the loop reads (the rest are MineConfig's)."""
+
     min_rows: int = 1
     """Stop the loop (before training) when mining yields fewer rows than this (seed 000: 50)."""
+
+
+MINE_FIXED = ("train_pct", "allow_heldout", "unfiltered", "seed")
+"""MineConfig fields the loop sets itself (the [eval] split, the control's draw, the seed)."""
 
 
 @dataclass(frozen=True)
@@ -201,9 +187,14 @@ class Experiment:
     path: Path
     info: ExperimentInfo
     models: Models
-    eval: EvalSection
+    eval: "EvalConfig"
+    """The [eval] table as the baseline runs it: model = base, seed = [experiment] seed, split
+    from eval_on, train_pct resolved to the suite's share when not stated."""
+    loop_eval: LoopEval
     teacher: TeacherSection
-    mine: MineSection
+    mine: "MineConfig"
+    """The [mine] table; the loop sets MINE_FIXED when it mines."""
+    loop_mine: LoopMine
     train: dict
     """The [train] table as written (what stage keys hash)."""
     train_config: TrainConfig
@@ -220,9 +211,64 @@ class Experiment:
             tuple(self.models.reference)
 
     def section(self, name: str) -> dict:
-        """A section as plain JSON data (what stage cache keys hash)."""
+        """A section's settings as plain JSON data (what stage records hold and keys hash): the
+        values the stages use, the workflow's options flat beside the other [eval] keys."""
+        if name == "eval":
+            settings = {k: v for k, v in self.eval.settings().items() if k not in EVAL_FIXED}
+            return as_json({**settings, **asdict(self.loop_eval)})
+        if name == "mine":
+            mine = {k: v for k, v in asdict(self.mine).items() if k not in MINE_FIXED}
+            return as_json({**mine, **asdict(self.loop_mine)})
         value = getattr(self, name)
-        return value if isinstance(value, dict) else asdict(value)
+        return as_json(value if isinstance(value, dict) else asdict(value))
+
+    def section_defaults(self, name: str) -> dict:
+        """The defaults of `section(name)`'s settings, the same shape (settings a record from an
+        earlier tracetune lacks must hold these)."""
+        if name == "eval":
+            from tracetune.eval.config import EvalConfig
+
+            spec = self.eval.workflow_spec()
+            return as_json({**field_defaults(EvalConfig), **field_defaults(spec.info.config_cls),
+                            **field_defaults(LoopEval)})
+        if name == "mine":
+            from tracetune.datasets.build import MineConfig
+
+            return as_json({**field_defaults(MineConfig), **field_defaults(LoopMine)})
+        return field_defaults(getattr(self, name))
+
+    # --- the evaluations the loop runs (each validated when the experiment loads) ---------------
+    @property
+    def eval_on(self) -> str:
+        return self.loop_eval.eval_on
+
+    def eval_config(self, model: str, **changes):
+        """The [eval] evaluation of `model` (changes: other EvalConfig fields)."""
+        import dataclasses
+
+        return dataclasses.replace(self.eval, model=model, **changes)
+
+    def teacher_config(self):
+        """The [teacher]'s rollouts of the train tasks (its own sampling and, for workflows
+        that have it, its own max_iters)."""
+        t = self.teacher
+        spec = self.eval.workflow_spec()
+        own = {"max_iters": t.max_iters} if "max_iters" in spec.options() else {}
+        return self.eval_config(t.model or self.models.base, split="train", trials=t.rollouts,
+                                temperature=t.temperature, max_tokens=t.max_tokens,
+                                workflow=self.eval.workflow_spec(**own).text())
+
+    def capability_config(self, model: str):
+        """The capability check: one greedy attempt per problem of the capability suite."""
+        cap = self.capability
+        return self.eval_config(model, suite=cap.suite, workflow="direct,max_attempts=1",
+                                trials=1, temperature=cap.temperature,
+                                max_tokens=cap.max_tokens, tasks=(), max_difficulty=0,
+                                limit=cap.limit, check_timeout_s=cap.check_timeout_s)
+
+    def heldout_split(self) -> str:
+        """The split of the control's evaluation: held-out tasks, or all when none are."""
+        return "test" if self.eval.train_pct < 100 else "all"
 
     def preregistered(self) -> dict:
         """What is frozen before any result exists: hypotheses and decision criteria."""
@@ -236,9 +282,13 @@ SECTIONS = ("experiment", "models", "eval", "teacher", "mine", "train", "export"
 
 
 def load_experiment(path: Path) -> Experiment:
-    """Read and validate an experiment file; every problem is one TracetuneError."""
-    from tracetune.agents.workflow import WORKFLOWS
+    """Read and validate an experiment file; every problem is one TracetuneError naming the
+    file, the section and the key. Every evaluation, the mining and the training the loop would
+    run are validated by their own components here, before anything is frozen or run."""
+    import dataclasses
+
     from tracetune.datasets.build import MineConfig
+    from tracetune.eval.config import eval_config_from
     from tracetune.models import parse_spec
     from tracetune.tasks import load_suite
     path = Path(path)
@@ -250,9 +300,12 @@ def load_experiment(path: Path) -> Experiment:
                              f"(valid: {', '.join(SECTIONS)})")
     info = build(ExperimentInfo, data.get("experiment", {}), f"{where} [experiment]")
     models = build(Models, data.get("models", {}), f"{where} [models]")
-    ev = build(EvalSection, data.get("eval", {}), f"{where} [eval]")
+    eval_table, loop_eval = _split_table(data.get("eval", {}), LoopEval, f"{where} [eval]")
+    ev = eval_config_from(eval_table, f"{where} [eval]", model=models.base, seed=info.seed,
+                          split="all")
     teacher = build(TeacherSection, data.get("teacher", {}), f"{where} [teacher]")
-    mine = build(MineSection, data.get("mine", {}), f"{where} [mine]")
+    mine_table, loop_mine = _split_table(data.get("mine", {}), LoopMine, f"{where} [mine]")
+    mine = build(MineConfig, mine_table, f"{where} [mine]", exclude=MINE_FIXED)
     train_table = data.get("train", {})
     train_cfg = build(TrainConfig, train_table, f"{where} [train]")
     export = build(ExportSection, data.get("export", {}), f"{where} [export]")
@@ -271,8 +324,6 @@ def load_experiment(path: Path) -> Experiment:
         go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
         abort=tuple(_criterion(t, f"{where} [decision] abort")
                     for t in _strings(raw_d, "abort", where)))
-    exp = Experiment(path, info, models, ev, teacher, mine, train_table, train_cfg, export, cap,
-                     control, hyps, decision)
 
     # --- values and cross-references ------------------------------------------------------------
     for key, spec in [("base", models.base), ("train_base", models.train_base),
@@ -290,26 +341,13 @@ def load_experiment(path: Path) -> Experiment:
     if clash:
         raise TracetuneError(f"{where} [models] reference: the names {', '.join(sorted(clash))} "
                              "are reserved")
-    if ev.workflow not in WORKFLOWS:
-        raise TracetuneError(f"{where} [eval] workflow: {ev.workflow!r} is not one of "
-                             f"{', '.join(WORKFLOWS)}")
-    for key in ("trials", "max_tokens", "max_attempts", "concurrency", "max_iters"):
-        if getattr(ev, key) < 1:
-            raise TracetuneError(f"{where} [eval] {key}: must be at least 1")
-    from tracetune.agents.repair import TEST_POLICIES
-
-    if ev.test_policy not in TEST_POLICIES:
-        raise TracetuneError(f"{where} [eval] test_policy: {ev.test_policy!r} is not one of "
-                             f"{', '.join(TEST_POLICIES)}")
-    if ev.eval_on not in EVAL_ON:
-        raise TracetuneError(f"{where} [eval] eval_on: {ev.eval_on!r} is not one of "
+    try:
+        ev.validate()
+    except TracetuneError as exc:
+        raise TracetuneError(f"{where} [eval]: {exc}") from None
+    if loop_eval.eval_on not in EVAL_ON:
+        raise TracetuneError(f"{where} [eval] eval_on: {loop_eval.eval_on!r} is not one of "
                              f"{', '.join(EVAL_ON)}")
-    if ev.eval_on == "heldout" and ev.train_pct == 100:
-        raise TracetuneError(f"{where} [eval] eval_on = heldout needs held-out tasks "
-                             "(train_pct < 100)")
-    if not 1 <= ev.train_pct <= 100:
-        raise TracetuneError(f"{where} [eval] train_pct: must be within 1..100 (100: train on "
-                             "every task, no held-out split)")
     for section, suite in (("eval", ev.suite), ("capability", cap.suite)):
         if section == "capability" and not cap.enabled:
             continue
@@ -317,14 +355,29 @@ def load_experiment(path: Path) -> Experiment:
             loaded = load_suite(suite)
         except TracetuneError as exc:
             raise TracetuneError(f"{where} [{section}] suite: {exc}") from None
-        if section == "eval" and (loaded.kind == "repair") != (ev.workflow == "repair"):
-            raise TracetuneError(f"{where} [eval] workflow: suite {suite} is a {loaded.kind} "
-                                 f"suite; workflow {ev.workflow!r} does not run on it (repair "
-                                 "suites take workflow = \"repair\")")
+        if section == "eval":
+            from tracetune.eval.runner import check_suite_kind
+
+            try:
+                check_suite_kind(ev.workflow_spec().info, loaded.kind, suite)
+            except TracetuneError as exc:
+                raise TracetuneError(f"{where} [eval] workflow: {exc}") from None
+            if ev.train_pct is None:  # the suite's own share, stated from here on
+                ev = dataclasses.replace(ev, train_pct=loaded.train_pct)
+    if not 1 <= ev.train_pct <= 100:
+        raise TracetuneError(f"{where} [eval] train_pct: must be within 1..100 (100: train on "
+                             "every task, no held-out split)")
+    if loop_eval.eval_on == "heldout":
+        if ev.train_pct == 100:
+            raise TracetuneError(f"{where} [eval] eval_on = heldout needs held-out tasks "
+                                 "(train_pct < 100)")
+        ev = dataclasses.replace(ev, split="test")
     try:
-        MineConfig(kinds=mine.kinds, tiers=mine.tiers or MineConfig().tiers).validate()
+        mine.validate()
     except TracetuneError as exc:
         raise TracetuneError(f"{where} [mine]: {exc}") from None
+    if loop_mine.min_rows < 0:
+        raise TracetuneError(f"{where} [mine] min_rows: must be 0 or more")
     try:
         train_cfg.validate()
     except TracetuneError as exc:
@@ -334,6 +387,9 @@ def load_experiment(path: Path) -> Experiment:
     if export.target not in EXPORT_TARGETS:
         raise TracetuneError(f"{where} [export] target: {export.target!r} is not one of "
                              f"{', '.join(EXPORT_TARGETS)}")
+    exp = Experiment(path, info, models, ev, loop_eval, teacher, mine, loop_mine, train_table,
+                     train_cfg, export, cap, control, hyps, decision)
+    _check_evaluations(exp, where)
     names = set()
     for i, h in enumerate(hyps):
         _check_hypothesis(exp, h, f"{where} [[hypothesis]] {h.id or '#' + str(i + 1)}")
@@ -348,16 +404,37 @@ def load_experiment(path: Path) -> Experiment:
     return exp
 
 
+def _split_table(table, loop_cls: type, where: str) -> tuple[dict, object]:
+    """A section's table -> (the component's keys, the loop's own keys as `loop_cls`)."""
+    if not isinstance(table, dict):
+        raise TracetuneError(f"{where} must be a table")
+    own = {f.name for f in fields(loop_cls)}
+    return ({k: v for k, v in table.items() if k not in own},
+            build(loop_cls, {k: v for k, v in table.items() if k in own}, where))
+
+
+def _check_evaluations(exp: Experiment, where: str) -> None:
+    """Every evaluation config the loop will build passes its own validation now."""
+    runs = [("[teacher]", exp.teacher_config)] if exp.teacher.model is not None else []
+    if exp.capability.enabled:
+        runs.append(("[capability]", lambda: exp.capability_config(exp.models.base)))
+    for section, make in runs:
+        try:
+            make().validate()
+        except TracetuneError as exc:
+            raise TracetuneError(f"{where} {section}: {exc}") from None
+
+
 def evals_of(exp: Experiment) -> list[str]:
     """The evaluations this experiment produces."""
     out = ["heldout"] if exp.eval.train_pct < 100 else []
-    if exp.eval.eval_on == "all":
+    if exp.eval_on == "all":
         out += ["train", "all"]
     return out + (["capability"] if exp.capability.enabled else [])
 
 
 def stats_of(exp: Experiment, evaluation: str) -> tuple[str, ...]:
-    agent = exp.eval.workflow == "repair" and evaluation != "capability"
+    agent = exp.eval.workflow_spec().info.agent_metrics and evaluation != "capability"
     return STATS + (AGENT_STATS if agent else ())
 
 
@@ -384,15 +461,10 @@ def as_json(data):
 def field_defaults(obj) -> dict:
     """A dataclass's (or dataclass instance's) field defaults as JSON data; fields without a
     default are left out. Anything else: {}."""
-    if not is_dataclass(obj):
-        return {}
-    out = {}
-    for f in fields(obj):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return as_json(out)
+    from tracetune.tomlconf import field_defaults as defaults
+
+    return as_json(defaults(type(obj) if not isinstance(obj, type) else obj)) \
+        if is_dataclass(obj) else {}
 
 
 def same_settings(old, new, defaults) -> bool:
@@ -437,12 +509,14 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
                              f"in {', '.join(EVALS)} and STAT in {', '.join(stats)})")
     if parts[0] == "heldout" and exp.eval.train_pct == 100:
         raise TracetuneError(f"{where} metric: [eval] train_pct = 100 leaves no held-out tasks")
-    if parts[0] in ("train", "all") and exp.eval.eval_on == "heldout":
+    if parts[0] in ("train", "all") and exp.eval_on == "heldout":
         raise TracetuneError(f"{where} metric: [eval] eval_on = heldout evaluates held-out "
                              "tasks only")
-    if parts[1] in AGENT_STATS and (exp.eval.workflow != "repair" or parts[0] == "capability"):
-        raise TracetuneError(f"{where} metric: {parts[1]} is a tool metric of the repair "
-                             "workflow")
+    if parts[1] in AGENT_STATS and (not exp.eval.workflow_spec().info.agent_metrics
+                                    or parts[0] == "capability"):
+        raise TracetuneError(f"{where} metric: {parts[1]} is a tool metric of agent workflows "
+                             "(repair), not of the capability check or workflow "
+                             f"{exp.eval.workflow_spec().name}")
     if parts[0] == "capability" and not exp.capability.enabled:
         raise TracetuneError(f"{where} metric: {h.metric!r} needs [capability] enabled")
     for role, arm in (("treatment", h.treatment), ("control", h.control)):

@@ -14,7 +14,6 @@ and `SUITE:test` (derived deterministically by task hash).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -22,43 +21,10 @@ from tracetune.errors import TracetuneError
 
 _REQUIRED = ("id", "spec", "names", "reference", "tests")
 _OPTIONAL = ("tags", "difficulty", "file", "buggy")
-KINDS = ("functions", "repair")
+from tracetune.tasks.schema import KINDS, REPAIR, Suite, Task
 
-
-@dataclass(frozen=True)
-class Task:
-    id: str
-    spec: str
-    names: tuple[str, ...]
-    reference: str
-    tests: str
-    tags: tuple[str, ...] = ()
-    difficulty: int = 1
-    file: str = ""
-    """Repair tasks: the module under repair (its tests import it by this name)."""
-    buggy: str = ""
-    """Repair tasks: the module's buggy source (`reference` is the fixed one)."""
-
-    @property
-    def module(self) -> str:
-        """The module the tests import: the repair file's stem, else `solution`."""
-        return self.file[:-3] if self.file.endswith(".py") else "solution"
-
-    @property
-    def is_repair(self) -> bool:
-        return bool(self.buggy)
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    version: int
-    description: str
-    tasks: tuple[Task, ...] = field(default_factory=tuple)
-    kind: str = "functions"
-    """functions (write code from a spec) or repair (fix a bug in a small repository)."""
-    train_pct: int = 50
-    """The suite's train share for SUITE:train / SUITE:test."""
+__all__ = ["KINDS", "Suite", "Task", "builtin_suites", "load_suite", "parse_suite",
+           "split_suffix"]
 
 
 def split_suffix(name: str) -> tuple[str, str | None]:
@@ -131,7 +97,7 @@ def parse_suite(text: str, origin: str) -> Suite:
         if raw["id"] in seen:
             raise TracetuneError(f"{where}: duplicate task id")
         seen.add(raw["id"])
-        if kind == "repair":
+        if kind == REPAIR:
             missing = [k for k in ("file", "buggy") if not raw.get(k)]
             if missing:
                 raise TracetuneError(f"{where}: a repair task needs {', '.join(missing)}")

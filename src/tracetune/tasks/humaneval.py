@@ -9,7 +9,7 @@ available to the test, as in the original harness where the completion follows t
 from __future__ import annotations
 
 from tracetune.errors import TracetuneError
-from tracetune.tasks import Suite, Task
+from tracetune.tasks.schema import Suite, Task
 
 SPEC = "Complete the following Python function:\n```python\n{prompt}```"
 

@@ -11,7 +11,7 @@ import hashlib
 from typing import Iterable, Literal
 
 from tracetune.errors import TracetuneError
-from tracetune.tasks import Task
+from tracetune.tasks.schema import Task
 
 Split = Literal["all", "train", "test"]
 DEFAULT_TRAIN_PCT = 50

@@ -1,0 +1,59 @@
+"""One typed config per workflow. Fields are the options a workflow spec may set
+(`--workflow repair,max_iters=5`, or an `[eval.workflow]` table with `name = "repair"`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracetune.errors import TracetuneError
+
+TEST_POLICIES = ("never", "after_write", "end")
+
+
+def _at_least_1(config, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < 1:
+            raise TracetuneError(f"{name} must be at least 1, not {getattr(config, name)}")
+
+
+@dataclass(frozen=True)
+class DirectConfig:
+    max_attempts: int = 3
+    """Attempts per step; a failed check's feedback goes into the next attempt's prompt."""
+
+    def validate(self) -> None:
+        _at_least_1(self, "max_attempts")
+
+
+@dataclass(frozen=True)
+class TDDConfig:
+    max_attempts: int = 3
+    """Attempts per step; a failed check's feedback goes into the next attempt's prompt."""
+    min_tests: int = 3
+    """Test functions the g_test step must write."""
+
+    def validate(self) -> None:
+        _at_least_1(self, "max_attempts", "min_tests")
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    max_iters: int = 10
+    """Most assistant messages (tool calls and the final answer) per episode."""
+    test_policy: str = "after_write"
+    """When the driver runs the task's tests: never, after_write (after each write or edit) or
+    end (at the final answer, sending the agent back to work while they fail)."""
+    max_loops: int = 3
+    """Loop detections (an exact repeat of a call since the last file change) that end the
+    episode."""
+    max_context_chars: int = 9000
+    """Above this many characters, the oldest tool results are elided from the conversation."""
+
+    def validate(self) -> None:
+        _at_least_1(self, "max_iters", "max_loops")
+        if self.test_policy not in TEST_POLICIES:
+            raise TracetuneError(f"test_policy {self.test_policy!r} is not one of "
+                                 f"{', '.join(TEST_POLICIES)}")
+        if self.max_context_chars < 100:
+            raise TracetuneError(f"max_context_chars must be at least 100, not "
+                                 f"{self.max_context_chars}")
