@@ -56,12 +56,15 @@ def main() -> int:
                     help="copy this loop directory (e.g. runs/quickstart) into --out first: "
                     "stages whose settings match are reused, the control stages run")
     args = ap.parse_args()
+    from tracetune.experiment.layout import RunLayout
+
+    layout = RunLayout(args.out)
     if args.seed_from and not args.out.exists():
         import shutil
 
         shutil.copytree(args.seed_from, args.out)
         for stale in ("compare", "report"):
-            (args.out / "stages" / f"{stale}.json").unlink(missing_ok=True)
+            layout.marker(stale).unlink(missing_ok=True)
 
     from tracetune.experiment.loop import run_loop
 
@@ -109,7 +112,7 @@ def main() -> int:
                >= -0.02}
     print("  targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"
                                     for k, v in targets.items()))
-    (args.out / "loop_gain.json").write_text(json.dumps(
+    layout.benchmark("loop_gain").write_text(json.dumps(
         {"trials": args.trials, "gain": gain, "control_gain": control_gain, "ratio": ratio,
          "p_fisher": base_vs["p_value"], "p_mcnemar": base_vs["mcnemar_p"],
          "humaneval_delta": cap["delta_success"], "targets": targets,

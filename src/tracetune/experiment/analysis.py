@@ -1,19 +1,57 @@
 """The compare stage: every arm against the base model on held-out, train and all tasks (and the
 capability suite), the flat metric table hypotheses and criteria read, the verdicts and the
-decision. Pure reading of the run directory: rerunning it gives the same results.json.
+decision, and every figure the report shows. Pure reading of the run directory: rerunning it
+gives the same results.json.
+
+RUN/results.json (`analyze`'s dict, written by the loop's compare stage). Rates are fractions in
+0..1, durations seconds, paths relative to the run directory (see layout.RunLayout).
+
+    experiment   the experiment's name
+    comparisons  NAME (heldout, train, all, capability) -> {"baseline": "base", "models": [arm],
+                 "results": per (model, task) rows and each model's "overall" row
+                 (eval.compare.ComparisonResult as a dict), "metrics": per-task-mean metric
+                 comparisons (eval.compare.MetricDelta), "excluded": model -> tasks left out}
+    split        heldout / train / all -> the sorted task ids of that subset
+    metrics      the flat table hypotheses and decision criteria read (spec: metric names)
+    hypotheses   one verdict per [[hypothesis]]: id, claim, observed, detail, verdict, ...
+    decision     {"outcome": GO | ITERATE | ABORT | NONE, "go": [...], "abort": [...], "rule"}
+    failures     arm -> {failure kind -> failed held-out episodes}, most frequent first
+    stages       stage -> {"seconds", "summary"} from RUN/stages/STAGE.json
+
+Added for the report, so that it reads this file instead of reopening every store (a results.json
+of an earlier release lacks them; the report then falls back to the run directory):
+
+    arms         arm (base, adapted, control, reference names; in that order) -> {
+                     "run": its evaluation run directory,
+                     "episodes": finished episodes (all of its tasks),
+                     "mean_attempts": mean model attempts per episode (null: no episodes),
+                     "duration_s": the box plot of episode durations in seconds, without
+                         outliers: {"q1", "med", "q3", "whislo", "whishi", "mean"} (whiskers at
+                         the furthest duration within 1.5 IQR of the box; null: no episodes),
+                     "packages": package -> version the run recorded (Store.run().packages)}
+    datasets     "data" / "control_data" (the ones that exist) -> {"path", "counts": kind ->
+                 rows, "dropped": filter -> rows dropped} from the dataset's manifest
+    adapter      the trained adapter's metadata: {"rows", "steps", "train_seconds",
+                 "first_loss", "last_loss", "versions"} (null: no adapter metadata)
+    loss_curves  "adapter" / "control" (the ones that exist) -> the loss log's path
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from statistics import median
 
-from tracetune.eval.compare import AGENT_METRICS, Comparison, compare, load_episodes
+from tracetune.eval.compare import AGENT_METRICS, Comparison, compare
 from tracetune.eval.metrics import failure_kinds, summarize
+from tracetune.experiment.layout import RunLayout
 from tracetune.experiment.spec import AGENT_STATS, STATS, Experiment, Hypothesis
 from tracetune.tasks.splits import in_train
+
+REPORT_KEYS = ("arms", "datasets", "adapter", "loss_curves")
+"""The keys of results.json that hold the report's figures (absent in earlier releases')."""
 
 STAT_TO_METRIC = {"avg_attempts": "attempts", "avg_duration_s": "duration_s",
                   "median_duration_s": "duration_s", "avg_tokens": "tokens",
@@ -22,18 +60,16 @@ STAT_TO_METRIC = {"avg_attempts": "attempts", "avg_duration_s": "duration_s",
 
 
 def arm_runs(exp: Experiment, out: Path) -> dict[str, Path]:
-    runs = {"base": out / "baseline", "adapted": out / "adapted"}
-    if exp.control.enabled:
-        runs["control"] = out / "control" / "eval"
-    for name in exp.models.reference:
-        runs[name] = out / "reference" / name
-    return runs
+    """Arm -> its evaluation run on the [eval] tasks: base, adapted, control (when enabled),
+    then each reference model."""
+    layout = RunLayout(out)
+    return {arm: layout.arm_run(arm) for arm in exp.arms}
 
 
 def subsets(exp: Experiment, episodes: list[dict]) -> dict[str, set[str]]:
     tasks = {e["task_id"] for e in episodes}
     train = {t for t in tasks if in_train(t, exp.eval.train_pct)}
-    if exp.eval.eval_on == "heldout":  # base and adapted saw held-out tasks only
+    if exp.eval_on == "heldout":  # base and adapted saw held-out tasks only
         return {"heldout": tasks - train}
     return {"heldout": tasks - train, "train": train, "all": tasks}
 
@@ -52,12 +88,22 @@ def stat_values(episodes: list[dict]) -> dict[str, float]:
 
 
 def analyze(exp: Experiment, out: Path) -> dict:
-    out = Path(out)
-    episodes = {arm: load_episodes(path) for arm, path in arm_runs(exp, out).items()}
-    if exp.capability.enabled:
-        cap = {arm: load_episodes(out / "capability" / arm) for arm in ("base", "adapted")}
-    split = subsets(exp, episodes["base"])
-    split = {name: tasks for name, tasks in split.items() if tasks}
+    """results.json of the run in `out` (see the module docstring for its keys)."""
+    layout = RunLayout(out)
+    arm_dirs = arm_runs(exp, layout.root)
+    # Each store is opened once and stays open until every figure that needs it (episodes,
+    # failure kinds, package versions) has been read.
+    with ExitStack() as opened:
+        stores = {arm: _open(path, opened) for arm, path in arm_dirs.items()}
+        episodes = {arm: store.episodes() for arm, store in stores.items()}
+        if exp.capability.enabled:
+            cap = {arm: _open(layout.capability(arm), opened).episodes()
+                   for arm in ("base", "adapted")}
+        split = subsets(exp, episodes["base"])
+        split = {name: tasks for name, tasks in split.items() if tasks}
+        failures = {arm: dict(failure_kinds(store, split["heldout"]).most_common())
+                    for arm, store in stores.items()} if "heldout" in split else {}
+        packages = {arm: store.run().packages for arm, store in stores.items()}
 
     # --- comparisons (each arm vs base) and the flat metric table -------------------------------
     comparisons: dict[str, Comparison] = {}
@@ -79,7 +125,7 @@ def analyze(exp: Experiment, out: Path) -> dict:
             a, b = metrics.get(f"adapted.{name}.{stat}"), metrics.get(f"base.{name}.{stat}")
             if a is not None and b is not None:
                 metrics[f"delta.{name}.{stat}"] = a - b
-    stages = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
+    stages = {stage: json.loads(p.read_text()) for stage, p in layout.markers().items()}
     train = stages.get("train", {}).get("summary", {})
     for key in ("seconds", "rows", "final_loss"):
         if train.get(key) is not None:
@@ -103,25 +149,83 @@ def analyze(exp: Experiment, out: Path) -> dict:
                         for name, c in comparisons.items()},
         "split": {k: sorted(v) for k, v in split.items()},
         "metrics": metrics, "hypotheses": verdicts, "decision": decision,
-        "failures": _failures(arm_runs(exp, out), split["heldout"]) if "heldout" in split
-        else {},
+        "failures": failures,
         "stages": {k: {"seconds": v.get("seconds"), "summary": v.get("summary")}
                    for k, v in stages.items()},
+        # --- what the report shows besides the above (REPORT_KEYS) ---
+        "arms": {arm: arm_summary(layout, path, episodes[arm], packages[arm])
+                 for arm, path in arm_dirs.items()},
+        **training_summary(layout),
     }
 
 
-def _failures(runs: dict[str, Path], tasks: set[str]) -> dict[str, dict[str, int]]:
-    """Held-out failed episodes of each arm by failure kind (see eval.metrics.failure_kind)."""
+def _open(path: Path, opened: ExitStack):
+    """The trajectory store of the run in `path`, closed when `opened` closes."""
+    from tracetune.errors import TracetuneError
     from tracetune.traces.store import Store
 
-    out = {}
-    for arm, path in runs.items():
-        store = Store(path)
-        try:
-            out[arm] = dict(failure_kinds(store, tasks).most_common())
-        finally:
-            store.close()
-    return out
+    if not RunLayout.store(path).is_file():  # the message load_episodes gives
+        raise TracetuneError(f"{path} is not a run directory (no {RunLayout.store(path).name})")
+    store = Store(path)
+    opened.callback(store.close)
+    return store
+
+
+# --- the report's figures (shared with the report's fallback for earlier results.json) ----------
+
+def arm_summary(layout: RunLayout, run: Path, episodes: list[dict], packages: dict) -> dict:
+    """One arm's entry of results.json "arms" (module docstring)."""
+    durations = [e["duration_s"] for e in episodes]
+    return {"run": layout.relative(run), "episodes": len(episodes),
+            "mean_attempts": sum(e["n_attempts"] for e in episodes) / len(episodes)
+            if episodes else None,
+            "duration_s": box_stats(durations) if durations else None,
+            "packages": dict(packages)}
+
+
+def box_stats(values: list[float]) -> dict[str, float]:
+    """What a box plot without outliers draws, as matplotlib computes it (cbook.boxplot_stats
+    with whis=1.5: linearly interpolated quartiles; each whisker at the furthest value within
+    1.5 IQR of the box, never inside the box), so the report draws the same box from these five
+    numbers as from every duration."""
+    x = sorted(float(v) for v in values)
+
+    def quantile(q: float) -> float:  # numpy's default ("linear") percentile
+        pos = q * (len(x) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(x) - 1)
+        return x[lo] + (x[hi] - x[lo]) * (pos - lo)
+
+    q1, med, q3 = quantile(0.25), quantile(0.5), quantile(0.75)
+    iqr = q3 - q1
+    above = [v for v in x if v <= q3 + 1.5 * iqr]
+    below = [v for v in x if v >= q1 - 1.5 * iqr]
+    whishi = max(above) if above and max(above) >= q3 else q3
+    whislo = min(below) if below and min(below) <= q1 else q1
+    return {"q1": q1, "med": med, "q3": q3, "whislo": whislo, "whishi": whishi,
+            "mean": sum(x) / len(x)}
+
+
+def training_summary(layout: RunLayout) -> dict:
+    """results.json "datasets", "adapter" and "loss_curves" (module docstring): read from the
+    datasets' manifests and the adapters' files, whichever exist."""
+    datasets = {}
+    for key, path in (("data", layout.data), ("control_data", layout.control_data)):
+        manifest = RunLayout.manifest(path)
+        if manifest.is_file():
+            m = json.loads(manifest.read_text())
+            datasets[key] = {"path": layout.relative(path), "counts": m["counts"],
+                             "dropped": m["dropped"]}
+    adapter = None
+    meta = RunLayout.adapter_meta(layout.adapter)
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        adapter = {k: m.get(k) for k in ("rows", "steps", "train_seconds", "first_loss",
+                                         "last_loss", "versions")}
+    curves = {key: layout.relative(RunLayout.loss_log(path))
+              for key, path in (("adapter", layout.adapter), ("control", layout.control_adapter))
+              if RunLayout.loss_log(path).is_file()}
+    return {"datasets": datasets, "adapter": adapter, "loss_curves": curves}
 
 
 def _pp(x: float) -> str:

@@ -11,7 +11,15 @@
     RUN/export/                  the exported adapter (adapter.gguf or merged.gguf)
     RUN/control/{data,adapter,export,eval}/   the unfiltered control arm
     RUN/results.json             the compare stage's figures, verdicts and decision
-    RUN/report.md  RUN/report.html  RUN/report_files/   the report
+    RUN/report.md  RUN/report.html  RUN/report_files/NAME.png   the report
+    RUN/NAME.json                a benchmark's own summary (benchmarks/NAME.py)
+
+Inside those directories, files named by the module that writes them (asked for through the
+static methods below, so a reader never spells them either):
+
+    DATA/manifest.json           a dataset's row counts and what each filter dropped
+    ADAPTER/tracetune_adapter.json  ADAPTER/loss.jsonl   training metadata, loss per step
+    EVAL/trajectories.sqlite     an evaluation run's trajectory store
 
 No other module spells these names: stages, the analysis, the report and the benchmarks ask a
 RunLayout for them.
@@ -40,7 +48,11 @@ class RunLayout:
 
     @property
     def prereg(self) -> Path:
-        return self.root / "preregistration.json"
+        # the file name stays beside its only writer (prereg.PREREG); imported here rather than
+        # at module level so that importing the layout does not load the experiment spec
+        from tracetune.experiment.prereg import PREREG
+
+        return self.root / PREREG
 
     @property
     def stages(self) -> Path:
@@ -53,6 +65,10 @@ class RunLayout:
     def started(self, stage: str) -> Path:
         """Written when a stage starts, removed when its marker is written."""
         return self.stages / f"{stage}.started"
+
+    def markers(self) -> dict[str, Path]:
+        """Every finished stage's record, by stage name (sorted by name)."""
+        return {p.stem: p for p in sorted(self.stages.glob("*.json"))}
 
     @property
     def logs(self) -> Path:
@@ -136,6 +152,14 @@ class RunLayout:
     def report_files(self) -> Path:
         return self.root / "report_files"
 
+    def report_plot(self, name: str) -> Path:
+        """One of the report's plots, as PNG."""
+        return self.report_files / f"{name}.png"
+
+    def benchmark(self, name: str) -> Path:
+        """The summary benchmarks/NAME.py writes into the run directory it ran."""
+        return self.root / f"{name}.json"
+
     # --- derived -------------------------------------------------------------------------------
     def arm_run(self, arm: str) -> Path:
         """The evaluation run of an arm on the [eval] tasks: base, adapted, control, or a
@@ -147,6 +171,35 @@ class RunLayout:
     def export_file(export_dir: Path, target: str) -> Path:
         """The artifact an export of `target` writes in `export_dir`."""
         return Path(export_dir) / EXPORT_FILES[target]
+
+    @staticmethod
+    def manifest(data_dir: Path) -> Path:
+        """A dataset directory's manifest (row counts, dropped rows)."""
+        from tracetune.datasets.build import MANIFEST
+
+        return Path(data_dir) / MANIFEST
+
+    @staticmethod
+    def adapter_meta(adapter_dir: Path) -> Path:
+        """A trained adapter's metadata (rows, steps, seconds, first/last loss, versions)."""
+        # the writers' names are imported when asked for: importing the layout loads none of them
+        from tracetune.train.recipe import META
+
+        return Path(adapter_dir) / META
+
+    @staticmethod
+    def loss_log(adapter_dir: Path) -> Path:
+        """A trained adapter's loss per logging step, one JSON object a line."""
+        from tracetune.train.recipe import LOSS_LOG
+
+        return Path(adapter_dir) / LOSS_LOG
+
+    @staticmethod
+    def store(run_dir: Path) -> Path:
+        """An evaluation run's trajectory store."""
+        from tracetune.traces.store import DB_NAME
+
+        return Path(run_dir) / DB_NAME
 
     def relative(self, path: Path) -> str:
         """`path` as recorded in stage summaries and results.json (relative to the run)."""

@@ -15,6 +15,10 @@ from tracetune.experiment.spec import (Experiment, Hypothesis, as_json, experime
                                       field_defaults, same_settings)
 
 PREREG = "preregistration.json"
+"""The frozen record's file name in the run directory. Named here, beside its only writer;
+RunLayout.prereg (every other reader's path) uses it. This module builds its own path from it
+rather than asking RunLayout, because layout imports this name: either way round is fine, both
+would be an import cycle."""
 
 
 def freeze(exp: Experiment, out: Path) -> dict:

@@ -6,6 +6,11 @@ the decision with each criterion; per-task success of every arm with 95% interva
 duration and tokens; the training loss; the capability check; reproducibility (seeds, package
 versions, hashes, row counts of every data set). The pre-registration is checked first: a report
 is never written against hypotheses edited after they were frozen.
+
+Inputs: RUN/results.json (every number and figure; see analysis for its keys), the loss logs it
+names, the experiment and the pre-registration. No trajectory store is opened, except for a
+results.json written by an earlier release that lacks the report's figures: those are then read
+from the run directory once, by `_figures_from_run_directory`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.experiment import prereg
-from tracetune.experiment.analysis import arm_runs
+from tracetune.experiment.analysis import REPORT_KEYS
+from tracetune.experiment.layout import RunLayout
 from tracetune.experiment.spec import experiment_hash, load_experiment
 from tracetune.stats import stars
 
@@ -26,26 +32,47 @@ COLORS = {"base": "#7f7f7f", "adapted": "#1f77b4", "control": "#ff7f0e"}
 
 
 def write_report(out: Path) -> tuple[Path, Path]:
-    out = Path(out)
-    if not (out / "experiment.toml").is_file():
-        raise TracetuneError(f"{out} is not a loop directory (no experiment.toml)")
-    exp = load_experiment(out / "experiment.toml")
-    record = prereg.verify(exp, out)
-    results_path = out / "results.json"
-    if not results_path.is_file():
-        raise TracetuneError(f"{out} has no results.json yet: run the loop's compare stage")
-    results = json.loads(results_path.read_text())
-    plots = _plots(exp, out, results)
-    files = out / "report_files"
-    files.mkdir(exist_ok=True)
+    """Write RUN/report.md (with RUN/report_files/) and RUN/report.html; returns their paths."""
+    layout = RunLayout(out)
+    if not layout.experiment.is_file():
+        raise TracetuneError(f"{layout.root} is not a loop directory (no "
+                             f"{layout.experiment.name})")
+    exp = load_experiment(layout.experiment)
+    record = prereg.verify(exp, layout.root)
+    if not layout.results.is_file():
+        raise TracetuneError(f"{layout.root} has no {layout.results.name} yet: run the loop's "
+                             "compare stage")
+    results = json.loads(layout.results.read_text())
+    if all(key in results for key in REPORT_KEYS):
+        figures = {key: results[key] for key in REPORT_KEYS}
+    else:  # a results.json of an earlier release: its runs must still report
+        figures = _figures_from_run_directory(exp, layout)
+    plots = _plots(exp, layout, results, figures)
+    layout.report_files.mkdir(exist_ok=True)
     for name, png in plots.items():
-        (files / f"{name}.png").write_bytes(png)
-    blocks = _blocks(exp, out, results, record)
-    md = out / "report.md"
-    md.write_text(_markdown(blocks, plots))
-    page = out / "report.html"
-    page.write_text(_html(exp.info.name, blocks, plots))
-    return md, page
+        layout.report_plot(name).write_bytes(png)
+    blocks = _blocks(exp, layout, results, figures, record)
+    layout.report_md.write_text(_markdown(blocks, plots, layout))
+    layout.report_html.write_text(_html(exp.info.name, blocks, plots))
+    return layout.report_md, layout.report_html
+
+
+def _figures_from_run_directory(exp, layout: RunLayout) -> dict:
+    """FALLBACK for a results.json written before the compare stage recorded the report's
+    figures (REPORT_KEYS): compute them from the run directory exactly as that stage now does
+    (analysis.arm_summary, analysis.training_summary), so such a run reports as a new one would.
+    The only place the report opens a trajectory store."""
+    from tracetune.experiment.analysis import arm_runs, arm_summary, training_summary
+    from tracetune.traces.store import Store
+
+    arms = {}
+    for arm, path in arm_runs(exp, layout.root).items():
+        store = Store(path)
+        try:
+            arms[arm] = arm_summary(layout, path, store.episodes(), store.run().packages)
+        finally:
+            store.close()
+    return {"arms": arms, **training_summary(layout)}
 
 
 # --- content, shared by both renderings ----------------------------------------------------------
@@ -96,7 +123,8 @@ def _answer(results: dict) -> str:
     return text
 
 
-def _blocks(exp, out: Path, results: dict, record: dict) -> list[tuple[str, object]]:
+def _blocks(exp, layout: RunLayout, results: dict, figures: dict,
+            record: dict) -> list[tuple[str, object]]:
     """The report as (kind, payload) blocks: ("h", title), ("p", text), ("table", (head, rows)),
     ("plot", name), ("pre", text)."""
     b: list[tuple[str, object]] = []
@@ -168,16 +196,19 @@ def _blocks(exp, out: Path, results: dict, record: dict) -> list[tuple[str, obje
     if "capability" in results["comparisons"]:
         b.append(("plot", "capability"))
     b.append(("h", "Reproducibility"))
-    b.append(("pre", _repro(exp, out, results, record)))
+    b.append(("pre", _repro(exp, layout, results, figures, record)))
     return b
 
 
-def _repro(exp, out: Path, results: dict, record: dict) -> str:
-    from tracetune.tomlconf import read_toml
-    from tracetune.traces.store import Store
+def _num(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
 
-    lines = [f"experiment      {exp.info.name} ({out / 'experiment.toml'})",
-             f"config sha256   {experiment_hash(read_toml(out / 'experiment.toml'))}",
+
+def _repro(exp, layout: RunLayout, results: dict, figures: dict, record: dict) -> str:
+    from tracetune.tomlconf import read_toml
+
+    lines = [f"experiment      {exp.info.name} ({layout.experiment})",
+             f"config sha256   {experiment_hash(read_toml(layout.experiment))}",
              f"prereg sha256   {record['sha256']}",
              f"eval seed       {exp.info.seed} (per-sample seeds derived from it; base and "
              "adapted share them)",
@@ -186,34 +217,28 @@ def _repro(exp, out: Path, results: dict, record: dict) -> str:
              f"({len(results['split'].get('train', []))} train, "
              f"{len(results['split'].get('heldout', []))} "
              "held-out tasks)"]
-    store = Store(out / "baseline")
-    try:
-        packages = store.run().packages
-    finally:
-        store.close()
+    packages = figures["arms"]["base"]["packages"]  # the base model's evaluation run's
     lines.append("packages        " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items())))
-    for label, path in (("data", out / "data"), ("control data", out / "control" / "data")):
-        manifest = path / "manifest.json"
-        if manifest.is_file():
-            m = json.loads(manifest.read_text())
-            lines.append(f"{label:<16}rows {m['counts']}, dropped {m['dropped']} ({path})")
-    meta = out / "adapter" / "tracetune_adapter.json"
-    if meta.is_file():
-        m = json.loads(meta.read_text())
+    for key, d in figures["datasets"].items():
+        label = key.replace("_", " ")
+        lines.append(f"{label:<16}rows {d['counts']}, dropped {d['dropped']} "
+                     f"({layout.root / d['path']})")
+    m = figures["adapter"]
+    if m:
         lines.append(f"adapter         {m['rows']} rows, {m['steps']} steps, "
-                     f"{m['train_seconds']:.0f} s, loss {m['first_loss']:.3f} -> "
-                     f"{m['last_loss']:.3f}; versions {m['versions']}")
-    for arm, path in arm_runs(exp, out).items():
-        lines.append(f"run {arm:<12}{path}")
+                     f"{_num(m['train_seconds'], '.0f')} s, loss {_num(m['first_loss'], '.3f')} "
+                     f"-> {_num(m['last_loss'], '.3f')}; versions {m['versions']}")
+    for arm, a in figures["arms"].items():
+        lines.append(f"run {arm:<12}{layout.root / a['run']}")
     for stage, info in results["stages"].items():
         lines.append(f"stage {stage:<10}{info['seconds']} s")
-    lines.append(f"reproduce       tracetune loop {out / 'experiment.toml'} --out NEW_DIR")
+    lines.append(f"reproduce       tracetune loop {layout.experiment} --out NEW_DIR")
     return "\n".join(lines)
 
 
 # --- plots -----------------------------------------------------------------------------------
 
-def _plots(exp, out: Path, results: dict) -> dict[str, bytes]:
+def _plots(exp, layout: RunLayout, results: dict, figures: dict) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,17 +282,20 @@ def _plots(exp, out: Path, results: dict) -> dict[str, bytes]:
         ax.legend(fontsize=7, loc="lower right")
     plots["success_per_task"] = png(fig)
 
-    # attempts and duration per arm (held-out + train = all tasks)
-    from tracetune.eval.compare import load_episodes
-
-    episodes = {arm: load_episodes(path) for arm, path in arm_runs(exp, out).items()}
+    # attempts and duration per arm (every episode of each arm's run), from the compare
+    # stage's figures: the box plot is drawn from its recorded statistics (bxp), not from the
+    # episodes
+    nan = float("nan")
+    arms = list(figures["arms"])
+    attempts = [nan if figures["arms"][a]["mean_attempts"] is None
+                else figures["arms"][a]["mean_attempts"] for a in arms]
+    boxes = [figures["arms"][a]["duration_s"]
+             or dict.fromkeys(("q1", "med", "q3", "whislo", "whishi", "mean"), nan) for a in arms]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
-    arms = list(episodes)
-    attempts = [sum(e["n_attempts"] for e in episodes[a]) / len(episodes[a]) for a in arms]
     a1.bar(arms, attempts, color=[COLORS.get(a, "#2ca02c") for a in arms])
     a1.set_ylabel("mean attempts per episode")
     a1.set_title("attempts")
-    a2.boxplot([[e["duration_s"] for e in episodes[a]] for a in arms], showfliers=False)
+    a2.bxp([dict(box) for box in boxes], showfliers=False)
     a2.set_xticks(range(1, len(arms) + 1))
     a2.set_xticklabels(arms)
     a2.set_ylabel("episode duration, s")
@@ -276,8 +304,8 @@ def _plots(exp, out: Path, results: dict) -> dict[str, bytes]:
 
     # training loss
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for label, path in (("adapter", out / "adapter" / "loss.jsonl"),
-                        ("control", out / "control" / "adapter" / "loss.jsonl")):
+    for label, rel in figures["loss_curves"].items():
+        path = layout.root / rel
         if path.is_file():
             points = [json.loads(x) for x in path.read_text().splitlines()]
             ax.plot([p["step"] for p in points], [p["loss"] for p in points], marker=".",
@@ -314,7 +342,7 @@ CAPTIONS = {"success_per_task": "Per-task success of each model (95% Wilson inte
             "loss": "Training loss", "capability": "Capability check: base vs adapted"}
 
 
-def _markdown(blocks, plots) -> str:
+def _markdown(blocks, plots, layout: RunLayout) -> str:
     out = []
     for kind, payload in blocks:
         if kind == "h":
@@ -330,7 +358,7 @@ def _markdown(blocks, plots) -> str:
                     for r in rows]
             out.append("")
         elif kind == "plot" and payload in plots:
-            out.append(f"![{CAPTIONS[payload]}](report_files/{payload}.png)\n")
+            out.append(f"![{CAPTIONS[payload]}]({layout.relative(layout.report_plot(payload))})\n")
         elif kind == "pre":
             out.append(f"```\n{payload}\n```\n")
     return "# tracetune report\n\n" + "\n".join(out)
