@@ -136,7 +136,7 @@ def upgrade_eval_values(values: dict, where: str) -> dict:
                                      f"{k}={stated!r}")
         if own:
             workflow = parse_workflow(workflow, **_typed(spec.name, own, where)).text()
-    values["workflow"] = workflow
+    values["workflow"] = parse_workflow(workflow).text()  # canonical: defaults left out
     return values
 
 

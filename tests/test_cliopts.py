@@ -1,0 +1,81 @@
+"""CLI options come from the config dataclasses: every field is an option with the field's
+default and one-line doc, and a new field is a new option with no other edit."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import typer
+from typer.testing import CliRunner
+
+from tracetune.cliopts import config_options
+from tracetune.datasets.build import MineConfig
+from tracetune.eval.config import EvalConfig
+from tracetune.tomlconf import field_help
+
+CLI = [sys.executable, "-m", "tracetune.cli"]
+
+
+def _help(*command: str) -> str:
+    r = subprocess.run(CLI + list(command) + ["--help"], capture_output=True, text=True,
+                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    return " ".join(r.stdout.split())
+
+
+def test_every_eval_setting_is_an_option_with_its_doc():
+    text = _help("eval")
+    docs = field_help(EvalConfig)
+    for f in dataclasses.fields(EvalConfig):
+        flag = {"tasks": "--task"}.get(f.name, "--" + f.name.replace("_", "-"))
+        assert flag in text, f.name
+        assert docs[f.name].split(".")[0][:40] in text, f.name  # the field's own help line
+
+
+def test_mine_options_come_from_mine_config():
+    text = _help("mine")
+    for name in ("--max-seq-len", "--tokenizer", "--leakage-suite", "--max-dpo-pairs-per-task",
+                 "--dpo-teacher", "--kind", "--allow-heldout"):
+        assert name in text
+    assert field_help(MineConfig)["max_seq_len"].split(".")[0][:30] in text
+
+
+def test_a_new_field_is_a_new_option():
+    @dataclass(frozen=True)
+    class Knobs:
+        depth: int = 3
+        """How deep to look."""
+        label: str | None = None
+        """An optional label."""
+
+    app = typer.Typer()
+    seen = {}
+
+    @app.command()
+    @config_options(Knobs)
+    def run(name: str = typer.Option("x"), settings: dict = None) -> None:
+        seen.update(settings, name=name)
+
+    result = CliRunner().invoke(app, ["--depth", "5", "--name", "y"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"depth": 5, "label": None, "name": "y"}
+    assert "How deep to look." in CliRunner().invoke(app, ["--help"]).output
+
+
+def test_rollouts_keep_a_teachers_defaults():
+    text = _help("rollouts")
+    assert "repair,test_policy=never" in text and "--rollouts" in text
+
+
+def test_a_bad_workflow_option_is_one_line(tmp_path):
+    r = subprocess.run(CLI + ["eval", "--suite", "demo", "--workflow", "direct,max_iters=3",
+                              "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "unknown option(s) max_iters" in r.stderr and "valid: max_attempts" in r.stderr
+    assert not (tmp_path / "run").exists()
+    r = subprocess.run(CLI + ["eval", "--suite", "demo", "--top-p", "0", "--out",
+                              str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 1 and "top_p must be within (0, 1]" in r.stderr
