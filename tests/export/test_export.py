@@ -76,3 +76,46 @@ def test_bad_export_requests(adapter, tmp_path):
     (tmp_path / "exists.gguf").write_text("")
     with pytest.raises(TracetuneError, match="already exists"):
         export(adapter, "gguf-lora", tmp_path / "exists.gguf")
+
+
+# --- the base is any spec with the adapter's weights --------------------------------------------
+
+@pytest.fixture
+def bare_adapter(tmp_path):
+    """An adapter directory as far as the request checks look (no weights are read)."""
+    path = tmp_path / "bare"
+    path.mkdir()
+    (path / "adapter_config.json").write_text("{}")
+    return path
+
+
+@pytest.mark.parametrize("target, base, message", [
+    ("gguf-lora", "hf:Qwen/X,device=cuda",
+     r"GGUF exports need the base as a GGUF file \(embedded or gguf:PATH\), got "
+     r"'hf:Qwen/X,device=cuda'"),
+    ("merged-gguf", "gguf:/nonexistent/x.gguf,n_ctx=64", "GGUF exports need the base"),
+    ("ollama", "openai:m@http://h/v1", "GGUF exports need the base"),
+    ("merged-hf", "oracle", "names no weights or tokenizer to load"),
+    ("gguf-lora", "embedded,lora=/x/a.gguf", r"stacks lora=/x/a.gguf; .*bare base"),
+    ("merged-hf", "hf:/ckpt,adapter=/out/a", r"stacks adapter=/out/a"),
+    ("merged-hf", "hf:/ckpt,dtype=fp8", "dtype='fp8' is not one of"),
+])
+def test_bases_an_export_cannot_use_are_refused_in_one_line(bare_adapter, tmp_path, target,
+                                                            base, message):
+    with pytest.raises(TracetuneError, match=message) as info:
+        export(bare_adapter, target, tmp_path / "out", base=base)
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_the_recorded_base_is_read_as_a_spec(bare_adapter, tmp_path):
+    (bare_adapter / "tracetune_adapter.json").write_text(json.dumps({"base": "oracle"}))
+    with pytest.raises(TracetuneError, match="model spec 'oracle' names no weights"):
+        export(bare_adapter, "merged-hf", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_merged_hf_against_a_spec_with_options(adapter, tmp_path):
+    # Serving and loading options on the base are accepted (parity runs in float32 on the CPU).
+    base = f"hf:{resolve_model_source('embedded')},device=cpu,dtype=bfloat16,batch_size=2"
+    summary = export(adapter, "merged-hf", tmp_path / "merged", base=base)
+    assert "4/4" in summary and (tmp_path / "merged" / "config.json").is_file()

@@ -83,3 +83,77 @@ def test_same_seed_same_adapter_and_dpo_runs(tmp_path):
         None, method="dpo", r=4, alpha=8, epochs=1.0, target_modules=["q_proj"]))
     meta = json.loads((dpo / "tracetune_adapter.json").read_text())
     assert meta["config"]["method"] == "dpo" and meta["steps"] == 1
+
+
+# --- the base spec's options (device, dtype, ...) reach training --------------------------------
+
+@pytest.mark.parametrize("spec, config, device, dtype", [
+    ("hf:/ckpt,device=cuda,dtype=bfloat16", {}, "cuda", "bfloat16"),
+    ("hf:/ckpt,device=cpu", {"dtype": "float32"}, "cpu", "float32"),
+    ("hf:/ckpt,device=cuda", {"device": "cuda"}, "cuda", "auto"),  # agreeing is fine
+    ("hf:/ckpt,device=auto,dtype=auto", {"device": "cpu", "dtype": "float16"}, "cpu", "float16"),
+    ("Qwen/X,dtype=float16", {}, "auto", "float16"),
+    ("embedded,n_ctx=2048,n_threads=2", {"device": "cpu"}, "cpu", "auto"),  # serving options
+    ("hf:/ckpt,batch_size=16,trust_remote_code=true", {}, "auto", "auto"),
+])
+def test_spec_options_set_the_training_device_and_dtype(spec, config, device, dtype):
+    from tracetune.train.recipe import base_config
+
+    merged = base_config(spec, load_config(None, **config))
+    assert (merged.device, merged.dtype) == (device, dtype)
+    assert merged.r == load_config(None).r  # nothing else changes
+
+
+@pytest.mark.parametrize("spec, config, message", [
+    ("hf:/ckpt,device=cuda", {"device": "cpu"},
+     r"base model 'hf:/ckpt,device=cuda' sets device=cuda but the training config sets "
+     r"device = 'cpu'; keep one of them"),
+    ("hf:/ckpt,dtype=bfloat16", {"dtype": "float32"}, "sets dtype=bfloat16 but the training "
+                                                      "config sets dtype = 'float32'"),
+    ("hf:/ckpt,device=cuda:1", {}, r"base model 'hf:/ckpt,device=cuda:1': device must be one "
+                                   r"of auto, cpu, cuda, not 'cuda:1' .*CUDA_VISIBLE_DEVICES"),
+    ("hf:/ckpt,adapter=/out/a", {}, r"adapter= is not trained on .*init_adapter = '/out/a'"),
+    ("embedded,lora=/x/a.gguf", {}, r"lora= is not trained on .*GGUF LoRA"),
+    ("gguf:/m/x.gguf,lora=/x/a.gguf", {}, "lora= is not trained on"),
+    ("openai:m@http://h/v1", {}, "names no weights or tokenizer to load"),
+    ("oracle", {}, "names no weights or tokenizer to load"),
+    ("hf:/ckpt,dtype=fp8", {}, "dtype='fp8' is not one of"),
+])
+def test_spec_options_training_cannot_honour_are_refused_in_one_line(spec, config, message):
+    from tracetune.train.recipe import base_config
+
+    with pytest.raises(TracetuneError, match=message) as info:
+        base_config(spec, load_config(None, **config))
+    assert "\n" not in str(info.value)
+
+
+def test_train_refuses_a_bad_base_before_any_work(tmp_path):
+    with pytest.raises(TracetuneError, match="sets device=cuda but"):
+        train(tmp_path / "missing", "hf:/ckpt,device=cuda", tmp_path / "a",
+              load_config(None, device="cpu"))
+    assert not (tmp_path / "a").exists()
+
+
+def test_config_device_and_dtype_are_checked(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[train]\ndtype = 'half'\n")
+    with pytest.raises(TracetuneError, match="dtype must be one of auto, float32"):
+        load_config(bad)
+    bad.write_text("[train]\ndevice = 'gpu'\n")
+    with pytest.raises(TracetuneError, match="device must be one of auto, cpu, cuda"):
+        load_config(bad)
+
+
+@pytest.mark.slow
+def test_trains_on_an_hf_directory_spec_with_options(tmp_path):
+    # `--base hf:DIR,device=cpu,dtype=float32` used to fail with "options are not accepted".
+    from tracetune.models.hf import resolve_model_source
+
+    data = make_dataset(tmp_path / "ds", n=2)
+    base = f"hf:{resolve_model_source('embedded')},device=cpu,dtype=bfloat16,batch_size=4"
+    cfg = load_config(None, r=2, alpha=4, epochs=1.0, batch_size=2, target_modules=["q_proj"])
+    out = train(data, base, tmp_path / "adapter", cfg)
+    meta = json.loads((out / "tracetune_adapter.json").read_text())
+    assert meta["base"] == base and meta["steps"] == 1
+    assert (meta["config"]["device"], meta["config"]["dtype"]) == ("cpu", "bfloat16")
+    assert meta["base_source"] == resolve_model_source("embedded")

@@ -21,6 +21,7 @@ from tracetune.errors import TracetuneError
 from tracetune.export.gguf_copy import rewrite_gguf
 from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, load_peft,
                                          permute_rows, prompt_ids)
+from tracetune.models.resolve import gguf_file, hf_source, weight_options
 
 TARGETS = ("gguf-lora", "merged-hf", "merged-gguf", "ollama")
 
@@ -33,21 +34,28 @@ def _adapter_meta(adapter: Path) -> dict:
 
 
 def _base_gguf(base: str) -> Path:
-    from tracetune.models.spec import embedded_gguf_path
-
-    if base == "embedded":
-        return embedded_gguf_path()
-    path = Path(base.removeprefix("gguf:"))
-    if path.suffix != ".gguf" or not path.is_file():
+    """The base's GGUF file, which GGUF targets rewrite or pair a LoRA with."""
+    path = gguf_file(base)
+    if path is None or not path.is_file():
         raise TracetuneError(f"GGUF exports need the base as a GGUF file (embedded or "
                              f"gguf:PATH), got {base!r}")
     return path
 
 
-def export(adapter: Path, target: str, out: Path, *, base: str | None = None) -> str:
-    """Run one export; returns the parity summary."""
-    from tracetune.train.recipe import resolve_base
+def _base_source(base: str) -> str:
+    """The base's transformers checkpoint. Its device/dtype options are accepted and ignored:
+    parity checks run in float32 on the CPU."""
+    stacked = weight_options(base).stacked
+    if stacked:
+        raise TracetuneError(f"base model {base!r} stacks {stacked}; an adapter exports against "
+                             "the bare base it was trained on, so name that")
+    return hf_source(base)
 
+
+def export(adapter: Path, target: str, out: Path, *, base: str | None = None) -> str:
+    """Run one export; returns the parity summary. `base` is a model spec (default: the one the
+    adapter records); GGUF targets need one with a GGUF file (embedded, gguf:PATH, hf:embedded,
+    hf:PATH.gguf). Raises TracetuneError (one line) for bad requests and failed parity checks."""
     if target not in TARGETS:
         raise TracetuneError(f"unknown export target {target!r} ({', '.join(TARGETS)})")
     adapter = Path(adapter)
@@ -57,15 +65,17 @@ def export(adapter: Path, target: str, out: Path, *, base: str | None = None) ->
         raise TracetuneError(f"{adapter} does not record its base model; pass --base")
     if out.exists():
         raise TracetuneError(f"{out} already exists; choose another --out")
-    source = resolve_base(base)
+    # The GGUF first: it is a cheap check, dequantizing the source is not.
+    base_gguf = _base_gguf(base) if target != "merged-hf" else None
+    source = _base_source(base)
     if target == "gguf-lora":
-        report = export_gguf_lora(adapter, out, base_gguf=_base_gguf(base), base_source=source)
+        report = export_gguf_lora(adapter, out, base_gguf=base_gguf, base_source=source)
         return report.summary()
     if target == "merged-hf":
         return _merged_hf(adapter, source, out)
     if target == "merged-gguf":
-        return _merged_gguf(adapter, source, _base_gguf(base), out)
-    return _ollama(adapter, source, _base_gguf(base), out)
+        return _merged_gguf(adapter, source, base_gguf, out)
+    return _ollama(adapter, source, base_gguf, out)
 
 
 def _merged_hf(adapter: Path, source: str, out: Path) -> str:

@@ -4,11 +4,12 @@ Specs:
   embedded[,lora=PATH]                 the embedded SmolLM2-135M-Instruct GGUF through llama.cpp
   gguf:PATH[,lora=PATH][,n_ctx=N]      any GGUF file through llama.cpp, optional GGUF LoRA adapter
   hf:NAME_OR_PATH[,adapter=PATH]       transformers (+ PEFT adapter); `hf:embedded` dequantizes the
-                                       embedded GGUF, the same weights llama.cpp serves
+    [,device=cuda][,dtype=bfloat16]    embedded GGUF, the same weights llama.cpp serves
   openai:MODEL@URL[,api_key_env=VAR]   any OpenAI-compatible server (vLLM, Ollama, llama.cpp, ...)
   replay:PATH                          scripted outputs from a JSONL file, for deterministic tests
   oracle                               a scripted teacher that knows each task's reference fix
 Options are `key=value` after commas; each backend's options are the fields of its config class.
+What training, tokenizers, exports and adapted models take from a spec: tracetune.models.resolve.
 Backends are imported only when a spec that needs them is loaded, so the CLI starts fast.
 """
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracetune.errors import ModelSpecError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""Weight dtypes a spec (hf: dtype=) or a training config may name; auto: bf16 on CUDA, fp32 on
+CPU."""
+
 
 @dataclass(frozen=True)
 class LlamaCppConfig:
@@ -40,6 +46,12 @@ class HFConfig:
     """Greedy requests generated together in one padded batch."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
+
+    def validate(self) -> None:
+        # Checked when the spec is parsed, so a typo fails before any run starts rather than
+        # when the weights load.
+        if self.dtype not in DTYPES:
+            raise ModelSpecError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)

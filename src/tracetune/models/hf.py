@@ -60,18 +60,28 @@ def materialize_gguf(gguf_path: Path) -> Path:
     return target
 
 
-def resolve_model_source(name: str) -> str:
-    """`embedded` or a .gguf path -> cached checkpoint dir; anything else is passed through."""
+def gguf_of(name: str) -> Path | None:
+    """The GGUF file an HFConfig.model names: the embedded model's, or a path ending in .gguf
+    (~ expanded, not checked to exist); None for a hub name or a checkpoint directory.
+    Raises ModelSpecError when `embedded` is named but not installed."""
     if name == "embedded":
         from tracetune.models.spec import embedded_gguf_path
 
-        return str(materialize_gguf(embedded_gguf_path()))
+        return embedded_gguf_path()
     if name.endswith(".gguf"):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise ModelError(f"GGUF file not found: {path}")
-        return str(materialize_gguf(path))
-    return name
+        return Path(name).expanduser()
+    return None
+
+
+def resolve_model_source(name: str) -> str:
+    """`embedded` or a .gguf path -> cached checkpoint dir; anything else is passed through.
+    Raises ModelError when the .gguf file does not exist."""
+    path = gguf_of(name)
+    if path is None:
+        return name
+    if not path.is_file():
+        raise ModelError(f"GGUF file not found: {path}")
+    return str(materialize_gguf(path))
 
 
 class HFModel:

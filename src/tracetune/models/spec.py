@@ -39,7 +39,7 @@ BACKENDS: dict[str, Backend] = {
     "replay": Backend("replay", "tracetune.models.replay:ReplayModel", ReplayConfig,
                       "scripted outputs from a JSONL file (deterministic tests)",
                       "replay:tests/data/outputs.jsonl"),
-    "oracle": Backend("oracle", "tracetune.models.oracle:OracleModel", OracleConfig,
+    "oracle": Backend("oracle", "tracetune.agents.teachers:OracleModel", OracleConfig,
                       "scripted teacher from each task's reference fix (offline rollouts)",
                       "oracle"),
 }
@@ -54,6 +54,9 @@ class ModelSpec:
     text: str
     backend: str
     config: Any
+    prefix: str = ""
+    """How the text names its model: `embedded`, `oracle`, or the prefix before the first ':'
+    (gguf, llamacpp, hf, openai, replay). Two prefixes can share a backend (gguf, llamacpp)."""
 
     def backend_class(self) -> type:
         module_name, _, cls_name = BACKENDS[self.backend].import_path.partition(":")
@@ -89,11 +92,11 @@ def parse_spec(text: str) -> ModelSpec:
             raise ModelSpecError(f"bad option {part!r} in model spec {text!r} (expected key=value)")
         options[key.strip()] = value.strip()
     if head == "oracle":
-        return ModelSpec(text, "oracle", _build(OracleConfig, {}, options, text))
+        return ModelSpec(text, "oracle", _build(OracleConfig, {}, options, text), "oracle")
     if head == "embedded":
         return ModelSpec(text, "llamacpp",
                          _build(LlamaCppConfig, {"model_path": str(embedded_gguf_path())},
-                                options, text))
+                                options, text), "embedded")
     prefix, sep, target = head.partition(":")
     if not sep or prefix not in _PREFIXES:
         known = ", ".join(["embedded", "oracle"] +
@@ -114,13 +117,19 @@ def parse_spec(text: str) -> ModelSpec:
         base = {"model": model, "base_url": url}
     else:
         base = {"path": target}
-    return ModelSpec(text, backend, _build(BACKENDS[backend].config_cls, base, options, text))
+    return ModelSpec(text, backend, _build(BACKENDS[backend].config_cls, base, options, text),
+                     prefix)
 
 
 def _build(config_cls: type, base: dict[str, str], options: dict[str, str], text: str):
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
+    for key in base.keys() & options.keys():
+        # The model before the commas is the spec's identity (caches, GGUF exports and adapted
+        # specs are derived from it); an option silently replacing it would break them.
+        raise ModelSpecError(f"option {key}= in model spec {text!r} repeats what the spec names "
+                             "before the first comma; name the model there")
     for key, raw in {**base, **options}.items():
         if key not in fields:
             valid = ", ".join(sorted(n for n in fields if n not in base))
@@ -129,7 +138,10 @@ def _build(config_cls: type, base: dict[str, str], options: dict[str, str], text
     config = config_cls(**values)
     validate = getattr(config, "validate", None)
     if validate is not None:
-        validate()
+        try:
+            validate()
+        except ModelSpecError as exc:
+            raise ModelSpecError(f"model spec {text!r}: {exc}") from None
     return config
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
+from tracetune.models.configs import DTYPES
 from tracetune.tomlconf import build, read_toml
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,12 @@ class TrainConfig:
     logging_steps: int = 1
     """Log the loss every this many steps."""
     device: str = "auto"
-    """cpu, cuda or auto."""
+    """cpu, cuda or auto (cuda when available). The base spec's device= (hf:DIR,device=cuda)
+    sets it too; the two must not name different devices."""
+    dtype: str = "auto"
+    """Dtype the base weights load in: float32, bfloat16, float16, or auto (bf16 on CUDA, fp32 on
+    CPU); on CUDA, bf16/fp16 also turn on the trainer's mixed precision. The base spec's dtype=
+    sets it too; the two must not name different dtypes."""
 
     def validate(self) -> None:
         if self.method not in ("sft", "dpo"):
@@ -67,6 +74,12 @@ class TrainConfig:
             raise TracetuneError("need 0 <= dropout < 1, learning_rate > 0 and epochs > 0")
         if not self.target_modules:
             raise TracetuneError("target_modules must name at least one module")
+        if self.device not in DEVICES:
+            # The trainer runs on the first visible GPU; cuda:N has no meaning for it.
+            raise TracetuneError(f"device must be one of {', '.join(DEVICES)}, not "
+                                 f"{self.device!r} (pick the GPU with CUDA_VISIBLE_DEVICES)")
+        if self.dtype not in DTYPES:
+            raise TracetuneError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
 
 def load_config(path: Path | None, **overrides) -> TrainConfig:

@@ -15,23 +15,44 @@ import time
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
+from tracetune.models.resolve import hf_source, weight_options
 from tracetune.train.config import TrainConfig
 
 META = "tracetune_adapter.json"
 LOSS_LOG = "loss.jsonl"
 
 
-def resolve_base(spec: str) -> str:
-    """A base model spec (embedded, gguf:PATH, hf:NAME_OR_PATH, or a plain path/name) -> a
-    transformers-loadable source."""
-    from tracetune.models.hf import resolve_model_source
+def base_config(base: str, config: TrainConfig) -> TrainConfig:
+    """`config` with the base spec's weight options in it (hf:DIR,device=cuda,dtype=bfloat16).
 
-    for prefix in ("hf:", "gguf:"):
-        if spec.startswith(prefix):
-            spec = spec[len(prefix):]
-    if "," in spec:
-        raise TracetuneError(f"base model {spec!r}: options are not accepted here")
-    return resolve_model_source(spec)
+    Rule: a device or dtype the spec sets (anything but auto) replaces the config's auto; a
+    config that sets a different one is an error naming both. A spec that stacks an adapter
+    (adapter=, lora=) is refused: training starts from bare base weights. Serving options
+    (n_ctx, batch_size, ...) are ignored. Raises TracetuneError (one line)."""
+    opts = weight_options(base)
+    if opts.adapter:
+        raise TracetuneError(f"base model {base!r}: adapter= is not trained on (training starts "
+                             f"a new adapter on the bare base); to continue from it, drop "
+                             f"adapter= and set init_adapter = {opts.adapter!r}")
+    if opts.lora:
+        raise TracetuneError(f"base model {base!r}: lora= is not trained on (a GGUF LoRA is "
+                             "llama.cpp's file; transformers trains on the bare base GGUF); drop "
+                             "lora= and continue from its PEFT adapter with init_adapter")
+    changes = {}
+    for key in ("device", "dtype"):
+        given, configured = getattr(opts, key), getattr(config, key)
+        if given in ("auto", configured):
+            continue
+        if configured != "auto":
+            raise TracetuneError(f"base model {base!r} sets {key}={given} but the training "
+                                 f"config sets {key} = {configured!r}; keep one of them")
+        changes[key] = given
+    merged = dataclasses.replace(config, **changes)
+    try:
+        merged.validate()
+    except TracetuneError as exc:  # only the spec's values can fail here: config was valid
+        raise TracetuneError(f"base model {base!r}: {exc}") from None
+    return merged
 
 
 def _rows(dataset: Path, method: str) -> list[dict]:
@@ -68,6 +89,8 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     from peft import LoraConfig, PeftModel
 
     config.validate()
+    config = base_config(base, config)  # before any work: a bad base fails at once
+    trust_remote_code = weight_options(base).trust_remote_code
     out = Path(out)
     checkpoints = out / "checkpoints"
     if out.exists() and any(out.iterdir()) and not resume:
@@ -79,14 +102,16 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         raise TracetuneError("device=cuda but torch sees no CUDA device")
     if config.qlora and not cuda:
         raise TracetuneError("qlora needs a CUDA device (bitsandbytes 4-bit)")
-    source = resolve_base(base)
+    source = hf_source(base)
+    dtype = _torch_dtype(torch, config.dtype, cuda)
 
     # --- setup ---------------------------------------------------------------------------------
     transformers.set_seed(config.seed)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    load_kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    load_kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if config.qlora:
         load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
@@ -115,8 +140,10 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         seed=config.seed, data_seed=config.seed, report_to="none",
-        # bf16 and gradient checkpointing are TRL's defaults; on a CPU they cost ~16x.
-        bf16=cuda, gradient_checkpointing=False, use_cpu=not cuda,
+        # bf16 and gradient checkpointing are TRL's defaults; on a CPU they cost ~16x, so mixed
+        # precision follows the weights' dtype on CUDA only.
+        bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
+        gradient_checkpointing=False, use_cpu=not cuda,
         max_length=config.max_seq_len, dataloader_num_workers=0,
     )
     train_ds = Dataset.from_list(rows)
@@ -161,6 +188,13 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     # --- cleanup -------------------------------------------------------------------------------
     shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+def _torch_dtype(torch, name: str, cuda: bool):
+    """A TrainConfig dtype name -> the torch dtype the base loads in (auto: bf16 on CUDA)."""
+    if name == "auto":
+        return torch.bfloat16 if cuda else torch.float32
+    return getattr(torch, name)
 
 
 def _version(module: str) -> str:
