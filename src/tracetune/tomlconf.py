@@ -108,22 +108,39 @@ def build_from_strings(cls: type, values: dict[str, str], where: str):
 def _from_string(name: str, raw, hint):
     if not isinstance(raw, str):  # already typed (a TOML table's value)
         return check_type(name, raw, hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if raw.lower() == "none" and type(None) in typing.get_args(hint):
-            return None
-        hint = args[0]
     try:
-        if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if hint in (int, float):
-            return hint(raw)
+        return parse_value(raw, hint)
     except ValueError:
-        raise TracetuneError(f"{name} = {raw!r} is not {_name(hint)}") from None
+        raise TracetuneError(f"{name} = {raw!r} is not {_name(unwrap_optional(hint))}") from None
+
+
+def unwrap_optional(hint):
+    """X | None -> X."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if args else str
+    return hint
+
+
+def parse_value(raw: str, hint):
+    """One option's text as its field's type: bool (true/false/1/0/yes/no/on/off), int, float,
+    Path (~ expanded), str; "none" is None where the field is optional. Raises ValueError."""
+    import os
+    from pathlib import Path as _Path
+
+    if raw.lower() == "none" and type(None) in typing.get_args(hint):
+        return None
+    hint = unwrap_optional(hint)
+    if hint is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if hint in (int, float):
+        return hint(raw)
+    if hint is _Path:
+        return _Path(os.path.expanduser(raw))
     return raw
 
 

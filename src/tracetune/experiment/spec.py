@@ -42,10 +42,15 @@ import operator
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracetune.errors import TracetuneError
 from tracetune.tomlconf import build, read_toml
 from tracetune.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from tracetune.datasets.build import MineConfig
+    from tracetune.eval.config import EvalConfig
 
 EVALS = ("heldout", "train", "all", "capability")
 STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", "avg_tokens")
@@ -187,12 +192,12 @@ class Experiment:
     path: Path
     info: ExperimentInfo
     models: Models
-    eval: "EvalConfig"
+    eval: EvalConfig
     """The [eval] table as the baseline runs it: model = base, seed = [experiment] seed, split
     from eval_on, train_pct resolved to the suite's share when not stated."""
     loop_eval: LoopEval
     teacher: TeacherSection
-    mine: "MineConfig"
+    mine: MineConfig
     """The [mine] table; the loop sets MINE_FIXED when it mines."""
     loop_mine: LoopMine
     train: dict

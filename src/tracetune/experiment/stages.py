@@ -93,7 +93,7 @@ class Context:
     def adapted_spec(self, export_dir: Path, adapter_dir: Path) -> str:
         """The spec of the model adapted by the adapter in `adapter_dir` as exported to
         `export_dir` ([models] adapted, with {export} and {adapter} filled in, when given)."""
-        from tracetune.models.spec import adapted_spec
+        from tracetune.models.resolve import adapted_spec
 
         exp = self.exp
         target = exp.export.target
@@ -155,15 +155,15 @@ def train(ctx: Context, *, data: Path | None = None, out: Path | None = None) ->
 
 def export(ctx: Context, *, adapter: Path | None = None, out: Path | None = None) -> dict:
     from tracetune.export.run import export as export_adapter
-    from tracetune.models.spec import gguf_file
+    from tracetune.models.resolve import gguf_base
 
     adapter, out = adapter or ctx.layout.adapter, out or ctx.layout.export
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     artifact = RunLayout.export_file(out, ctx.exp.export.target)
-    base = ctx.exp.models.base if gguf_file(ctx.exp.models.base) is not None else None
-    parity = export_adapter(adapter, ctx.exp.export.target, artifact, base=base)
+    parity = export_adapter(adapter, ctx.exp.export.target, artifact,
+                            base=gguf_base(ctx.exp.models.base))
     ctx.log(f"[export] {artifact.name}: {parity}")
     return {"artifact": ctx.layout.relative(artifact), "parity": parity}
 

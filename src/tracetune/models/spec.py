@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,22 +144,11 @@ def _build(config_cls: type, base: dict[str, str], options: dict[str, str], text
 
 
 def _coerce(raw: str, hint: Any, key: str, text: str) -> Any:
-    # Optional[X] / X | None -> X
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint = args[0] if args else str
+    from tracetune.tomlconf import parse_value, unwrap_optional
+
     try:
-        if hint is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if hint in (int, float):
-            return hint(raw)
-        if hint is Path:
-            return Path(os.path.expanduser(raw))
+        return parse_value(raw, hint)
     except ValueError:
+        name = getattr(unwrap_optional(hint), "__name__", str(hint))
         raise ModelSpecError(
-            f"option {key}={raw!r} in model spec {text!r} is not a valid {hint.__name__}") from None
-    return raw
+            f"option {key}={raw!r} in model spec {text!r} is not a valid {name}") from None
