@@ -81,8 +81,8 @@ def _name(hint) -> str:
 def split_options(text: str, what: str) -> tuple[str, dict[str, str]]:
     """`"NAME,key=value,..."` -> ("NAME", {key: value}); `what` names the string in errors
     (e.g. "workflow 'repair,max_iters=5'")."""
-    head, *parts = [p.strip() for p in text.strip().split(",")]
-    if not head:
+    head, *parts = text.strip().split(",")  # the head as written: it names a file or model
+    if not head.strip():
         raise TracetuneError(f"{what}: empty name")
     options: dict[str, str] = {}
     for part in parts:

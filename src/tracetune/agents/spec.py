@@ -80,7 +80,7 @@ def parse_workflow(spec: str, **overrides) -> WorkflowSpec:
     """`NAME[,key=value...]` (plus keyword `overrides`, already typed) -> WorkflowSpec, validated.
     Raises TracetuneError naming the spec and the bad option."""
     head, options = split_options(spec, f"workflow {spec!r}")
-    info = workflow_info(head)
+    info = workflow_info(head.strip())
     where = f"workflow {spec!r}"
     config = build_from_strings(info.config_cls, {**options, **overrides}, where)
     try:

@@ -102,15 +102,23 @@ EVAL_FIXED = ("model", "seed", "split")
 
 @dataclass(frozen=True)
 class TeacherSection:
+    """[teacher]: these keys, plus the EvalConfig fields in TEACHER_EVAL (the teacher's own
+    sampling), stated in the same table."""
+
     model: str | None = None
     """A model spec whose trajectories of the train tasks become the training data (oracle: the
     scripted reference fix). None: mine the base model's own baseline episodes."""
     rollouts: int = 1
     """Trajectories per train task."""
-    temperature: float = 0.2
-    max_tokens: int = 512
     max_iters: int = 10
-    """repair: the teacher's own iteration budget (the student's is [eval] max_iters)."""
+    """repair: the teacher's own iteration budget (the student's is the [eval] workflow's)."""
+    eval: dict = field(default_factory=dict)
+    """The EvalConfig values the teacher's rollouts use instead of [eval]'s (TEACHER_EVAL's keys,
+    at its defaults unless the table states them)."""
+
+
+TEACHER_EVAL = {"temperature": 0.2, "max_tokens": 512}
+"""EvalConfig fields [teacher] may state, with the teacher's defaults."""
 
 
 @dataclass(frozen=True)
@@ -132,13 +140,21 @@ class ExportSection:
 
 @dataclass(frozen=True)
 class CapabilitySection:
+    """[capability]: these keys, plus the EvalConfig fields in CAPABILITY_EVAL."""
+
     enabled: bool = True
+    """Check general capability before and after (base and adapted)."""
     suite: str = "humaneval"
+    """The capability suite."""
     limit: int = 0
     """First N problems of the suite (a fixed subset); 0: all of them."""
-    temperature: float = 0.0
-    max_tokens: int = 512
-    check_timeout_s: float = 10.0
+    eval: dict = field(default_factory=dict)
+    """The EvalConfig values of the check (CAPABILITY_EVAL's keys, at its defaults unless the
+    table states them)."""
+
+
+CAPABILITY_EVAL = {"temperature": 0.0, "max_tokens": 512, "check_timeout_s": 10.0}
+"""EvalConfig fields [capability] may state, with the check's defaults (greedy)."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +241,9 @@ class Experiment:
             mine = {k: v for k, v in asdict(self.mine).items() if k not in MINE_FIXED}
             return as_json({**mine, **asdict(self.loop_mine)})
         value = getattr(self, name)
+        if isinstance(value, (TeacherSection, CapabilitySection)):  # overrides stated flat
+            own = asdict(value)
+            return as_json({**{k: v for k, v in own.items() if k != "eval"}, **value.eval})
         return as_json(value if isinstance(value, dict) else asdict(value))
 
     def section_defaults(self, name: str) -> dict:
@@ -240,6 +259,10 @@ class Experiment:
             from tracetune.datasets.build import MineConfig
 
             return as_json({**field_defaults(MineConfig), **field_defaults(LoopMine)})
+        if name in ("teacher", "capability"):
+            own = field_defaults(type(getattr(self, name)))
+            own.pop("eval")
+            return {**own, **as_json(TEACHER_EVAL if name == "teacher" else CAPABILITY_EVAL)}
         return field_defaults(getattr(self, name))
 
     # --- the evaluations the loop runs (each validated when the experiment loads) ---------------
@@ -260,16 +283,14 @@ class Experiment:
         spec = self.eval.workflow_spec()
         own = {"max_iters": t.max_iters} if "max_iters" in spec.options() else {}
         return self.eval_config(t.model or self.models.base, split="train", trials=t.rollouts,
-                                temperature=t.temperature, max_tokens=t.max_tokens,
-                                workflow=self.eval.workflow_spec(**own).text())
+                                workflow=self.eval.workflow_spec(**own).text(), **t.eval)
 
     def capability_config(self, model: str):
         """The capability check: one greedy attempt per problem of the capability suite."""
         cap = self.capability
         return self.eval_config(model, suite=cap.suite, workflow="direct,max_attempts=1",
-                                trials=1, temperature=cap.temperature,
-                                max_tokens=cap.max_tokens, tasks=(), max_difficulty=0,
-                                limit=cap.limit, check_timeout_s=cap.check_timeout_s)
+                                trials=1, tasks=(), max_difficulty=0, limit=cap.limit,
+                                **cap.eval)
 
     def heldout_split(self) -> str:
         """The split of the control's evaluation: held-out tasks, or all when none are."""
@@ -308,13 +329,15 @@ def load_experiment(path: Path) -> Experiment:
     eval_table, loop_eval = _split_table(data.get("eval", {}), LoopEval, f"{where} [eval]")
     ev = eval_config_from(eval_table, f"{where} [eval]", model=models.base, seed=info.seed,
                           split="all")
-    teacher = build(TeacherSection, data.get("teacher", {}), f"{where} [teacher]")
+    teacher = _with_eval(TeacherSection, data.get("teacher", {}), TEACHER_EVAL,
+                         f"{where} [teacher]")
     mine_table, loop_mine = _split_table(data.get("mine", {}), LoopMine, f"{where} [mine]")
     mine = build(MineConfig, mine_table, f"{where} [mine]", exclude=MINE_FIXED)
     train_table = data.get("train", {})
     train_cfg = build(TrainConfig, train_table, f"{where} [train]")
     export = build(ExportSection, data.get("export", {}), f"{where} [export]")
-    cap = build(CapabilitySection, data.get("capability", {}), f"{where} [capability]")
+    cap = _with_eval(CapabilitySection, data.get("capability", {}), CAPABILITY_EVAL,
+                     f"{where} [capability]")
     control = build(ControlSection, data.get("control", {}), f"{where} [control]")
     raw_h = data.get("hypothesis", [])
     if not isinstance(raw_h, list):
@@ -416,6 +439,31 @@ def _split_table(table, loop_cls: type, where: str) -> tuple[dict, object]:
     own = {f.name for f in fields(loop_cls)}
     return ({k: v for k, v in table.items() if k not in own},
             build(loop_cls, {k: v for k, v in table.items() if k in own}, where))
+
+
+def _with_eval(cls: type, table, defaults: dict, where: str):
+    """A section whose table mixes its own keys with EvalConfig fields (those in `defaults`):
+    the latter are type-checked against EvalConfig and kept in the section's `eval`."""
+    import typing
+
+    from tracetune.eval.config import EvalConfig
+    from tracetune.tomlconf import check_type
+
+    if not isinstance(table, dict):
+        raise TracetuneError(f"{where} must be a table")
+    own_keys = {f.name for f in fields(cls)} - {"eval"}
+    hints = typing.get_type_hints(EvalConfig)
+    unknown = sorted(set(table) - own_keys - set(defaults))
+    if unknown:
+        raise TracetuneError(f"{where}: unknown key(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(sorted(own_keys | set(defaults)))})")
+    given = {k: check_type(f"{where}: {k}", v, hints[k])
+             for k, v in table.items() if k in defaults}
+    own = build(cls, {k: v for k, v in table.items() if k in own_keys}, where,
+                exclude=("eval",))
+    import dataclasses
+
+    return dataclasses.replace(own, eval={**defaults, **given})
 
 
 def _check_evaluations(exp: Experiment, where: str) -> None:

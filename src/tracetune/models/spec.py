@@ -9,9 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracetune.errors import ModelSpecError
-from tracetune.models.configs import (HFConfig, LlamaCppConfig, OpenAIConfig, OracleConfig,
-                                     ReplayConfig)
+from tracetune.errors import ModelSpecError, TracetuneError
+from tracetune.models.configs import (
+    HFConfig,
+    LlamaCppConfig,
+    OpenAIConfig,
+    OracleConfig,
+    ReplayConfig,
+)
+from tracetune.tomlconf import split_options
 
 
 @dataclass(frozen=True)
@@ -82,13 +88,10 @@ def parse_spec(text: str) -> ModelSpec:
     text = text.strip()
     if not text:
         raise ModelSpecError("empty model spec")
-    head, *option_parts = text.split(",")
-    options: dict[str, str] = {}
-    for part in option_parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise ModelSpecError(f"bad option {part!r} in model spec {text!r} (expected key=value)")
-        options[key.strip()] = value.strip()
+    try:
+        head, options = split_options(text, f"model spec {text!r}")
+    except TracetuneError as exc:
+        raise ModelSpecError(str(exc)) from None
     if head == "oracle":
         return ModelSpec(text, "oracle", _build(OracleConfig, {}, options, text), "oracle")
     if head == "embedded":
