@@ -10,13 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tracetune.errors import ModelSpecError, TracetuneError
-from tracetune.models.configs import (
-    HFConfig,
-    LlamaCppConfig,
-    OpenAIConfig,
-    OracleConfig,
-    ReplayConfig,
-)
+from tracetune.models.configs import (HFConfig, LlamaCppConfig, OpenAIConfig, OracleConfig,
+                                     ReplayConfig)
 from tracetune.tomlconf import split_options
 
 
