@@ -66,7 +66,7 @@ def test_a_scripted_fix_with_errors_along_the_way(tmp_path, task, sandbox):
     assert (m["parse_errors"], m["tool_errors"], m["writes"], m["wrote"], m["steps"],
             m["end"]) == (2, 2, 1, True, 7, "final")
     assert not Path("/tmp/pwned.py").exists()
-    kinds = [a.guards[0]["details"]["kind"] for a in out.attempts]
+    kinds = [a.facts["kind"] for a in out.attempts]
     assert kinds == ["parse_error", "tool_call", "tool_call", "parse_error", "tool_call",
                      "tool_call", "final"]
     first = out.attempts[0]
@@ -74,7 +74,7 @@ def test_a_scripted_fix_with_errors_along_the_way(tmp_path, task, sandbox):
     assert first.passed is False and out.attempts[1].passed is True
     assert out.attempts[2].passed is False  # valid call, but the tool refused
     edit = out.attempts[5]
-    assert edit.feedback.endswith("[TESTS PASS]") and edit.guards[0]["details"]["tests"] == "pass"
+    assert edit.feedback.endswith("[TESTS PASS]") and edit.facts["tests"] == "pass"
     # every step saw the conversation so far: system, goal, then (assistant, tool result) pairs
     assert [m["role"] for m in edit.messages] == ["system", "user"] + ["assistant", "user"] * 5
     assert edit.messages[3]["content"] == out.attempts[0].feedback
@@ -87,7 +87,7 @@ def test_repeated_identical_calls_are_loops_and_end_the_episode(tmp_path, task, 
     assert (m["loop_detections"], m["steps"], m["end"]) == (3, 4, "loop")
     assert not out.success and out.failed_step == "loop"
     assert "loop detected" in out.attempts[1].feedback
-    assert [a.guards[0]["details"]["kind"] for a in out.attempts] == ["tool_call"] + ["loop"] * 3
+    assert [a.facts["kind"] for a in out.attempts] == ["tool_call"] + ["loop"] * 3
 
 
 def test_a_write_resets_loop_detection(tmp_path, task, sandbox):
@@ -177,7 +177,7 @@ def test_the_oracle_solves_every_bug(oracle_run):
         m = e["metrics"]
         assert (m["parse_errors"], m["loop_detections"], m["tool_errors"], m["steps"],
                 m["wrote"]) == (0, 0, 0, 4, True)
-        names = [json.loads(a["code"]).get("name") for a in store.attempts(e["id"])]
+        names = [json.loads(a.code).get("name") for a in store.attempts(e["id"])]
         assert names == ["list_files", "read_file", "edit", None]
 
 

@@ -8,6 +8,7 @@ from tracetune.datasets.build import MineConfig, mine
 from tracetune.errors import TracetuneError
 from tracetune.tasks.splits import in_train
 from tracetune.traces.store import RunInfo, Store
+from tracetune.types import Attempt
 
 GOOD = "def double(x):\n    return 2 * x\n"
 BAD = "def double(x):\n    return x\n"
@@ -26,10 +27,10 @@ def attempt(step, n, passed, code, prompt="Write double(x).", feedback=""):
     if n > 1:
         msgs += [{"role": "assistant", "content": f"```python\n{BAD}```"},
                  {"role": "user", "content": f"That failed: {feedback}"}]
-    return {"step": step, "attempt": n, "seed": n, "messages": msgs,
-            "raw_output": f"```python\n{code}```", "code": code, "passed": passed,
-            "guards": [], "feedback": "" if passed else "1 of 2 tests failed",
-            "prompt_tokens": 10, "completion_tokens": 10, "latency_s": 0.1, "check_s": 0.1}
+    return Attempt(step=step, attempt=n, seed=n, messages=msgs,
+                   raw_output=f"```python\n{code}```", code=code, passed=passed, guards=[],
+                   feedback="" if passed else "1 of 2 tests failed", prompt_tokens=10,
+                   completion_tokens=10, latency_s=0.1, check_s=0.1)
 
 
 def episode(store, task, trial, workflow, attempts, success, wrong_tests=None):
@@ -74,39 +75,39 @@ def test_sft_tiers_dedup_and_split(run_dir, tmp_path):
     run, t, tt, held = run_dir
     rep = mine([run], tmp_path / "ds", cfg())
     sft = rep.rows["sft"]
-    tasks = sorted(r["task"] for r in sft)
+    tasks = sorted(r.task for r in sft)
     # direct: trials 0 and 2 are the same program (normalized) -> one row; trial 1's fix (attempt
     # 2) is a workflow success -> its own row (a comment does not change the normalized code,
     # so it is a duplicate too); tdd: g_test validated + first attempt, g_impl workflow.
     assert tasks.count(t) == 1
     assert held not in tasks
-    steps = sorted(r["step"] for r in sft if r["task"] == tt)
+    steps = sorted(r.step for r in sft if r.task == tt)
     assert steps == ["g_impl", "g_test"]
     assert rep.dropped == {"held_out_task": 1, "duplicate": 2}
-    row = next(r for r in sft if r["step"] == "g_test")
-    assert set(row["tiers"]) == {"first_attempt", "validated", "workflow"}
-    prov = row["provenance"]
+    row = next(r for r in sft if r.step == "g_test")
+    assert set(row.tiers) == {"first_attempt", "validated", "workflow"}
+    prov = row.provenance
     assert {"run_id", "task", "trial", "attempt", "model", "timestamp", "guard_result"} <= set(prov)
-    assert row["completion"]["content"].startswith("```python\n")
+    assert row.completion["content"].startswith("```python\n")
 
 
 def test_first_attempt_tier_excludes_retries(run_dir, tmp_path):
     run, t, *_ = run_dir
     rep = mine([run], tmp_path / "ds", cfg(tiers={"impl": ("first_attempt",)}))
-    assert all(r["provenance"]["attempt"] == 1 for r in rep.rows["sft"])
+    assert all(r.provenance["attempt"] == 1 for r in rep.rows["sft"])
 
 
 def test_fix_and_dpo_rows(run_dir, tmp_path):
     run, t, tt, _ = run_dir
     rep = mine([run], tmp_path / "ds", cfg(kinds=("fix", "dpo")))
     [fix] = rep.rows["fix"]
-    assert fix["task"] == t and len(fix["prompt"]) == 3
-    assert "That failed" in fix["prompt"][2]["content"]
+    assert fix.task == t and len(fix.prompt) == 3
+    assert "That failed" in fix.prompt[2]["content"]
     dpo = rep.rows["dpo"]
-    assert dpo and all(r["prompt"][0]["content"] == "Write double(x)." for r in dpo
-                       if r["task"] == t)
-    pair = next(r for r in dpo if r["task"] == t)
-    assert "2 * x" in pair["chosen"]["content"] and "return x" in pair["rejected"]["content"]
+    assert dpo and all(r.prompt[0]["content"] == "Write double(x)." for r in dpo
+                       if r.task == t)
+    pair = next(r for r in dpo if r.task == t)
+    assert "2 * x" in pair.chosen["content"] and "return x" in pair.rejected["content"]
 
 
 def test_formats_and_manifest(run_dir, tmp_path):
@@ -136,7 +137,7 @@ def test_leakage_and_length_filters(run_dir, tmp_path):
                           'tests = "t"\n')
     rep = mine([run], tmp_path / "ds", cfg(leakage_suites=(str(leak_suite),)))
     assert rep.dropped.get("leakage", 0) >= 1
-    assert all("2 * x" not in r["code"] and "2*x" not in r["code"] for r in rep.rows["sft"])
+    assert all("2 * x" not in r.code and "2*x" not in r.code for r in rep.rows["sft"])
     rep = mine([run], tmp_path / "ds2", cfg(tokenizer="embedded", max_seq_len=4096))
     assert "too_long" not in rep.dropped
     with pytest.raises(TracetuneError, match="too_long: 3"):

@@ -62,7 +62,7 @@ def test_eval_records_everything_and_tables_agree(tmp_path):
     for e in eps:
         atts = store.attempts(e["id"])
         assert len(atts) == e["n_attempts"]
-        assert bool(e["success"]) == atts[-1]["passed"]
+        assert bool(e["success"]) == atts[-1].passed
     run = store.run()
     assert run.config["trials"] == 2 and "pytest" in run.packages
 
@@ -159,7 +159,7 @@ def test_same_seed_reproduces_outputs_whatever_the_concurrency(tmp_path):
                          concurrency=concurrency, seed=7)
         run_eval(cfg, tmp_path / f"run{i}")
         store = Store(tmp_path / f"run{i}")
-        outputs.append({(e["task_id"], e["trial"]): store.attempts(e["id"])[0]["raw_output"]
+        outputs.append({(e["task_id"], e["trial"]): store.attempts(e["id"])[0].raw_output
                         for e in store.episodes()})
         store.close()
     assert len(outputs[0]) == 6 and outputs[0] == outputs[1]

@@ -2,7 +2,7 @@
 
 DATASET_DIR/
   manifest.json        schema version, sources, settings, row counts, what each filter dropped
-  rows/{sft,dpo,fix}.jsonl               canonical rows (schema in tracetune.datasets.mine)
+  rows/{sft,dpo,fix}.jsonl               canonical rows (`Row.to_dict()`, tracetune.datasets.rows)
   formats/sft.messages.jsonl             {"messages": [...]}: TRL chat, Together SFT (seed 002)
   formats/sft.prompt_completion.jsonl    {"prompt": [...], "completion": [...]}: TRL, loss on
                                          the completion only
@@ -12,6 +12,8 @@ DATASET_DIR/
                                          "non_preferred_output"} (seed 002)
   hf/{sft,dpo,fix}/                      the same rows as HF `datasets` (save_to_disk)
 fix rows go to the SFT formats too, marked in metadata: they are SFT rows with a longer prompt.
+The names are the constants below (MANIFEST, ROWS_DIR, FORMATS_DIR, HF_DIR, SFT_*, DPO_*);
+readers use them, or `load_manifest` / `format_path`, rather than spelling the names again.
 """
 
 from __future__ import annotations
@@ -25,11 +27,33 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tracetune.datasets.mine import (DEFAULT_TIERS, KINDS, SCHEMA_VERSION, TIERS, MineReport,
-                                     code_hash, dpo_rows, fix_rows, load_attempts,
-                                     normalize_code, sft_rows, unfiltered_rows)
+from tracetune.datasets.mine import (DEFAULT_TIERS, TIERS, MineReport, code_hash, dpo_rows,
+                                     fix_rows, load_attempts, normalize_code, sft_rows,
+                                     unfiltered_rows)
+from tracetune.datasets.rows import KINDS, SCHEMA_VERSION, Row
 from tracetune.errors import TracetuneError
 from tracetune.tasks.splits import in_train
+
+# The dataset directory's layout (module docstring).
+MANIFEST = "manifest.json"
+ROWS_DIR = "rows"
+FORMATS_DIR = "formats"
+HF_DIR = "hf"
+SFT_MESSAGES = "sft.messages.jsonl"
+SFT_PROMPT_COMPLETION = "sft.prompt_completion.jsonl"
+SFT_ALPACA = "sft.alpaca.jsonl"
+DPO_TRL = "dpo.trl.jsonl"
+DPO_TOGETHER = "dpo.together.jsonl"
+
+
+def rows_path(dataset: Path, kind: str) -> Path:
+    """Where a dataset keeps its canonical rows of one kind (sft, dpo, fix)."""
+    return Path(dataset) / ROWS_DIR / f"{kind}.jsonl"
+
+
+def format_path(dataset: Path, name: str) -> Path:
+    """Where a dataset keeps one training format (name: SFT_MESSAGES, DPO_TRL, ...)."""
+    return Path(dataset) / FORMATS_DIR / name
 
 
 @dataclass(frozen=True)
@@ -76,14 +100,18 @@ class MineConfig:
 
 
 def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
-    """Mine `runs` into `out`; writes nothing unless every row survives to a complete dataset."""
+    """Mine `runs` into `out`; writes nothing unless every row survives to a complete dataset.
+
+    Raises TracetuneError for an invalid config, an `out` that exists and is not empty, a run
+    with no store or no finished episode, too few rows for `unfiltered`, or no row left after
+    the filters."""
     config.validate()
     if out.exists() and any(out.iterdir()):
         raise TracetuneError(f"{out} exists and is not empty; choose another --out")
     attempts = [a for run in runs for a in load_attempts(run)]
     report = MineReport()
-    pct = {a.run_id: a.train_pct if config.train_pct is None else config.train_pct
-           for a in attempts}
+    pct = {m.episode.run_id: config.train_pct if config.train_pct is not None
+           else m.episode.train_pct for m in attempts}
     if config.unfiltered:
         import random
 
@@ -94,7 +122,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         report.rows = {"sft": random.Random(config.seed).sample(rows, config.unfiltered)}
         _write(out, runs, config, report)
         return report
-    rows: list[dict] = []
+    rows: list[Row] = []
     if "sft" in config.kinds:
         rows += sft_rows(attempts, config.tiers)
     if "fix" in config.kinds:
@@ -102,7 +130,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     if "dpo" in config.kinds:
         rows += dpo_rows(attempts, config.max_dpo_pairs_per_task, config.dpo_teacher)
     rows = _filter(rows, config, report, pct)
-    report.rows = {k: [r for r in rows if r["kind"] == k] for k in config.kinds}
+    report.rows = {k: [r for r in rows if r.kind == k] for k in config.kinds}
     if not rows:
         raise TracetuneError("no rows left after filtering ("
                              + ", ".join(f"{k}: {v}" for k, v in report.dropped.items())
@@ -111,19 +139,19 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     return report
 
 
-def _filter(rows: list[dict], config: MineConfig, report: MineReport,
-            train_pct: dict[str, int]) -> list[dict]:
+def _filter(rows: list[Row], config: MineConfig, report: MineReport,
+            train_pct: dict[str, int]) -> list[Row]:
     kept = []
     for r in rows:  # split: held-out tasks never reach training data
-        if config.allow_heldout or in_train(r["task"], train_pct[r["provenance"]["run_id"]]):
+        if config.allow_heldout or in_train(r.task, train_pct[r.provenance["run_id"]]):
             kept.append(r)
         else:
             report.drop("held_out_task", r)
     rows, kept, seen = kept, [], set()
     for r in rows:  # dedup: the same program (normalized) for the same prompt, task, step, kind
-        key = (r["kind"], r["task"], r["step"], code_hash(r["code"]),
-               code_hash(r["rejected"]["content"]) if r["kind"] == "dpo" else "",
-               hashlib.sha1(json.dumps(r["prompt"], sort_keys=True).encode()).hexdigest())
+        key = (r.kind, r.task, r.step, code_hash(r.code),
+               code_hash(r.rejected["content"]) if r.rejected is not None else "",
+               hashlib.sha1(json.dumps(r.prompt, sort_keys=True).encode()).hexdigest())
         if key in seen:
             report.drop("duplicate", r)
         else:
@@ -141,9 +169,9 @@ def _filter(rows: list[dict], config: MineConfig, report: MineReport,
         rows, kept = kept, []
         count = _token_counter(config.tokenizer)
         for r in rows:
-            target = r["completion"] if r["kind"] != "dpo" else \
-                max((r["chosen"], r["rejected"]), key=lambda m: len(m["content"]))
-            if count(r["prompt"] + [target]) > config.max_seq_len:
+            # A pair is as long as its longer side.
+            target = max(r.targets, key=lambda m: len(m["content"]))
+            if count(r.prompt + [target]) > config.max_seq_len:
                 report.drop("too_long", r)
             else:
                 kept.append(r)
@@ -161,20 +189,29 @@ def _leak_index(suites: tuple[str, ...]) -> dict[str, set[str]]:
     return index
 
 
-def _leaks(row: dict, index: dict[str, set[str]]) -> bool:
-    if normalize_code(row["code"]) in index["code"]:
+def _leaks(row: Row, index: dict[str, set[str]]) -> bool:
+    if normalize_code(row.code) in index["code"]:
         return True
-    prompt = " ".join(" ".join(m["content"] for m in row["prompt"]).split())
+    prompt = " ".join(" ".join(m["content"] for m in row.prompt).split())
     return any(spec in prompt for spec in index["text"] if len(spec) > 40)
 
 
 def _token_counter(spec: str):
-    from transformers import AutoTokenizer
-
-    from tracetune.models.hf import resolve_model_source
+    """A model spec with a tokenizer (embedded, gguf:PATH, hf:NAME_OR_DIR, or a bare hub name,
+    directory or .gguf path) -> count(messages) = tokens of the chat-templated messages.
+    Raises TracetuneError (one line) for a spec without a tokenizer (openai:, replay:, oracle)
+    or one that does not load."""
+    from tracetune.models.resolve import hf_source, weight_options
 
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_model_source(spec))
+        source = hf_source(spec)
+    except TracetuneError as exc:
+        raise TracetuneError(f"the tokenizer that measures rows: {exc}") from None
+    from transformers import AutoTokenizer  # after the spec checks: a bad spec fails at once
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=weight_options(spec).trust_remote_code)
     except OSError as exc:
         raise TracetuneError(f"cannot load the tokenizer of {spec!r}: {exc}") from exc
 
@@ -185,28 +222,26 @@ def _token_counter(spec: str):
     return count
 
 
-def _formats(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+def _formats(rows: dict[str, list[Row]]) -> dict[str, list[dict]]:
     sft = rows.get("sft", []) + rows.get("fix", [])
     out = {
-        "sft.messages.jsonl": [{"messages": r["prompt"] + [r["completion"]],
-                                "metadata": {"kind": r["kind"], **r["provenance"]}} for r in sft],
-        "sft.prompt_completion.jsonl": [{"prompt": r["prompt"], "completion": [r["completion"]]}
-                                        for r in sft],
-        "sft.alpaca.jsonl": [{"instruction": "\n\n".join(m["content"] for m in r["prompt"]
-                                                         if m["role"] == "user"),
-                              "input": "", "output": r["completion"]["content"],
-                              "metadata": {"task": r["task"], "step": r["step"],
-                                           "original_attempt": r["provenance"]["attempt"],
-                                           "tiers": r["tiers"], "kind": r["kind"]}}
-                             for r in sft],
+        SFT_MESSAGES: [{"messages": r.prompt + [r.completion],
+                        "metadata": {"kind": r.kind, **r.provenance}} for r in sft],
+        SFT_PROMPT_COMPLETION: [{"prompt": r.prompt, "completion": [r.completion]} for r in sft],
+        SFT_ALPACA: [{"instruction": "\n\n".join(m["content"] for m in r.prompt
+                                                 if m["role"] == "user"),
+                      "input": "", "output": r.completion["content"],
+                      "metadata": {"task": r.task, "step": r.step,
+                                   "original_attempt": r.provenance["attempt"],
+                                   "tiers": r.tiers, "kind": r.kind}}
+                     for r in sft],
     }
     dpo = rows.get("dpo", [])
     if dpo:
-        out["dpo.trl.jsonl"] = [{"prompt": r["prompt"], "chosen": [r["chosen"]],
-                                 "rejected": [r["rejected"]]} for r in dpo]
-        out["dpo.together.jsonl"] = [{"input": {"messages": r["prompt"]},
-                                      "preferred_output": [r["chosen"]],
-                                      "non_preferred_output": [r["rejected"]]} for r in dpo]
+        out[DPO_TRL] = [{"prompt": r.prompt, "chosen": [r.chosen], "rejected": [r.rejected]}
+                        for r in dpo]
+        out[DPO_TOGETHER] = [{"input": {"messages": r.prompt}, "preferred_output": [r.chosen],
+                              "non_preferred_output": [r.rejected]} for r in dpo]
     return {name: items for name, items in out.items() if items}
 
 
@@ -216,18 +251,20 @@ def _write(out: Path, runs: list[Path], config: MineConfig, report: MineReport) 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mine-", dir=out.parent))
     try:
-        for sub in ("rows", "formats", "hf"):
+        for sub in (ROWS_DIR, FORMATS_DIR, HF_DIR):
             (tmp / sub).mkdir()
         for kind, items in report.rows.items():
-            _jsonl(tmp / "rows" / f"{kind}.jsonl", items)
-            if items:
-                flat = [{**r, "prompt": json.dumps(r["prompt"]),
-                         "provenance": json.dumps(r["provenance"]),
-                         **{k: json.dumps(r[k]) for k in ("completion", "chosen", "rejected")
-                            if k in r}} for r in items]
-                datasets.Dataset.from_list(flat).save_to_disk(str(tmp / "hf" / kind))
+            dicts = [r.to_dict() for r in items]
+            _jsonl(rows_path(tmp, kind), dicts)
+            if dicts:
+                # Arrow wants one type per column: nested messages and provenance go as JSON text.
+                flat = [{**d, "prompt": json.dumps(d["prompt"]),
+                         "provenance": json.dumps(d["provenance"]),
+                         **{k: json.dumps(d[k]) for k in ("completion", "chosen", "rejected")
+                            if k in d}} for d in dicts]
+                datasets.Dataset.from_list(flat).save_to_disk(str(tmp / HF_DIR / kind))
         for name, items in _formats(report.rows).items():
-            _jsonl(tmp / "formats" / name, items)
+            _jsonl(format_path(tmp, name), items)
         manifest = {
             "schema_version": SCHEMA_VERSION, "created_at": time.time(),
             "sources": [str(Path(r).resolve()) for r in runs],
@@ -235,7 +272,7 @@ def _write(out: Path, runs: list[Path], config: MineConfig, report: MineReport) 
             "counts": {k: len(v) for k, v in report.rows.items()},
             "dropped": report.dropped, "dropped_examples": report.dropped_examples,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)  # the dataset appears whole or not at all
@@ -250,9 +287,11 @@ def _jsonl(path: Path, items: list[dict]) -> None:
 
 
 def load_manifest(dataset: Path) -> dict:
-    path = Path(dataset) / "manifest.json"
+    """A dataset's manifest (module docstring). Raises TracetuneError when `dataset` has no
+    manifest or one of another dataset schema version."""
+    path = Path(dataset) / MANIFEST
     if not path.is_file():
-        raise TracetuneError(f"{dataset} is not a tracetune dataset (no manifest.json)")
+        raise TracetuneError(f"{dataset} is not a tracetune dataset (no {MANIFEST})")
     manifest = json.loads(path.read_text())
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise TracetuneError(f"{dataset} has dataset schema {manifest.get('schema_version')}; "

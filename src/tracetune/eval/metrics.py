@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from statistics import fmean
 
 from tracetune.stats import wilson_interval
+from tracetune.traces.store import Store
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,25 @@ def summarize(name: str, episodes: list[dict]) -> Summary:
     k = sum(bool(e["success"]) for e in episodes)
     lo, hi = wilson_interval(k, n)
     wrong = [e["wrong_tests"] for e in episodes if e.get("wrong_tests") is not None]
-    is_tdd = any(e["workflow"] == "tdd" for e in episodes)
+    writes_tests = any(_writes_tests(e["workflow"]) for e in episodes)
     return Summary(
         name=name, n=n, successes=k, rate=k / n if n else 0.0, ci_low=lo, ci_high=hi,
         avg_attempts=fmean(e["n_attempts"] for e in episodes) if n else 0.0,
         avg_duration_s=fmean(e["duration_s"] for e in episodes) if n else 0.0,
         avg_tokens=fmean(e["prompt_tokens"] + e["completion_tokens"] for e in episodes)
         if n else 0.0,
-        wrong_tests=sum(map(bool, wrong)) if is_tdd else None,
+        wrong_tests=sum(map(bool, wrong)) if writes_tests else None,
         agent=summarize_agent(episodes),
     )
+
+
+def _writes_tests(workflow: str) -> bool:
+    """The workflow's episodes write tests that can be wrong (tdd); False for names this
+    release does not know."""
+    from tracetune.agents.spec import WORKFLOWS
+
+    info = WORKFLOWS.get(workflow)
+    return bool(info and info.writes_tests)
 
 
 def summarize_run(episodes: list[dict]) -> tuple[list[Summary], Summary]:
@@ -108,15 +118,16 @@ def failure_kind(guards: list[dict]) -> str | None:
     return None
 
 
-def failure_kinds(store, tasks: set[str] | None = None) -> Counter:
-    """Failed episodes of a Store by the failure kind of their last attempt (restricted to
-    `tasks` when given); "other" when the last attempt failed no guard (a repair agent that
-    stopped, a tdd episode judged by its tests)."""
+def failure_kinds(store: Store, tasks: set[str] | None = None) -> Counter:
+    """Failed episodes of a Store by the failure kind of their last attempt (a
+    `tracetune.types.Attempt`; restricted to `tasks` when given): {kind: episodes}. "other" when
+    the episode has no attempt or its last attempt failed no guard (a repair agent that stopped,
+    a tdd episode judged by its tests)."""
     out: Counter = Counter()
     for ep in store.episodes():
         if ep["success"] or (tasks is not None and ep["task_id"] not in tasks):
             continue
         attempts = store.attempts(ep["id"])
-        last = attempts[-1]["guards"] if attempts else []
+        last = attempts[-1].guards if attempts else []
         out[failure_kind(last) or "other"] += 1
     return out

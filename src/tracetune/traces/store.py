@@ -1,6 +1,7 @@
 """The trajectory store: one SQLite file per run directory (`RUN/trajectories.sqlite`).
 
-Schema (version 2; `meta.schema_version`; a version 1 store is upgraded in place on open):
+Schema (version 3; `meta.schema_version`; a version 1 or 2 store is upgraded in place on open,
+one version per transaction):
 
   run(id, created_at, suite, workflow, model_spec, seed, trials, config_json, packages_json)
       one row: what was run, with which seeds and package versions.
@@ -11,8 +12,18 @@ Schema (version 2; `meta.schema_version`; a version 1 store is upgraded in place
       metrics_json (v2): agent workflows' per-episode counts, e.g. repair's {"parse_errors",
       "loop_detections", "tool_errors", "writes", "wrote", "steps", "test_runs", "end"}; NULL else.
   attempt(id, episode_id, step, attempt, seed, messages_json, raw_output, code, passed,
-          guards_json, feedback, prompt_tokens, completion_tokens, latency_s, check_s, created_at)
-      one row per model call. guards_json: [{"guard", "passed", "feedback", "details"}].
+          guards_json, feedback, prompt_tokens, completion_tokens, latency_s, check_s, created_at,
+          facts_json)
+      one row per model call: a `tracetune.types.Attempt` (`add_attempt` / `attempts`).
+      guards_json: [{"guard", "passed", "feedback", "details"?}], details being a sandbox verdict
+      (`SandboxResult.verdict()`) or a static guard's findings.
+      facts_json (v3): an agent step's facts {"kind", "name", "tool_ok", "tests"}; NULL for
+      guarded-workflow attempts.
+
+Upgrades: v1 -> v2 adds episode.metrics_json. v2 -> v3 adds attempt.facts_json and moves an agent
+step's facts there out of its first guard (a v2 repair step recorded them as
+guards_json[0] = {"guard": "protocol", ..., "details": facts}); the guard keeps guard, passed and
+feedback, so an upgraded repair run reads exactly like one recorded by v3.
 
 Every write is its own transaction: an attempt is either fully recorded or not at all. An episode
 counts only once it is `done`; on resume, unfinished episodes are deleted (with their attempts) and
@@ -29,11 +40,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from tracetune.errors import TracetuneError
+from tracetune.types import Attempt
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "trajectories.sqlite"
 
 _SCHEMA = """
@@ -58,7 +70,7 @@ CREATE TABLE IF NOT EXISTS attempt (
     messages_json TEXT NOT NULL, raw_output TEXT NOT NULL, code TEXT NOT NULL,
     passed INTEGER NOT NULL, guards_json TEXT NOT NULL, feedback TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    latency_s REAL NOT NULL, check_s REAL NOT NULL, created_at REAL NOT NULL,
+    latency_s REAL NOT NULL, check_s REAL NOT NULL, created_at REAL NOT NULL, facts_json TEXT,
     UNIQUE (episode_id, step, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempt_episode ON attempt(episode_id);
@@ -79,7 +91,11 @@ class RunInfo:
 
 
 class Store:
-    """Thread-safe access to one run's SQLite file (one connection, one writer lock)."""
+    """Thread-safe access to one run's SQLite file (one connection, one writer lock).
+
+    Opening a store of an older schema upgrades it in place (see the module docstring).
+    Raises TracetuneError when the file is missing (unless `create`), is not SQLite, is not a
+    tracetune store, or has a schema newer than this code reads."""
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         path = Path(path)
@@ -92,31 +108,73 @@ class Store:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            if create:
-                self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); commits itself
-            with self._tx():
-                row = self._db.execute(
-                    "SELECT value FROM meta WHERE key='schema_version'").fetchone() \
-                    if self._has_table("meta") else None
-                if row is None:
-                    if not create:
-                        raise TracetuneError(f"{path} is not a tracetune trajectory store")
-                    self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
-                                     (str(SCHEMA_VERSION),))
-                elif int(row["value"]) == 1:  # v1 -> v2: episodes gain metrics_json
-                    self._db.execute("ALTER TABLE episode ADD COLUMN metrics_json TEXT")
-                    self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'",
-                                     (str(SCHEMA_VERSION),))
-                elif int(row["value"]) != SCHEMA_VERSION:
-                    raise TracetuneError(f"{path} has schema version {row['value']}; this "
-                                         f"tracetune reads version {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise TracetuneError(f"{path} is not a readable SQLite trajectory store: {exc}") \
                 from None
+        try:
+            self._open(create)
+        except BaseException as exc:
+            self._db.close()  # a refused or failed open leaves no connection behind
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise TracetuneError(f"{path} is not a readable SQLite trajectory store: {exc}") \
+                    from None
+            raise
+
+    def _open(self, create: bool) -> None:
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        if create:
+            self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); commits itself
+        with self._tx():
+            version = self._version()
+            if version is None:
+                if not create:
+                    raise TracetuneError(f"{self.path} is not a tracetune trajectory store")
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+                version = SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise TracetuneError(f"{self.path} has schema version {version}, newer than this "
+                                 f"tracetune (it reads version {SCHEMA_VERSION} and older); "
+                                 "upgrade tracetune to open it")
+        self._upgrade(version)
+
+    def _version(self) -> int | None:
+        """The stored schema version; None when the file has no tracetune meta table."""
+        if not self._has_table("meta"):
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            return None
+        try:
+            version = int(row["value"])
+        except ValueError:
+            version = 0
+        if version < 1:
+            raise TracetuneError(f"{self.path} has an unknown schema version {row['value']!r}")
+        return version
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older store to SCHEMA_VERSION, one version per transaction: a crash between
+        steps leaves a consistent store of an intermediate version, upgraded on the next open.
+        Each step re-reads the version inside its transaction, so two processes opening the same
+        old store do not both apply it."""
+        while version < SCHEMA_VERSION:
+            try:
+                with self._tx() as db:
+                    version = self._version() or SCHEMA_VERSION
+                    if version >= SCHEMA_VERSION:
+                        break
+                    _UPGRADES[version](db)
+                    version += 1
+                    db.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                               (str(version),))
+            except sqlite3.OperationalError as exc:  # e.g. a read-only copy of an old run
+                raise TracetuneError(f"{self.path} has schema version {version} and must be "
+                                     f"upgraded in place to {SCHEMA_VERSION}, which failed: "
+                                     f"{exc}") from None
 
     def _has_table(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
@@ -178,16 +236,26 @@ class Store:
                 (run_id, task_id, trial, workflow, seed, time.time()))
             return int(cur.lastrowid)
 
-    def add_attempt(self, episode_id: int, row: dict[str, Any]) -> None:
+    def add_attempt(self, episode_id: int, attempt: Attempt) -> None:
+        """Record one attempt of an episode (created_at is the time of this call; the
+        argument's own created_at is ignored and left as it is).
+
+        Raises TypeError for anything but a `tracetune.types.Attempt`, and sqlite3.IntegrityError
+        when the episode already holds this (step, attempt) or does not exist."""
+        if not isinstance(attempt, Attempt):
+            raise TypeError(f"add_attempt takes a tracetune.types.Attempt, not "
+                            f"{type(attempt).__name__}")
+        a = attempt
         with self._tx() as db:
             db.execute(
                 "INSERT INTO attempt (episode_id, step, attempt, seed, messages_json, raw_output,"
                 " code, passed, guards_json, feedback, prompt_tokens, completion_tokens,"
-                " latency_s, check_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (episode_id, row["step"], row["attempt"], row["seed"],
-                 json.dumps(row["messages"]), row["raw_output"], row["code"], int(row["passed"]),
-                 json.dumps(row["guards"]), row["feedback"], row["prompt_tokens"],
-                 row["completion_tokens"], row["latency_s"], row["check_s"], time.time()))
+                " latency_s, check_s, created_at, facts_json)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (episode_id, a.step, a.attempt, a.seed, json.dumps(a.messages), a.raw_output,
+                 a.code, int(a.passed), json.dumps(a.guards), a.feedback, a.prompt_tokens,
+                 a.completion_tokens, a.latency_s, a.check_s, time.time(),
+                 None if a.facts is None else json.dumps(a.facts)))
 
     def finish_episode(self, episode_id: int, *, success: bool, wrong_tests: bool | None,
                        failed_step: str | None, n_attempts: int, duration_s: float,
@@ -212,15 +280,55 @@ class Store:
             r["metrics"] = json.loads(raw) if raw else None
         return rows
 
-    def attempts(self, episode_id: int) -> list[dict]:
+    def attempts(self, episode_id: int) -> list[Attempt]:
+        """The episode's attempts in recording order (created_at as stored; [] for an unknown
+        episode)."""
+        return [a for _, a in self.attempt_records(episode_id)]
+
+    def attempt_records(self, episode_id: int) -> list[tuple[int, Attempt]]:
+        """(attempt table id, attempt) pairs in recording order: `attempts` with the row ids,
+        for exports that name each stored row."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM attempt WHERE episode_id=? ORDER BY id",
                                     (episode_id,)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["messages"] = json.loads(d.pop("messages_json"))
-            d["guards"] = json.loads(d.pop("guards_json"))
-            d["passed"] = bool(d["passed"])
-            out.append(d)
-        return out
+        return [(r["id"], _attempt(r)) for r in rows]
+
+
+def _attempt(r: sqlite3.Row) -> Attempt:
+    return Attempt(
+        step=r["step"], attempt=r["attempt"], seed=r["seed"],
+        messages=json.loads(r["messages_json"]), raw_output=r["raw_output"], code=r["code"],
+        passed=bool(r["passed"]), guards=json.loads(r["guards_json"]), feedback=r["feedback"],
+        prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
+        latency_s=r["latency_s"], check_s=r["check_s"],
+        facts=None if r["facts_json"] is None else json.loads(r["facts_json"]),
+        created_at=r["created_at"])
+
+
+# -- upgrades: _UPGRADES[v](db) turns a version-v store into a version-(v + 1) one ---------------
+AGENT_GUARD = "protocol"
+"""The first guard of an agent step (tool protocol) in every schema version."""
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE episode ADD COLUMN metrics_json TEXT")
+
+
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE attempt ADD COLUMN facts_json TEXT")
+    # A v2 agent step kept its facts in guards[0].details, where other rows keep sandbox verdicts.
+    # The LIKE only narrows the scan; the JSON decides.
+    rows = db.execute("SELECT id, guards_json FROM attempt WHERE guards_json LIKE ?",
+                      (f'%"{AGENT_GUARD}"%',)).fetchall()
+    for r in rows:
+        guards = json.loads(r["guards_json"])
+        if not guards or not isinstance(guards[0], dict) or guards[0].get("guard") != AGENT_GUARD:
+            continue
+        # `or {}`: a protocol guard without details still marks an agent step (the v2 miner
+        # read such a step as one of unknown kind), so it must not become a guarded attempt.
+        facts = guards[0].pop("details", None) or {}
+        db.execute("UPDATE attempt SET guards_json=?, facts_json=? WHERE id=?",
+                   (json.dumps(guards), json.dumps(facts), r["id"]))
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}
