@@ -445,9 +445,9 @@ def _print_mine_stats(report) -> None:
 
     rows = [r for items in report.rows.values() for r in items]
     for title, counter in (
-            ("rows per kind", Counter(r["kind"] for r in rows)),
-            ("rows per tier", Counter(t for r in rows for t in r["tiers"])),
-            ("rows per task", Counter(r["task"] for r in rows))):
+            ("rows per kind", Counter(r.kind for r in rows)),
+            ("rows per tier", Counter(t for r in rows for t in r.tiers)),
+            ("rows per task", Counter(r.task for r in rows))):
         table = Table(title=title)
         table.add_column(title.split()[-1])
         table.add_column("rows", justify="right")

@@ -130,3 +130,12 @@ class EpisodeOutcome:
     @property
     def completion_tokens(self) -> int:
         return sum(a.completion_tokens for a in self.attempts)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (same on every machine and Python version):
+    the first 4 bytes of sha256(":".join(parts)), top bit cleared."""
+    import hashlib
+
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -153,9 +153,9 @@ def test_bugs_suite_and_its_deterministic_split():
 
 
 def test_workflow_and_suite_must_match(tmp_path):
-    with pytest.raises(TracetuneError, match="use --workflow repair"):
+    with pytest.raises(TracetuneError, match="bugs is a repair suite .use workflow repair"):
         run_eval(EvalConfig(suite="bugs", model="oracle"), tmp_path / "a")
-    with pytest.raises(TracetuneError, match="needs a repair suite"):
+    with pytest.raises(TracetuneError, match="workflow repair runs on repair suites, and demo"):
         run_eval(EvalConfig(suite="demo", workflow="repair", model="oracle"), tmp_path / "b")
 
 
@@ -186,13 +186,13 @@ def test_step_level_sft_rows_from_the_oracle(oracle_run, tmp_path):
                   MineConfig(kinds=("sft",), tokenizer=None, leakage_suites=()))
     rows = report.rows["sft"]
     train = {t.id for t in load_suite("bugs:train").tasks}
-    assert {r["task"] for r in rows} == train  # held-out bugs never reach the data
+    assert {r.task for r in rows} == train  # held-out bugs never reach the data
     assert report.dropped["held_out_task"] == 4 * (len(load_suite("bugs").tasks) - len(train))
     assert len(rows) == 4 * len(train)
     for r in rows:
-        assert r["prompt"][0]["role"] == "system" and r["prompt"][-1]["role"] == "user"
-        assert json.loads(r["completion"]["content"])["type"] in ("tool_call", "final")
-        assert set(r["tiers"]) == {"tool_ok", "workflow"}
+        assert r.prompt[0]["role"] == "system" and r.prompt[-1]["role"] == "user"
+        assert json.loads(r.completion["content"])["type"] in ("tool_call", "final")
+        assert set(r.tiers) == {"tool_ok", "workflow"}
     # chat format (seed 002): conversation so far + the next message
     line = json.loads((tmp_path / "data" / "formats" / "sft.messages.jsonl").open().readline())
     assert line["messages"][-1]["role"] == "assistant"
@@ -211,15 +211,15 @@ def test_step_level_dpo_prefers_the_oracle_over_parse_errors_and_loops(tmp_path)
                   MineConfig(kinds=("dpo", "sft"), tiers={"repair": ()}, tokenizer=None,
                              leakage_suites=(), allow_heldout=True, dpo_teacher="oracle"))
     pairs = report.rows["dpo"]
-    kinds = sorted(p["provenance"]["rejected_kind"] for p in pairs)
+    kinds = sorted(p.provenance["rejected_kind"] for p in pairs)
     assert kinds == ["loop", "parse_error", "parse_error"]  # "hello" twice -> one pair (dedup)
-    first = next(p for p in pairs if p["rejected"]["content"] == "hello")
-    assert json.loads(first["chosen"]["content"])["name"] == "list_files"
-    loop = next(p for p in pairs if p["provenance"]["rejected_kind"] == "loop")
-    assert loop["rejected"]["content"] == read
-    assert json.loads(loop["chosen"]["content"])["name"] == "list_files"  # never listed yet
+    first = next(p for p in pairs if p.rejected["content"] == "hello")
+    assert json.loads(first.chosen["content"])["name"] == "list_files"
+    loop = next(p for p in pairs if p.provenance["rejected_kind"] == "loop")
+    assert loop.rejected["content"] == read
+    assert json.loads(loop.chosen["content"])["name"] == "list_files"  # never listed yet
     # with no tier, every valid message is an SFT row (the seed's --no-require-success)
-    assert {r["completion"]["content"] for r in report.rows["sft"]} == {read}
+    assert {r.completion["content"] for r in report.rows["sft"]} == {read}
     together = [json.loads(x) for x in
                 (tmp_path / "data" / "formats" / "dpo.together.jsonl").read_text().splitlines()]
     assert set(together[0]) == {"input", "preferred_output", "non_preferred_output"}
@@ -251,7 +251,8 @@ def test_version_1_stores_are_upgraded(tmp_path):
     script.write_text(json.dumps({"text": "```python\ndef f():\n    pass\n```"}) + "\n")
     run_eval(EvalConfig(suite="demo", model=f"replay:{script},strict=false", limit=1), run)
     db = sqlite3.connect(run / "trajectories.sqlite")
-    db.execute("ALTER TABLE episode DROP COLUMN metrics_json")
+    db.execute("ALTER TABLE episode DROP COLUMN metrics_json")  # as version 1 had it
+    db.execute("ALTER TABLE attempt DROP COLUMN facts_json")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
@@ -259,4 +260,4 @@ def test_version_1_stores_are_upgraded(tmp_path):
     assert [e["metrics"] for e in store.episodes()] == [None]
     store.close()
     db = sqlite3.connect(run / "trajectories.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)

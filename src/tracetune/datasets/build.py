@@ -62,8 +62,9 @@ class MineConfig:
 
     kinds: tuple[str, ...] = ("sft",)
     """Row kinds: sft, dpo, fix."""
-    tiers: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_TIERS))
-    """Per step, the tiers an SFT row's attempt must all satisfy."""
+    tiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per step, the tiers an SFT row's attempt must all satisfy; a step not listed is not
+    mined (empty: the miner's defaults, datasets.mine.DEFAULT_TIERS)."""
     train_pct: int | None = None
     """Tasks with md5(id) % 100 < train_pct are train tasks; only they are mined. None: each
     run's own split (its --train-pct, else its suite's train share: 50, bugs 70)."""
@@ -97,6 +98,18 @@ class MineConfig:
                                          f"({', '.join(TIERS)})")
         if self.max_seq_len < 16:
             raise TracetuneError("max_seq_len must be at least 16")
+        if self.max_dpo_pairs_per_task < 1:
+            raise TracetuneError("max_dpo_pairs_per_task must be at least 1")
+        if self.unfiltered < 0:
+            raise TracetuneError("unfiltered must be 0 (off) or a number of rows")
+        if self.train_pct is not None and not 0 <= self.train_pct <= 100:
+            raise TracetuneError(f"train_pct must be within 0..100, not {self.train_pct}")
+
+    def resolved(self) -> MineConfig:
+        """The config as mined: empty tiers replaced by the defaults."""
+        import dataclasses
+
+        return self if self.tiers else dataclasses.replace(self, tiers=dict(DEFAULT_TIERS))
 
 
 def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
@@ -106,6 +119,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     with no store or no finished episode, too few rows for `unfiltered`, or no row left after
     the filters."""
     config.validate()
+    config = config.resolved()
     if out.exists() and any(out.iterdir()):
         raise TracetuneError(f"{out} exists and is not empty; choose another --out")
     attempts = [a for run in runs for a in load_attempts(run)]

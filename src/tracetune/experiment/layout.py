@@ -126,6 +126,12 @@ class RunLayout:
         return self.control / "export"
 
     @property
+    def control_export_done(self) -> Path:
+        """Written once the control's export is complete (the control stage has three parts,
+        each kept once done, so a killed stage continues where it stopped)."""
+        return self.control_export / "done"
+
+    @property
     def control_eval(self) -> Path:
         return self.control / "eval"
 

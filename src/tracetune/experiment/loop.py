@@ -123,7 +123,9 @@ class Loop:
             self.log(f"pre-registered {len(self.exp.hypotheses)} hypothesis(es) and the "
                      f"decision criteria (sha256 {record['sha256'][:12]})")
         prereg.verify(self.exp, self.out)
-        shutil.copyfile(self.exp.path, self.layout.experiment)
+        if not self.layout.experiment.exists() or \
+                not self.layout.experiment.samefile(self.exp.path):  # a rerun of RUN's own copy
+            shutil.copyfile(self.exp.path, self.layout.experiment)
 
         first = self.stages.index(from_stage) if from_stage else 0
         last = self.stages.index(until) if until else len(self.stages) - 1

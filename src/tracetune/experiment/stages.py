@@ -196,7 +196,7 @@ def control(ctx: Context) -> dict:
         mine(ctx, out=lay.control_data, unfiltered=rows)
     if not (lay.control_adapter / META).is_file():
         summary["train"] = train(ctx, data=lay.control_data, out=lay.control_adapter)
-    done = lay.control_export / "done"
+    done = lay.control_export_done
     if ctx.exp.export.target != "none" and not done.is_file():
         export(ctx, adapter=lay.control_adapter, out=lay.control_export)
         done.write_text("")

@@ -56,14 +56,14 @@ def base_config(base: str, config: TrainConfig) -> TrainConfig:
 
 
 def _rows(dataset: Path, method: str) -> list[dict]:
-    from tracetune.datasets.build import load_manifest
+    from tracetune.datasets.build import (DPO_TRL, SFT_PROMPT_COMPLETION, format_path,
+                                          load_manifest)
 
     load_manifest(dataset)
-    name = "sft.prompt_completion.jsonl" if method == "sft" else "dpo.trl.jsonl"
-    path = Path(dataset) / "formats" / name
+    path = format_path(Path(dataset), SFT_PROMPT_COMPLETION if method == "sft" else DPO_TRL)
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     if not rows:
-        raise TracetuneError(f"dataset {dataset} has no {method} rows (formats/{name})")
+        raise TracetuneError(f"dataset {dataset} has no {method} rows ({path})")
     return rows
 
 
