@@ -16,7 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from tracetune import __version__
+from tracetune.cliopts import config_options
+from tracetune.datasets.build import MineConfig
 from tracetune.errors import TracetuneError
+from tracetune.eval.config import EvalConfig, eval_config_from, legacy_option_types
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a coding agent's own runs into a better small model.")
@@ -303,16 +306,13 @@ def tasks_check(
         raise TracetuneError(f"{failures} task(s) failed the check")
 
 
-from tracetune.cliopts import config_options  # noqa: E402 - after the app, used by commands
-from tracetune.datasets.build import MineConfig  # noqa: E402
-from tracetune.eval.config import EvalConfig  # noqa: E402
 
 _EVAL_FLAGS = {"model": ("--model", "-m"), "tasks": ("--task",),
                "check_timeout_s": ("--check-timeout-s", "--check-timeout")}
 
 
 @app.command("eval")
-@config_options(EvalConfig, flags=_EVAL_FLAGS)
+@config_options(EvalConfig, flags=_EVAL_FLAGS, hidden=legacy_option_types())
 def eval_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored "
@@ -323,8 +323,9 @@ def eval_cmd(
 
     SUITE may name a split of a suite, e.g. bugs:test (the suite's own train share, by hash).
     A workflow's own options go in its spec: --workflow direct,max_attempts=1 or
-    --workflow repair,max_iters=5,test_policy=end (`tracetune workflows` lists them)."""
-    config = EvalConfig(**settings)
+    --workflow repair,max_iters=5,test_policy=end (`tracetune workflows` lists them); the flat
+    --max-attempts, --min-tests, --max-iters and --test-policy of earlier releases still work."""
+    config = eval_config_from(settings, "the command line")
     if not resume:
         config.validate()
     _run_with_progress(config, out_dir, resume)
@@ -333,7 +334,7 @@ def eval_cmd(
 @app.command("rollouts")
 @config_options(EvalConfig, flags={**_EVAL_FLAGS, "trials": ("--rollouts",)},
                 defaults={"workflow": "repair,test_policy=never", "temperature": 0.2},
-                required=("suite", "model"))
+                required=("suite", "model"), hidden=legacy_option_types())
 def rollouts_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
@@ -343,7 +344,7 @@ def rollouts_cmd(
     (step-level SFT and DPO rows). The same options as `eval`, with a teacher's defaults: the
     repair workflow without test feedback, temperature 0.2; --model oracle is the scripted
     reference fix (offline); a split like --suite bugs:train keeps held-out tasks out."""
-    config = EvalConfig(**settings)
+    config = eval_config_from(settings, "the command line")
     if not resume:
         config.validate()
     _run_with_progress(config, out_dir, resume)

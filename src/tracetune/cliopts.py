@@ -21,12 +21,15 @@ from tracetune.tomlconf import field_defaults, field_help
 def config_options(cls: type, *, exclude: tuple[str, ...] = (),
                    flags: dict[str, tuple[str, ...]] | None = None,
                    defaults: dict[str, Any] | None = None,
-                   required: tuple[str, ...] = ()) -> Callable:
+                   required: tuple[str, ...] = (),
+                   hidden: dict[str, type] | None = None) -> Callable:
     """Decorate a typer command `fn(..., settings: dict)`: it gains an option per field of
     `cls` (minus `exclude`) and receives their values as `settings` (lists as tuples).
 
     flags: field -> option names (default `--field-name`); defaults: per-command defaults
-    (e.g. a teacher's temperature); required: fields with no default on this command."""
+    (e.g. a teacher's temperature); required: fields with no default on this command;
+    hidden: name -> type of options kept for earlier releases' command lines (not in --help),
+    passed in `settings` only when given."""
     flags, defaults = flags or {}, defaults or {}
     hints = typing.get_type_hints(cls)
     docs = field_help(cls)
@@ -50,10 +53,15 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (),
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                            default=option, annotation=annotation))
             names.append(f.name)
+        for name, kind in (hidden or {}).items():
+            option = typer.Option(None, "--" + name.replace("_", "-"), hidden=True)
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                           annotation=Optional[kind]))
 
         @functools.wraps(fn)
         def command(**kwargs):
             settings = {n: kwargs.pop(n) for n in names}
+            settings.update({n: v for n in (hidden or {}) if (v := kwargs.pop(n)) is not None})
             settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
             return fn(settings=settings, **kwargs)
 

@@ -73,7 +73,11 @@ def test_chat_completion_with_usage(model):
 
 
 def test_greedy_is_deterministic_through_the_server(model):
+    # llama.cpp's server reuses the longest cached prompt prefix, and a prompt evaluated from a
+    # cache differs numerically from a fresh one on some CPUs: the first call is the fresh one,
+    # the next two both start from the same cached prefix and must agree exactly.
     req = GenerationRequest(chat("Name three colours."), SamplingParams(max_tokens=16))
+    model.generate(req)
     assert model.generate(req).text == model.generate(req).text
 
 

@@ -140,6 +140,22 @@ def upgrade_eval_values(values: dict, where: str) -> dict:
     return values
 
 
+def legacy_option_types() -> dict[str, type]:
+    """LEGACY_WORKFLOW_KEYS -> their type in the workflow configs that have them (for the hidden
+    command-line options kept for earlier releases' scripts, e.g. --max-attempts 1)."""
+    import dataclasses
+    import typing
+
+    from tracetune.agents.spec import WORKFLOWS
+
+    out: dict[str, type] = {}
+    for info in WORKFLOWS.values():
+        hints = typing.get_type_hints(info.config_cls)
+        out.update({f.name: hints[f.name] for f in dataclasses.fields(info.config_cls)
+                    if f.name in LEGACY_WORKFLOW_KEYS})
+    return out
+
+
 def _typed(name: str, table: dict, where: str) -> dict:
     """Check a workflow table's values against its config's field types."""
     from tracetune.agents.spec import workflow_info
