@@ -79,3 +79,22 @@ def test_a_bad_workflow_option_is_one_line(tmp_path):
     r = subprocess.run(CLI + ["eval", "--suite", "demo", "--top-p", "0", "--out",
                               str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 1 and "top_p must be within (0, 1]" in r.stderr
+
+
+def test_the_flat_workflow_flags_of_earlier_releases_still_work(tmp_path):
+    script = tmp_path / "r.jsonl"
+    script.write_text('{"text": "```python\\ndef f(:\\n```"}\n' * 4)
+    r = subprocess.run(CLI + ["eval", "--suite", "demo", "--limit", "1", "--trials", "1",
+                              "--model", f"replay:{script}", "--max-attempts", "2",
+                              "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from tracetune.traces.store import Store
+
+    store = Store(tmp_path / "run")
+    try:
+        assert store.run().config["workflow"] == "direct,max_attempts=2"
+        (episode,) = store.episodes()
+        assert episode["n_attempts"] == 2
+    finally:
+        store.close()
+    assert "--max-attempts <int>" not in _help("eval")  # kept, but not listed as an option
