@@ -4,6 +4,7 @@ default and one-line doc, and a new field is a new option with no other edit."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -98,3 +99,19 @@ def test_the_flat_workflow_flags_of_earlier_releases_still_work(tmp_path):
     finally:
         store.close()
     assert "--max-attempts <int>" not in _help("eval")  # kept, but not listed as an option
+
+
+def test_check_experiment_refuses_what_a_stage_would_refuse(tmp_path):
+    tiny = Path(__file__).parent / "experiment" / "tiny.toml"
+    for old, new, message in [
+            ("temperature = 0.8", "temperature = 0.8\ntop_p = 0.0", "top_p must be within"),
+            ("temperature = 0.8", "temperature = -1.0", "temperature must be a number >= 0"),
+            ("max_attempts = 1", 'workflow = "direct,max_iters=3"',
+             "unknown option(s) max_iters")]:
+        exp = tmp_path / "exp.toml"
+        exp.write_text(tiny.read_text().replace(old, new, 1))
+        r = subprocess.run(CLI + ["check-experiment", str(exp)], capture_output=True, text=True)
+        assert r.returncode == 1 and message in r.stderr and str(exp) in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = subprocess.run(CLI + ["check-experiment", str(tiny)], capture_output=True, text=True)
+    assert r.returncode == 0 and "baseline -> mine -> train" in r.stdout
