@@ -4,10 +4,10 @@ default and one-line doc, and a new field is a new option with no other edit."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 from typer.testing import CliRunner
