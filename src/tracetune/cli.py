@@ -91,12 +91,11 @@ def generate(
     from tracetune.models import load_model
     from tracetune.types import GenerationRequest, SamplingParams, chat
 
-    if max_tokens < 1:
-        raise TracetuneError("--max-tokens must be at least 1")
+    params = SamplingParams(temperature, top_p, max_tokens)
+    params.validate()
     m = load_model(model)
     try:
-        c = m.generate(GenerationRequest(chat(prompt, system),
-                                         SamplingParams(temperature, top_p, max_tokens), seed))
+        c = m.generate(GenerationRequest(chat(prompt, system), params, seed))
     finally:
         m.close()
     if as_json:
@@ -375,8 +374,12 @@ def _run_with_progress(config, out_dir: Path, resume: bool) -> None:
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err) as progress:
         bar = progress.add_task("episodes", total=None)
-        run_eval(config, out_dir, resume=resume,
-                 on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+        try:
+            run_eval(config, out_dir, resume=resume, on_progress=lambda done, total:
+                     progress.update(bar, completed=done, total=total))
+        except BaseException:
+            progress.live.transient = True  # an error is one line: no half-drawn bar above it
+            raise
     _print_run(out_dir)
 
 

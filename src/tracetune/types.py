@@ -29,6 +29,24 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     """Strings that end the completion (not included in the text)."""
 
+    def validate(self) -> None:
+        """The one definition of the sampling ranges (every command that samples uses it).
+        Raises TracetuneError naming the setting: temperature a finite number >= 0, top_p
+        within (0, 1], max_tokens at least 1."""
+        import math
+
+        from tracetune.errors import TracetuneError
+
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise TracetuneError(f"temperature must be a number >= 0 (0 = greedy), not "
+                                 f"{self.temperature}")
+        if not (isinstance(self.top_p, (int, float)) and math.isfinite(self.top_p)
+                and 0 < self.top_p <= 1):
+            raise TracetuneError(f"top_p must be within (0, 1], not {self.top_p}")
+        if self.max_tokens < 1:
+            raise TracetuneError(f"max_tokens must be at least 1, not {self.max_tokens}")
+
 
 @dataclass(frozen=True)
 class GenerationRequest:

@@ -164,3 +164,39 @@ def test_same_seed_reproduces_outputs_whatever_the_concurrency(tmp_path):
         store.close()
     assert len(outputs[0]) == 6 and outputs[0] == outputs[1]
     assert len(set(outputs[0].values())) > 1
+
+
+def test_a_failed_start_creates_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TracetuneError, match="replay file not found"):
+        run_eval(EvalConfig(suite="demo", model=f"replay:{tmp_path / 'nosuch.jsonl'}"), out)
+    assert not out.exists()  # fixed input: the same command now starts a run
+    script = write_script(tmp_path / "r.jsonl", [SLOW_GOOD] * 2)
+    run_eval(EvalConfig(suite="demo", model=f"replay:{script},strict=false", limit=1), out)
+    assert (out / "trajectories.sqlite").is_file()
+
+
+def test_out_must_be_a_directory_and_errors_are_one_line(tmp_path):
+    out = tmp_path / "some_file.txt"
+    out.write_text("keep me")
+    r = subprocess.run(CLI + ["eval", "--suite", "demo", "--model", "oracle", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "--out must be a directory" in r.stderr
+    assert out.read_text() == "keep me"
+    r = subprocess.run(CLI + ["eval", "--suite", "demo", "--model", "replay:nosuch.jsonl",
+                              "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: replay file not found: nosuch.jsonl"], r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top-p", "7"], "top_p must be within (0, 1], not 7.0"),
+    (["--temperature", "nan"], "temperature must be a number >= 0"),
+    (["--max-tokens", "0"], "max_tokens must be at least 1, not 0"),
+])
+def test_sampling_ranges_are_the_same_in_generate_and_eval(tmp_path, args, message):
+    for command in (["generate", "hi"], ["eval", "--suite", "demo", "--out", str(tmp_path / "r")]):
+        r = subprocess.run(CLI + command + args, capture_output=True, text=True)
+        assert r.returncode == 1 and message in r.stderr, (command, r.stderr)
+        assert not (tmp_path / "r").exists()

@@ -64,17 +64,13 @@ class EvalConfig:
         """Raise TracetuneError naming the first setting a run would refuse (nothing is run)."""
         from tracetune.models import parse_spec
 
-        for name in ("trials", "max_tokens", "concurrency"):
+        for name in ("trials", "concurrency"):
             if getattr(self, name) < 1:
                 raise TracetuneError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("seed", "max_difficulty", "limit"):
             if getattr(self, name) < 0:
                 raise TracetuneError(f"{name} must be 0 or more, not {getattr(self, name)}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise TracetuneError(f"temperature must be a number >= 0 (0 = greedy), not "
-                                 f"{self.temperature}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise TracetuneError(f"top_p must be within (0, 1], not {self.top_p}")
+        self.params().validate()  # temperature, top_p, max_tokens: SamplingParams' ranges
         if not (math.isfinite(self.check_timeout_s) and self.check_timeout_s > 0):
             raise TracetuneError(f"check_timeout_s must be a positive number of seconds, not "
                                  f"{self.check_timeout_s}")

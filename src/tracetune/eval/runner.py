@@ -21,7 +21,7 @@ from typing import Callable
 from tracetune.agents import build_workflow
 from tracetune.errors import TracetuneError
 from tracetune.eval.config import EvalConfig, eval_config_from
-from tracetune.models import load_model
+from tracetune.models import Model, load_model
 from tracetune.sandbox import Sandbox, SandboxConfig
 from tracetune.tasks import Task, builtin_suites, load_suite
 from tracetune.tasks.check import require_valid
@@ -74,15 +74,20 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def open_run(config: EvalConfig, out: Path, *, resume: bool) -> tuple[Store, EvalConfig]:
-    """Create the run's store, or reopen it on resume (then the stored config wins)."""
+def open_run(config: EvalConfig, out: Path, *, resume: bool
+             ) -> tuple[Store, EvalConfig, Model | None]:
+    """Create the run's store, or reopen it on resume (then the stored config wins). A new run
+    loads its model first: nothing is created until the suite, the settings and the model are
+    known to be good. Returns (store, config, the loaded model or None on resume)."""
     db = Path(out) / DB_NAME
+    if Path(out).exists() and not Path(out).is_dir():
+        raise TracetuneError(f"--out must be a directory: {out} is a file")
     if resume:
         if not db.is_file():
             raise TracetuneError(f"nothing to resume: no run in {out}")
         store = Store(db)
         stored = eval_config_from(store.run().config, f"{db} (stored run config)")
-        return store, stored
+        return store, stored, None
     if db.exists():
         raise TracetuneError(f"{out} already holds a run: pass --resume to continue it, or "
                              "choose another --out")
@@ -91,25 +96,30 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool) -> tuple[Store, Eva
     if config.suite not in builtin_suites():  # a user's suite: prove its references first
         with Sandbox(SandboxConfig(timeout_s=config.check_timeout_s)) as sb:
             require_valid(load_suite(config.suite), sb)
-    store = Store(db, create=True)
+    model = load_model(config.model)
+    try:
+        store = Store(db, create=True)
+    except BaseException:
+        model.close()
+        raise
     store.create_run(RunInfo(uuid.uuid4().hex, time.time(), config.suite,
                              config.workflow_spec().name, config.model, config.seed, config.trials,
                              dataclasses.asdict(config), package_versions()))
-    return store, config
+    return store, config, model
 
 
 def run_eval(config: EvalConfig, out: Path, *, resume: bool = False,
              on_progress: Callable[[int, int], None] | None = None) -> Path:
     """Run (or continue) an evaluation; returns the store's path. `on_progress(done, total)`."""
-    store, config = open_run(config, out, resume=resume)
+    store, config, model = open_run(config, out, resume=resume)
     try:
-        _run(store, config, on_progress)
+        _run(store, config, on_progress, model)
     finally:
         store.close()
     return Path(out) / DB_NAME
 
 
-def _run(store: Store, config: EvalConfig, on_progress) -> None:
+def _run(store: Store, config: EvalConfig, on_progress, model: Model | None) -> None:
     run = store.run()
     tasks = select_tasks(config)
     store.drop_unfinished()  # a killed run's partial episodes are redone from their start
@@ -121,10 +131,12 @@ def _run(store: Store, config: EvalConfig, on_progress) -> None:
     if on_progress:
         on_progress(finished, total)
     if not todo:
+        if model is not None:
+            model.close()
         return
     workflow = build_workflow(config.workflow_spec())
     params = config.params()
-    model = load_model(config.model)
+    model = model if model is not None else load_model(config.model)
     sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
     stop = threading.Event()
     lock = threading.Lock()
