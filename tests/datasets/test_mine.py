@@ -158,3 +158,21 @@ def test_empty_run_is_refused(tmp_path):
     store.close()
     with pytest.raises(TracetuneError, match="no finished episodes"):
         mine([tmp_path / "empty"], tmp_path / "ds", cfg())
+
+
+def test_a_killed_miners_staging_directory_is_removed_by_the_next(tmp_path):
+    import os
+    import subprocess
+
+    from tracetune.staging import staging_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".mine-{dead.pid}-abcd1234"  # left by a process that is gone
+    stale.mkdir()
+    (stale / "rows").mkdir()
+    live = tmp_path / f".mine-{os.getpid()}-efgh5678"  # a live miner's: untouched
+    live.mkdir()
+    fresh = staging_dir(tmp_path, "mine")
+    assert not stale.exists() and live.is_dir() and fresh.is_dir()
+    assert fresh.name.startswith(f".mine-{os.getpid()}-")

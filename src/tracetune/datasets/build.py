@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from tracetune.datasets.mine import (DEFAULT_TIERS, TIERS, MineReport, code_hash
                                      unfiltered_rows)
 from tracetune.datasets.rows import KINDS, SCHEMA_VERSION, Row
 from tracetune.errors import TracetuneError
+from tracetune.staging import staging_dir
 from tracetune.tasks.splits import in_train
 
 # The dataset directory's layout (module docstring).
@@ -263,7 +263,7 @@ def _write(out: Path, runs: list[Path], config: MineConfig, report: MineReport) 
     import datasets
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mine-", dir=out.parent))
+    tmp = staging_dir(out.parent, "mine")
     try:
         for sub in (ROWS_DIR, FORMATS_DIR, HF_DIR):
             (tmp / sub).mkdir()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tracetune.errors import TracetuneError
+from tracetune.staging import staging_dir
 from tracetune.export.gguf_copy import rewrite_gguf
 from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, load_peft,
                                          permute_rows, prompt_ids)
@@ -84,7 +85,7 @@ def _merged_hf(adapter: Path, source: str, out: Path) -> str:
 
     tok, peft = load_peft(source, adapter)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out.parent))
+    tmp = staging_dir(out.parent, "partial")
     try:
         with torch.inference_mode():
             ref = [peft(torch.tensor([prompt_ids(tok, p)])).logits[0, -1] for p in PARITY_PROMPTS]
@@ -192,7 +193,7 @@ PARAMETER temperature 0.2
 def _ollama(adapter: Path, source: str, base_gguf: Path, out: Path) -> str:
     """A merged GGUF plus a Modelfile. The template is ChatML, as SmolLM2 and Qwen2.5 use."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out.parent))
+    tmp = staging_dir(out.parent, "partial")
     try:
         summary = _merged_gguf(adapter, source, base_gguf, tmp / "model.gguf")
         (tmp / "Modelfile").write_text(MODELFILE)
