@@ -55,6 +55,14 @@ def test_tdd_finetune_is_seed_000s_protocol():
     ("limit = 2", "limit = 2\ntemperature = -0.5", r"\[capability\]: temperature must be"),
     ("max_attempts = 1", "max_attempts = 1\nmodel = 'embedded'",
      r"\[eval\]: unknown key\(s\) model"),
+    ("max_attempts = 1", 'max_attempts = 1\ntasks = ["demo/nope"]',
+     r"\[eval\]: task\(s\) not in suite demo: demo/nope"),
+    ('kinds = ["sft"]', 'kinds = ["sft", "dpo"]\ndpo_teacher = "embedded"',
+     r"\[mine\]: dpo_teacher 'embedded': only the oracle"),
+    ('kinds = ["sft"]', 'kinds = ["dpo"]', r"method = sft trains on sft or fix rows"),
+    ("max_seq_len = 512", 'max_seq_len = 512\ntokenizer = "openai:m@http://x/v1"',
+     r"\[mine\]: tokenizer: model spec .* names no weights"),
+    ('base = "embedded"', 'base = "hf:some/model"', r"\[export\] target: .*gguf-lora"),
     ("r = 4", "r = 4.5", r"\[train\]: r must be an integer"),
     ("epochs = 1", "epoch = 1", r"\[train\]: unknown key\(s\) epoch"),
     ('base = "embedded"', 'base = "nosuch:model"', r"\[models\] base"),
@@ -130,6 +138,11 @@ def test_metric_names_cover_arms_evals_and_training():
             "delta.train.avg_tokens", "control.heldout.success_rate", "train.peak_ram_gb",
             "adapted.peak_ram_gb"} <= names
     assert "control.train.success_rate" not in names  # the control runs on held-out only
+
+
+def test_an_experiment_keeps_its_own_eval_defaults(tmp_path):
+    exp = load_experiment(_variant(tmp_path, "train_pct = 50\ntrials = 2\n", ""))
+    assert (exp.eval.trials, exp.eval.train_pct) == (8, 50)  # not `tracetune eval`'s 1 and None
 
 
 def test_missing_file_and_bad_toml(tmp_path):

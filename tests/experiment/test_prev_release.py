@@ -43,6 +43,14 @@ def test_every_stage_is_still_cached(run):
     assert results["decision"] == old["decision"]
 
 
+def test_settings_left_at_their_defaults_still_match(run):
+    exp = run / "experiment.toml"  # the old release's default split share, left unstated
+    exp.write_text(exp.read_text().replace("train_pct = 50\n", ""))
+    logs: list[str] = []
+    run_loop(exp, run, log=logs.append)
+    assert all(m.endswith("cached") for m in logs if m.startswith("["))
+
+
 def test_the_report_is_written_from_the_old_results(run):
     for name in ("report.md", "report.html"):
         (run / name).unlink(missing_ok=True)

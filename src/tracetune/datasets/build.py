@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tracetune.datasets.mine import (DEFAULT_TIERS, TIERS, MineReport, code_hash, dpo_rows,
-                                     fix_rows, load_attempts, normalize_code, sft_rows,
-                                     unfiltered_rows)
+                                     fix_rows, is_oracle, load_attempts, normalize_code,
+                                     sft_rows, unfiltered_rows)
 from tracetune.datasets.rows import KINDS, SCHEMA_VERSION, Row
 from tracetune.errors import TracetuneError
 from tracetune.staging import staging_dir
@@ -104,6 +104,16 @@ class MineConfig:
             raise TracetuneError("unfiltered must be 0 (off) or a number of rows")
         if self.train_pct is not None and not 0 <= self.train_pct <= 100:
             raise TracetuneError(f"train_pct must be within 0..100, not {self.train_pct}")
+        if self.dpo_teacher is not None and not is_oracle(self.dpo_teacher):
+            raise TracetuneError(f"dpo_teacher {self.dpo_teacher!r}: only the oracle can "
+                                 "relabel steps offline")
+        if self.tokenizer is not None:
+            from tracetune.models.resolve import require_weights
+
+            try:
+                require_weights(self.tokenizer)
+            except TracetuneError as exc:
+                raise TracetuneError(f"tokenizer: {exc}") from None
 
     def resolved(self) -> MineConfig:
         """The config as mined: empty tiers replaced by the defaults."""

@@ -305,7 +305,7 @@ def step_dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
         elif m.step_kind in ("parse_error", "loop"):
             bad.append(m)
     tasks = _suite_tasks(attempts) if teacher else {}
-    if teacher is not None and not _is_oracle(teacher):
+    if teacher is not None and not is_oracle(teacher):
         raise TracetuneError(f"DPO teacher {teacher!r}: only 'oracle' can relabel steps offline")
     rows: list[Row] = []
     per_task: dict[str, int] = {}
@@ -360,7 +360,7 @@ def _unique_by_code(attempts: list[MinedAttempt]) -> list[MinedAttempt]:
     return out
 
 
-def _is_oracle(spec: str) -> bool:
+def is_oracle(spec: str) -> bool:
     """The spec names the oracle teacher (with any options): the one teacher that can relabel
     steps offline, from the task's reference fix."""
     from tracetune.models import parse_spec

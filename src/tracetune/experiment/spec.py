@@ -98,6 +98,9 @@ class LoopEval:
 
 EVAL_FIXED = ("model", "seed", "split")
 """EvalConfig fields the loop sets itself ([models], [experiment] seed, eval_on)."""
+EVAL_DEFAULTS = {"trials": 8, "train_pct": 50}
+"""Where an experiment's [eval] default differs from `tracetune eval`'s: a comparison needs
+several samples per task and a held-out half (earlier releases' defaults, kept)."""
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,8 @@ class Experiment:
             from tracetune.eval.config import EvalConfig
 
             spec = self.eval.workflow_spec()
-            return as_json({**field_defaults(EvalConfig), **field_defaults(spec.info.config_cls),
-                            **field_defaults(LoopEval)})
+            return as_json({**field_defaults(EvalConfig), **EVAL_DEFAULTS,
+                            **field_defaults(spec.info.config_cls), **field_defaults(LoopEval)})
         if name == "mine":
             from tracetune.datasets.build import MineConfig
 
@@ -327,8 +330,8 @@ def load_experiment(path: Path) -> Experiment:
     info = build(ExperimentInfo, data.get("experiment", {}), f"{where} [experiment]")
     models = build(Models, data.get("models", {}), f"{where} [models]")
     eval_table, loop_eval = _split_table(data.get("eval", {}), LoopEval, f"{where} [eval]")
-    ev = eval_config_from(eval_table, f"{where} [eval]", model=models.base, seed=info.seed,
-                          split="all")
+    ev = eval_config_from({**EVAL_DEFAULTS, **eval_table}, f"{where} [eval]",
+                          model=models.base, seed=info.seed, split="all")
     teacher = _with_eval(TeacherSection, data.get("teacher", {}), TEACHER_EVAL,
                          f"{where} [teacher]")
     mine_table, loop_mine = _split_table(data.get("mine", {}), LoopMine, f"{where} [mine]")
@@ -467,15 +470,46 @@ def _with_eval(cls: type, table, defaults: dict, where: str):
 
 
 def _check_evaluations(exp: Experiment, where: str) -> None:
-    """Every evaluation config the loop will build passes its own validation now."""
-    runs = [("[teacher]", exp.teacher_config)] if exp.teacher.model is not None else []
+    """Every evaluation the loop will run passes its own validation and selects tasks now; the
+    training base, the adapted model's spec and the mining's teacher are resolved now."""
+    from pathlib import Path as _Path
+
+    from tracetune.eval.runner import select_tasks
+    from tracetune.models.resolve import adapted_spec
+    from tracetune.train.recipe import base_config
+
+    runs = [("[eval]", lambda: exp.eval)]
+    if exp.teacher.model is not None:
+        runs.append(("[teacher]", exp.teacher_config))
     if exp.capability.enabled:
         runs.append(("[capability]", lambda: exp.capability_config(exp.models.base)))
+    if exp.control.enabled:
+        runs.append(("[control]", lambda: exp.eval_config(exp.models.base,
+                                                          split=exp.heldout_split())))
     for section, make in runs:
         try:
-            make().validate()
+            config = make()
+            config.validate()
+            select_tasks(config)
         except TracetuneError as exc:
             raise TracetuneError(f"{where} {section}: {exc}") from None
+    train_base = exp.models.train_base or exp.models.base
+    try:
+        base_config(train_base, exp.train_config)
+    except TracetuneError as exc:
+        raise TracetuneError(f"{where} [models] train_base / [train]: {exc}") from None
+    if exp.models.adapted is None:
+        try:
+            adapted_spec(exp.models.base, target=exp.export.target,
+                         artifact=_Path("export") / "adapter.gguf", adapter_dir=_Path("adapter"),
+                         train_base=train_base)
+        except TracetuneError as exc:
+            raise TracetuneError(f"{where} [export] target: {exc}") from None
+    rows = {"sft": ("sft", "fix"), "dpo": ("dpo",)}[exp.train_config.method]
+    if not set(rows) & set(exp.mine.kinds):
+        raise TracetuneError(f"{where} [train] method = {exp.train_config.method} trains on "
+                             f"{' or '.join(rows)} rows; [mine] kinds {list(exp.mine.kinds)} "
+                             "yields none")
 
 
 def evals_of(exp: Experiment) -> list[str]:

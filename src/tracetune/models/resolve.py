@@ -60,6 +60,13 @@ def _bare(text: str) -> bool:
     return bool(head) and ":" not in head and head not in ("embedded", "oracle")
 
 
+def require_weights(spec: str | ModelSpec) -> ModelSpec:
+    """The parsed spec when it names weights and a tokenizer (embedded, gguf:PATH, hf:...,
+    or a bare hub name or directory), without loading anything; else one ModelSpecError line
+    (openai:, replay:, oracle)."""
+    return _local(weights_spec(spec))
+
+
 def _local(parsed: ModelSpec) -> ModelSpec:
     """`parsed` when it names weights on this machine (or the hub); else one ModelSpecError line."""
     reason = _NO_WEIGHTS.get(parsed.backend)
