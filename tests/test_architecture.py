@@ -68,6 +68,13 @@ def test_models_import_nothing_above_them():
     assert not {m: d for m, d in bad.items() if d}
 
 
+def test_model_backends_are_resolved_inside_models():
+    from tracetune.models import BACKENDS
+
+    paths = {b.name: b.import_path for b in BACKENDS.values()}
+    assert all(p.startswith("tracetune.models.") for p in paths.values() if p), paths
+
+
 WORKFLOW_NAME_TEST = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](direct|tdd|repair)["']"""
                                 r"""|["'](direct|tdd|repair)["']\s*(==|!=)""")
 

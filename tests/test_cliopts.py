@@ -68,7 +68,8 @@ def test_a_new_field_is_a_new_option():
 
 def test_rollouts_keep_a_teachers_defaults():
     text = _help("rollouts")
-    assert "repair,test_policy=never" in text and "--rollouts" in text
+    assert "[default: repair]" in text and "--rollouts" in text
+    assert "test_policy=never" in text  # said in the command's help
 
 
 def test_a_bad_workflow_option_is_one_line(tmp_path):
@@ -115,3 +116,31 @@ def test_check_experiment_refuses_what_a_stage_would_refuse(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = subprocess.run(CLI + ["check-experiment", str(tiny)], capture_output=True, text=True)
     assert r.returncode == 0 and "baseline -> mine -> train" in r.stdout
+
+
+def test_rollouts_apply_a_teachers_workflow_defaults_only_where_unstated():
+    from tracetune.cli import TEACHER_WORKFLOW_DEFAULTS
+    from tracetune.eval.config import eval_config_from, with_workflow_defaults
+
+    def rollouts(**values):
+        values = with_workflow_defaults({"suite": "bugs", **values}, TEACHER_WORKFLOW_DEFAULTS)
+        return eval_config_from(values, "cli").workflow
+
+    assert rollouts(workflow="repair") == "repair,test_policy=never"
+    assert rollouts(workflow="repair", test_policy="end") == "repair,test_policy=end"
+    assert rollouts(workflow="repair,test_policy=after_write") == "repair"
+    assert rollouts(workflow="direct") == "direct,max_attempts=1"
+    assert rollouts(workflow="tdd,max_attempts=2") == "tdd,max_attempts=2"
+
+
+def test_a_flat_key_may_not_contradict_the_spec():
+    import pytest
+
+    from tracetune.errors import TracetuneError
+    from tracetune.eval.config import eval_config_from
+
+    with pytest.raises(TracetuneError, match="max_attempts = 1 conflicts with the workflow's "
+                                             "max_attempts=3"):
+        eval_config_from({"workflow": "tdd,max_attempts=3", "max_attempts": 1}, "x")
+    assert eval_config_from({"workflow": "tdd", "max_attempts": 1}, "x").workflow == \
+        "tdd,max_attempts=1"

@@ -19,7 +19,8 @@ from tracetune import __version__
 from tracetune.cliopts import config_options
 from tracetune.datasets.build import MineConfig
 from tracetune.errors import TracetuneError
-from tracetune.eval.config import EvalConfig, eval_config_from, legacy_option_types
+from tracetune.eval.config import (EvalConfig, eval_config_from, legacy_option_types,
+                                   with_workflow_defaults)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a coding agent's own runs into a better small model.")
@@ -305,7 +306,8 @@ def tasks_check(
         raise TracetuneError(f"{failures} task(s) failed the check")
 
 
-
+TEACHER_WORKFLOW_DEFAULTS = {"test_policy": "never", "max_attempts": 1}
+"""`tracetune rollouts`' workflow options where the user states none (earlier releases' too)."""
 _EVAL_FLAGS = {"model": ("--model", "-m"), "tasks": ("--task",),
                "check_timeout_s": ("--check-timeout-s", "--check-timeout")}
 
@@ -332,7 +334,7 @@ def eval_cmd(
 
 @app.command("rollouts")
 @config_options(EvalConfig, flags={**_EVAL_FLAGS, "trials": ("--rollouts",)},
-                defaults={"workflow": "repair,test_policy=never", "temperature": 0.2},
+                defaults={"workflow": "repair", "temperature": 0.2},
                 required=("suite", "model"), hidden=legacy_option_types())
 def rollouts_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory (holds trajectories.sqlite)."),
@@ -342,7 +344,10 @@ def rollouts_cmd(
     """Generate teacher trajectories (seed 002): every one is stored, ready for `tracetune mine`
     (step-level SFT and DPO rows). The same options as `eval`, with a teacher's defaults: the
     repair workflow without test feedback, temperature 0.2; --model oracle is the scripted
-    reference fix (offline); a split like --suite bugs:train keeps held-out tasks out."""
+    reference fix (offline); a split like --suite bugs:train keeps held-out tasks out. Unless
+    the workflow spec says otherwise, a teacher gets no test feedback (test_policy=never) and
+    one attempt per step (max_attempts=1)."""
+    settings = with_workflow_defaults(settings, TEACHER_WORKFLOW_DEFAULTS)
     config = eval_config_from(settings, "the command line")
     if not resume:
         config.validate()
@@ -389,6 +394,7 @@ def _print_run(run_dir: Path) -> None:
     from tracetune.traces.store import Store
 
     store = Store(run_dir)
+    store_path = store.path
     try:
         rows, overall = summarize_run(store.episodes())
         out.print(run_table(store.run(), rows, overall))
@@ -398,7 +404,7 @@ def _print_run(run_dir: Path) -> None:
                 f"{kind} {n}" for kind, n in kinds.most_common()))
     finally:
         store.close()
-    out.print(f"[dim]trajectories: {run_dir}/trajectories.sqlite[/]")
+    out.print(f"[dim]trajectories: {store_path}[/]")
 
 
 @app.command()
@@ -514,7 +520,9 @@ def export_cmd(
 ) -> None:
     """Export a run's trajectories (--jsonl), or an adapter (--to; ends with a parity check
     and writes nothing if it fails)."""
-    if (path / "trajectories.sqlite").is_file():
+    from tracetune.traces.store import DB_NAME
+
+    if (path / DB_NAME).is_file():
         if to is not None:
             raise TracetuneError(f"{path} is a run; --to applies to adapters (use --jsonl)")
         from tracetune.traces.export import export_jsonl
@@ -602,8 +610,11 @@ def loop_cmd(
                            progress=on_progress)
     if results:
         _print_verdicts(results)
-        if (out_dir / "report.md").is_file():
-            out.print(f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}")
+        from tracetune.experiment.layout import RunLayout
+
+        layout = RunLayout(out_dir)
+        if layout.report_md.is_file():
+            out.print(f"report: {layout.report_md}  {layout.report_html}")
 
 
 def _print_verdicts(results: dict) -> None:
@@ -623,7 +634,9 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A loop's run directory.
     from tracetune.experiment.report import write_report
 
     md, page = write_report(run_dir)
-    _print_verdicts(json.loads((run_dir / "results.json").read_text()))
+    from tracetune.experiment.layout import RunLayout
+
+    _print_verdicts(json.loads(RunLayout(run_dir).results.read_text()))
     out.print(f"report: {md}  {page}")
 
 

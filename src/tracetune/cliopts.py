@@ -48,8 +48,11 @@ def config_options(cls: type, *, exclude: tuple[str, ...] = (),
             decls = flags.get(f.name, ("--" + f.name.replace("_", "-"),))
             if hints[f.name] is bool and len(decls) == 1:
                 decls = (f"{decls[0]}/--no-{decls[0][2:]}",)
+            text = docs.get(f.name, "")
+            if typing.get_origin(hints[f.name]) is tuple:
+                text += " (repeatable)"
             option = typer.Option(... if f.name in required else default, *decls,
-                                  help=docs.get(f.name, ""), show_default=f.name not in required)
+                                  help=text, show_default=f.name not in required)
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                            default=option, annotation=annotation))
             names.append(f.name)

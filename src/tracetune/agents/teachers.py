@@ -19,6 +19,7 @@ from typing import Sequence
 from tracetune.agents.repair import RESULT_PREFIX
 from tracetune.agents.tools import WRITE_TOOLS, parse_message
 from tracetune.errors import ModelError, TracetuneError
+from tracetune.models import Model, load_model, parse_spec
 from tracetune.models.common import Scripted
 from tracetune.models.configs import OracleConfig
 from tracetune.tasks import Task
@@ -103,3 +104,15 @@ class BoundOracle(Scripted):
             raise ModelError("the oracle writes reference implementations (workflow direct) "
                              "and repairs (workflow repair); it does not write tests or retries")
         return f"```python\n{self.task.reference.strip()}\n```"
+
+
+TEACHERS = {"oracle": OracleModel}
+"""Model-spec backends that are teachers: built here, bound to each task by the runner."""
+
+
+def load_policy(spec: str) -> Model:
+    """The model an episode talks to: a teacher (`oracle`) or any backend `models` loads."""
+    parsed = parse_spec(spec)
+    if parsed.backend in TEACHERS:
+        return TEACHERS[parsed.backend](parsed.config, spec=parsed.text)
+    return load_model(parsed)

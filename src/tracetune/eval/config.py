@@ -105,7 +105,7 @@ def upgrade_eval_values(values: dict, where: str) -> dict:
     ({name = "repair", max_iters = 5}) becomes a spec string, and the flat workflow keys of
     earlier releases are folded into the spec when the workflow has that option (they never
     applied to the others, which ignored them). Raises TracetuneError on a conflict."""
-    from tracetune.agents.spec import parse_workflow, workflow_info
+    from tracetune.agents.spec import parse_workflow
 
     values = dict(values)
     workflow = values.get("workflow", EvalConfig.workflow)
@@ -122,18 +122,37 @@ def upgrade_eval_values(values: dict, where: str) -> dict:
     legacy = {k: values.pop(k) for k in LEGACY_WORKFLOW_KEYS if k in values}
     if legacy:
         spec = parse_workflow(workflow)
-        own = {k: v for k, v in legacy.items()
-               if k in {f for f in spec.options()}}
+        own = _typed(spec.name, {k: v for k, v in legacy.items() if k in spec.options()}, where)
+        stated = _stated(workflow)
         for k, v in own.items():
-            stated = spec.options()[k]
-            default = getattr(workflow_info(spec.name).config_cls(), k)
-            if stated != default and stated != v:
+            if k in stated and spec.options()[k] != v:
                 raise TracetuneError(f"{where}: {k} = {v!r} conflicts with the workflow's "
-                                     f"{k}={stated!r}")
+                                     f"{k}={spec.options()[k]!r}")
         if own:
-            workflow = parse_workflow(workflow, **_typed(spec.name, own, where)).text()
+            workflow = parse_workflow(workflow, **own).text()
     values["workflow"] = parse_workflow(workflow).text()  # canonical: defaults left out
     return values
+
+
+def _stated(workflow: str) -> set[str]:
+    """The options a workflow spec string states (whatever their values)."""
+    from tracetune.tomlconf import split_options
+
+    return set(split_options(workflow, f"workflow {workflow!r}")[1])
+
+
+def with_workflow_defaults(values: dict, defaults: dict) -> dict:
+    """`values` (EvalConfig keyword values, possibly with the flat keys of earlier releases)
+    with `defaults` applied to the workflow's options that neither its spec nor a flat key
+    states, and that the workflow has (e.g. a teacher's test_policy=never, max_attempts=1)."""
+    from tracetune.agents.spec import parse_workflow
+
+    workflow = values.get("workflow", EvalConfig.workflow)
+    spec = parse_workflow(workflow)
+    unstated = {k: v for k, v in defaults.items()
+                if k in spec.options() and k not in _stated(workflow) and k not in values}
+    return {**values, "workflow": parse_workflow(workflow, **unstated).text()} if unstated \
+        else values
 
 
 def legacy_option_types() -> dict[str, type]:
@@ -154,10 +173,11 @@ def legacy_option_types() -> dict[str, type]:
 
 def _typed(name: str, table: dict, where: str) -> dict:
     """Check a workflow table's values against its config's field types."""
-    from tracetune.agents.spec import workflow_info
-    from tracetune.tomlconf import check_type
     import dataclasses
     import typing
+
+    from tracetune.agents.spec import workflow_info
+    from tracetune.tomlconf import check_type
 
     cls = workflow_info(name).config_cls
     hints = typing.get_type_hints(cls)

@@ -21,7 +21,9 @@ from typing import Callable
 from tracetune.agents import build_workflow
 from tracetune.errors import TracetuneError
 from tracetune.eval.config import EvalConfig, eval_config_from
-from tracetune.models import Model, load_model
+from tracetune.eval.metrics import Summary, summarize_run
+from tracetune.agents.teachers import load_policy
+from tracetune.models import Model
 from tracetune.sandbox import Sandbox, SandboxConfig
 from tracetune.tasks import Task, builtin_suites, load_suite
 from tracetune.tasks.check import require_valid
@@ -96,7 +98,7 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool
     if config.suite not in builtin_suites():  # a user's suite: prove its references first
         with Sandbox(SandboxConfig(timeout_s=config.check_timeout_s)) as sb:
             require_valid(load_suite(config.suite), sb)
-    model = load_model(config.model)
+    model = load_policy(config.model)
     try:
         store = Store(db, create=True)
     except BaseException:
@@ -109,14 +111,16 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool
 
 
 def run_eval(config: EvalConfig, out: Path, *, resume: bool = False,
-             on_progress: Callable[[int, int], None] | None = None) -> Path:
-    """Run (or continue) an evaluation; returns the store's path. `on_progress(done, total)`."""
+             on_progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Run (or continue) an evaluation in `out` (its store: `out/DB_NAME`); returns the run's
+    overall Summary (eval.metrics), read from the store while it is open.
+    `on_progress(done, total)` counts finished episodes."""
     store, config, model = open_run(config, out, resume=resume)
     try:
         _run(store, config, on_progress, model)
+        return summarize_run(store.episodes())[1]
     finally:
         store.close()
-    return Path(out) / DB_NAME
 
 
 def _run(store: Store, config: EvalConfig, on_progress, model: Model | None) -> None:
@@ -136,7 +140,7 @@ def _run(store: Store, config: EvalConfig, on_progress, model: Model | None) -> 
         return
     workflow = build_workflow(config.workflow_spec())
     params = config.params()
-    model = model if model is not None else load_model(config.model)
+    model = model if model is not None else load_policy(config.model)
     sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
     stop = threading.Event()
     lock = threading.Lock()

@@ -74,18 +74,12 @@ class Context:
 
     def evaluate(self, stage: str, config, out: Path) -> dict:
         """Run (or continue) one evaluation into `out`; returns {run, n, successes}."""
-        from tracetune.eval.metrics import summarize_run
         from tracetune.eval.runner import run_eval
-        from tracetune.traces.store import DB_NAME, Store
+        from tracetune.traces.store import DB_NAME
 
         self.log(f"[{stage}] {config.model} on {config.suite} -> {out}")
-        run_eval(config, out, resume=(out / DB_NAME).is_file(),
-                 on_progress=lambda done, total: self.progress(stage, done, total))
-        store = Store(out)
-        try:
-            _, overall = summarize_run(store.episodes())
-        finally:
-            store.close()
+        overall = run_eval(config, out, resume=(out / DB_NAME).is_file(),
+                           on_progress=lambda done, total: self.progress(stage, done, total))
         self.log(f"[{stage}] {overall.successes}/{overall.n} passed")
         return {"run": self.layout.relative(out), "n": overall.n,
                 "successes": overall.successes}
@@ -97,7 +91,8 @@ class Context:
 
         exp = self.exp
         target = exp.export.target
-        artifact = RunLayout.export_file(export_dir, target) if target != "none" else None
+        # target none exports nothing; {export} names what merged-gguf would write, as before
+        artifact = RunLayout.export_file(export_dir, "merged-gguf" if target == "none" else target)
         if exp.models.adapted:
             return exp.models.adapted.format(export=artifact, adapter=adapter_dir)
         return adapted_spec(exp.models.base, target=target, artifact=artifact,

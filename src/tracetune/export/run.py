@@ -28,7 +28,9 @@ TARGETS = ("gguf-lora", "merged-hf", "merged-gguf", "ollama")
 
 
 def _adapter_meta(adapter: Path) -> dict:
-    meta_path = adapter / "tracetune_adapter.json"
+    from tracetune.train.recipe import META
+
+    meta_path = adapter / META
     if not (adapter / "adapter_config.json").is_file():
         raise TracetuneError(f"{adapter} is not an adapter directory (no adapter_config.json)")
     return json.loads(meta_path.read_text()) if meta_path.is_file() else {}

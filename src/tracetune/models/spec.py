@@ -19,7 +19,9 @@ from tracetune.tomlconf import split_options
 class Backend:
     name: str
     import_path: str
-    """module:Class, imported lazily."""
+    """module:Class under tracetune.models, imported lazily; empty for a teacher, which the
+    runner loads itself (tracetune.agents.teachers) because it answers only inside an episode
+    that knows the task."""
     config_cls: type
     summary: str
     example: str
@@ -38,9 +40,9 @@ BACKENDS: dict[str, Backend] = {
     "replay": Backend("replay", "tracetune.models.replay:ReplayModel", ReplayConfig,
                       "scripted outputs from a JSONL file (deterministic tests)",
                       "replay:tests/data/outputs.jsonl"),
-    "oracle": Backend("oracle", "tracetune.agents.teachers:OracleModel", OracleConfig,
-                      "scripted teacher from each task's reference fix (offline rollouts)",
-                      "oracle"),
+    "oracle": Backend("oracle", "", OracleConfig,
+                      "scripted teacher from each task's reference fix (offline rollouts; "
+                      "eval and rollouts only)", "oracle"),
 }
 
 # Spec prefix -> backend name.
@@ -58,6 +60,9 @@ class ModelSpec:
     (gguf, llamacpp, hf, openai, replay). Two prefixes can share a backend (gguf, llamacpp)."""
 
     def backend_class(self) -> type:
+        if not BACKENDS[self.backend].import_path:
+            raise ModelSpecError(f"{self.text!r} is a teacher that answers only inside an "
+                                 "episode: use it with tracetune eval or tracetune rollouts")
         module_name, _, cls_name = BACKENDS[self.backend].import_path.partition(":")
         return getattr(importlib.import_module(module_name), cls_name)
 
