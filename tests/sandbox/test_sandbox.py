@@ -220,3 +220,16 @@ def test_process_mode_still_contains_timeouts(processes_with):
                               f"'{marker}'], start_new_session=True)\ntime.sleep(60)\n"))
         assert r.status == "timeout"
     assert processes_with(marker) == []
+
+
+def test_string_hash_order_is_the_same_in_every_sandbox():
+    # list(set(words)) depends on the string hash seed: a check's verdict must not flip between
+    # two runs (or two machines) of the same code.
+    program = Job.program("print(list({f'w{i}' for i in range(30)}))")
+    orders = []
+    for _ in range(2):
+        with Sandbox(SandboxConfig(workers=1)) as sb:  # a fresh zygote each time
+            r = sb.run(program)
+            assert r.status == "pass", r.reason
+            orders.append(r.stdout)
+    assert orders[0] == orders[1]

@@ -218,7 +218,11 @@ class Sandbox:
             self._started = True
 
     def _spawn_zygote(self) -> None:
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+        # PYTHONHASHSEED is read once, when an interpreter starts, and the checks are forks of
+        # this zygote: fixed here, a program's set and dict-of-str order (list(set(words)))
+        # is the same in every run and on every machine, so its verdict cannot flip between runs.
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+                   PYTHONHASHSEED="0")
         env.pop("PYTEST_ADDOPTS", None)
         argv = [sys.executable, "-m", "tracetune.sandbox.zygote"]
         if self.isolation == "bwrap":
