@@ -115,14 +115,14 @@ def upgrade_eval_values(values: dict, where: str) -> dict:
         if not isinstance(name, str):
             raise TracetuneError(f"{where} workflow: a workflow table needs name = \"direct\", "
                                  "\"tdd\" or \"repair\"")
-        workflow = parse_workflow(name, **_typed(name, table, f"{where} workflow")).text()
+        workflow = parse_workflow(name, **table).text()  # options type-checked there
     elif not isinstance(workflow, str):
         raise TracetuneError(f"{where} workflow: must be a string like \"repair,max_iters=5\" "
                              "or a table with a name")
     legacy = {k: values.pop(k) for k in LEGACY_WORKFLOW_KEYS if k in values}
     if legacy:
         spec = parse_workflow(workflow)
-        own = _typed(spec.name, {k: v for k, v in legacy.items() if k in spec.options()}, where)
+        own = {k: v for k, v in legacy.items() if k in spec.options()}
         stated = _stated(workflow)
         for k, v in own.items():
             if k in stated and spec.options()[k] != v:
@@ -169,24 +169,6 @@ def legacy_option_types() -> dict[str, type]:
         out.update({f.name: hints[f.name] for f in dataclasses.fields(info.config_cls)
                     if f.name in LEGACY_WORKFLOW_KEYS})
     return out
-
-
-def _typed(name: str, table: dict, where: str) -> dict:
-    """Check a workflow table's values against its config's field types."""
-    import dataclasses
-    import typing
-
-    from tracetune.agents.spec import workflow_info
-    from tracetune.tomlconf import check_type
-
-    cls = workflow_info(name).config_cls
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise TracetuneError(f"{where}: unknown option(s) {', '.join(unknown)} of workflow "
-                             f"{name} (valid: {', '.join(sorted(known))})")
-    return {k: check_type(f"{where}: {k}", v, hints[k]) for k, v in table.items()}
 
 
 def eval_config_from(values: dict, where: str, **fixed) -> EvalConfig:
