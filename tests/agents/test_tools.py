@@ -181,3 +181,27 @@ def test_edit_through_the_workspace(ws):
     assert "x + 2" in (ws.root / "main.py").read_text()
     with pytest.raises(ToolError, match="search must not be empty"):
         run(ws, call("edit", rel_path="main.py", search="  ", replace="x"))
+
+
+@pytest.mark.parametrize("search,replace", [
+    # spaces in the edit, tabs in the file: a whitespace-insensitive match
+    ("    if x > hi:\n        return lo\n", "    if x > hi:\n        return hi\n"),
+    # the exact text of the file as search, the replacement written with spaces
+    ("\tif x > hi:\n\t\treturn lo\n", "    if x > hi:\n        return hi\n"),
+])
+def test_edit_follows_the_files_tabs(search, replace):
+    from tracetune.agents.tools import fuzzy_replace
+
+    text = "def clamp(x, lo, hi):\n\tif x < lo:\n\t\treturn lo\n\tif x > hi:\n\t\treturn lo\n" \
+           "\treturn x\n"
+    new, _ = fuzzy_replace(text, search, replace)
+    assert new == text.replace("\t\treturn lo\n\treturn x", "\t\treturn hi\n\treturn x")
+    compile(new, "clamp.py", "exec")
+
+
+def test_edit_keeps_crlf_and_two_space_indentation():
+    from tracetune.agents.tools import fuzzy_replace
+
+    text = "def f(x):\r\n  if x:\r\n    return 1\r\n  return 0\r\n"
+    new, how = fuzzy_replace(text, "if x:\n    return 1\n", "if x:\n    y = 2\n    return y\n")
+    assert new == "def f(x):\r\n  if x:\r\n    y = 2\r\n    return y\r\n  return 0\r\n", how

@@ -153,7 +153,9 @@ def test_write_outside_directory_is_refused(sb):
         target = host_dir / "escaped.txt"
         r = sb.run(Job.program(f"open({str(target)!r}, 'w').write('pwned')\n"))
         assert r.status == "fail"
-        assert "Read-only" in r.stderr or "Permission denied" in r.stderr
+        # With bwrap the project tree is not even in the check's view; as root without bwrap
+        # the check's uid may not write there.
+        assert any(m in r.stderr for m in ("Read-only", "Permission denied", "No such file"))
         assert not target.exists()
     finally:
         shutil.rmtree(host_dir)

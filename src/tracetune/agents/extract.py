@@ -48,35 +48,60 @@ def extract_code(text: str, names: tuple[str, ...] = (), *, tests: bool = False)
     return "\n".join(lines[start:]).strip("\n") + "\n"
 
 
-def _calls_local(node: ast.AST, local: set[str]) -> bool:
-    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in local
-               for n in ast.walk(node))
+def _is_main_guard(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":`"""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and isinstance(test, ast.Compare) and \
+        isinstance(test.left, ast.Name) and test.left.id == "__name__"
+
+
+def _names(node: ast.AST, ctx: type | None = None) -> set[str]:
+    """Names a node mentions (only loads with ctx=ast.Load, only stores with ctx=ast.Store)."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+            and (ctx is None or isinstance(n.ctx, ctx))}
 
 
 def sanitize(code: str) -> str:
-    """Keep what a module needs (imports, definitions, constants); drop top-level statements that
-    only exercise it (prints, asserts, example calls, `if __name__ == "__main__":` blocks).
+    """Drop the top-level statements that only exercise the module (example calls, prints of
+    results, asserts on examples, `if __name__ == "__main__":` blocks), keeping everything that
+    can change what the module's definitions compute.
 
     Small models often append usage examples to their solution; those run at import time and can
-    crash a correct solution, or a wrong `assert` example can. Code that does not parse is returned
-    unchanged (the syntax guard reports it).
+    crash a correct solution, or a wrong `assert` example can. A statement is dropped only when it
+    mentions one of the module's own functions or classes (so it uses the solution rather than
+    configures it: `sys.setrecursionlimit(20000)` stays) and writes nothing that the kept code
+    reads: a module-level table built by a helper (`_TABLE = _build(90)`), a rebinding of a
+    definition (`f = cache(f)`) or a loop that fills a global the functions use all stay. Code that
+    does not parse is returned unchanged (the syntax guard reports it).
     """
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError):
         return code
-    local = {n.name for n in tree.body
-             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    lines = code.splitlines()
-    kept: list[str] = []
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    always = defs + (ast.Import, ast.ImportFrom, ast.Try)
+    local = {n.name for n in tree.body if isinstance(n, defs)}
+    module_bound = set().union(*(_names(n, ast.Store) for n in tree.body
+                                 if not isinstance(n, defs)), set()) - local
+    keep = []
     for i, node in enumerate(tree.body):
-        keep = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef,
-                                 ast.AsyncFunctionDef, ast.ClassDef, ast.Try))
-        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            keep = node.value is not None and not _calls_local(node.value, local)
-        if isinstance(node, ast.Expr) and i == 0 and isinstance(node.value, ast.Constant):
-            keep = True  # module docstring
-        if keep:
+        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        keep.append(isinstance(node, always) or docstring
+                    or (not _is_main_guard(node) and not (_names(node) & local))
+                    or bool(_names(node, ast.Store) & local))
+    # Grow the kept set to a fixpoint: a dropped statement that mentions a module-level name the
+    # kept code reads (builds it, fills it, mutates it) is needed after all.
+    changed = True
+    while changed:
+        read = set().union(*(_names(n, ast.Load) for n, k in zip(tree.body, keep) if k))
+        changed = False
+        for j, node in enumerate(tree.body):
+            if not keep[j] and not _is_main_guard(node) and _names(node) & module_bound & read:
+                keep[j] = changed = True
+    lines = code.splitlines()
+    kept = []
+    for node, k in zip(tree.body, keep):
+        if k:
             start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
             kept.append("\n".join(lines[start - 1:node.end_lineno]))
     return "\n\n".join(kept).strip("\n") + "\n" if kept else code

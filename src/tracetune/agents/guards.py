@@ -98,6 +98,23 @@ def count_tests(tree: ast.Module) -> int:
     return n
 
 
+_SKIPPING = ("skip", "skipif", "xfail", "importorskip", "skipTest", "expectedFailure")
+
+
+def skipping_constructs(tree: ast.Module) -> list[str]:
+    """Names of the constructs in a test file that skip or expect failure instead of testing
+    (`@pytest.mark.skip`, `pytest.skip()`, `@pytest.mark.xfail`, `@unittest.skip`,
+    `self.skipTest()`...), in source order. Tests that never run prove nothing, so a written test
+    suite that uses one is sent back."""
+    found = []
+    for node in ast.walk(tree):
+        name = node.attr if isinstance(node, ast.Attribute) else \
+            node.id if isinstance(node, ast.Name) else None
+        if name in _SKIPPING:
+            found.append(ast.unparse(node))
+    return found
+
+
 def imports_module(tree: ast.Module, module: str) -> bool:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == module:
@@ -124,6 +141,12 @@ class TestSuiteGuard:
             return GuardResult(self.name, False,
                                f"The tests must import the code under test with "
                                f"`from {MODULE} import {names}`.")
+        skips = skipping_constructs(tree)
+        if skips:
+            return GuardResult(self.name, False,
+                               f"The tests must run: remove {', '.join(dict.fromkeys(skips))} "
+                               f"(skipped and expected-failure tests check nothing).",
+                               {"skips": skips})
         n = count_tests(tree)
         if n < self.min_tests:
             return GuardResult(self.name, False,

@@ -251,17 +251,43 @@ def _norm(line: str) -> str:
     return " ".join(line.split())
 
 
-def _reindent(lines: list[str], delta: int) -> list[str]:
-    if delta > 0:
-        return [" " * delta + ln if ln.strip() else ln for ln in lines]
-    if delta < 0:
-        cut = -delta
-        return [ln[min(cut, len(ln) - len(ln.lstrip(" "))):] for ln in lines]
-    return lines
+def _lead(line: str) -> str:
+    return line[:len(line) - len(line.lstrip(" \t"))]
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
+def _indent_unit(lines: list[str]) -> str:
+    """The indentation one nesting level adds in `lines`: a tab when indented lines start with
+    tabs, else the smallest positive step between the space indentations (4 when none)."""
+    leads = [_lead(ln) for ln in lines if ln.strip()]
+    if any(lead.startswith("\t") for lead in leads):
+        return "\t"
+    widths = sorted({len(lead) for lead in leads})
+    steps = [b - a for a, b in zip([0] + widths, widths) if b > a]
+    return " " * (min(steps) if steps else 4)
+
+
+def _levels(lead: str, unit: str) -> float:
+    """Nesting depth of an indentation in units (a tab counts as one level)."""
+    if unit == "\t":
+        return lead.count("\t") + lead.count(" ") / 4
+    return lead.count("\t") + lead.count(" ") / len(unit)
+
+
+def _conform(replace: list[str], searched_first: str, matched_first: str,
+             file_unit: str, search_unit: str, edit_unit: str) -> list[str]:
+    """The replace lines re-indented into the file's own style: each line keeps its depth
+    relative to the searched text's first line, written in the file's indentation unit (tabs in
+    a tab-indented file) from the depth of the matched line."""
+    base = _levels(_lead(matched_first), file_unit)
+    ref = _levels(_lead(searched_first), search_unit)
+    out = []
+    for ln in replace:
+        if not ln.strip():
+            out.append("")
+            continue
+        depth = max(0, round(base + _levels(_lead(ln), edit_unit) - ref))
+        out.append(file_unit * depth + ln.lstrip(" \t"))
+    return out
 
 
 def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
@@ -272,11 +298,20 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
        (indentation, runs of spaces, trailing blanks);
     3. fuzzy: the window of as many lines with the highest similarity (difflib ratio of the
        normalised lines), when it is at least FUZZY_THRESHOLD and clearly ahead of the runner-up.
-    In 2 and 3 the matched lines are replaced by the replace text, re-indented by the difference
-    between the matched and the searched indentation. Raises ToolError when nothing fits.
+    In 2 and 3 the matched lines are replaced by the replace text, re-indented into the file's
+    own conventions: each line keeps its depth relative to the searched text, written with the
+    file's indentation unit (tabs stay tabs) and the file's line ending (CRLF stays CRLF). Raises
+    ToolError when nothing fits.
     """
+    file_unit = _indent_unit(text.splitlines())
+    search_unit = _indent_unit(search.splitlines())
+    edit_unit = _indent_unit(replace.splitlines())
+    wrong_char = " " if file_unit == "\t" else "\t"
+    same_style = not any(ln.startswith(wrong_char) and ln.strip() for ln in replace.splitlines())
     count = text.count(search)
-    if count == 1:
+    # An exact match is spliced as written unless the replacement is indented in another style
+    # than the file (spaces into a tab-indented file): that goes through the line-based path.
+    if count == 1 and same_style:
         return text.replace(search, replace, 1), "exact match"
     if count > 1:
         raise ToolError(f"edit: the search text occurs {count} times; include more surrounding "
@@ -313,10 +348,11 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
         how = f"fuzzy match, similarity {best:.2f}"
     matched = lines[start:start + n]
     first = next(k for k, w in enumerate(want) if w.strip())
-    delta = _indent(matched[first]) - _indent(want[first])
-    new_lines = _reindent(replace.splitlines(), delta)
-    ending = "\n" if matched[-1].endswith("\n") else ""
-    block = "\n".join(new_lines) + (ending if new_lines else "")
+    new_lines = _conform(replace.splitlines(), want[first], matched[first], file_unit,
+                         search_unit, edit_unit)
+    eol = "\r\n" if matched[first].endswith("\r\n") else "\n"
+    ending = eol if matched[-1].endswith("\n") else ""
+    block = eol.join(new_lines) + (ending if new_lines else "")
     out = "".join(lines[:start]) + block + "".join(lines[start + n:])
     return out, f"{how}, lines {start + 1}-{start + n}"
 

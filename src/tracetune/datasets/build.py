@@ -136,10 +136,11 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     report = MineReport()
     pct = {m.episode.run_id: config.train_pct if config.train_pct is not None
            else m.episode.train_pct for m in attempts}
+    suites = {m.episode.run_id: m.episode.suite for m in attempts}
     if config.unfiltered:
         import random
 
-        rows = _filter(unfiltered_rows(attempts), config, report, pct)
+        rows = _filter(unfiltered_rows(attempts), config, report, pct, suites)
         if len(rows) < config.unfiltered:
             raise TracetuneError(f"only {len(rows)} unfiltered rows exist; "
                                  f"{config.unfiltered} were asked for")
@@ -153,7 +154,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         rows += fix_rows(attempts)
     if "dpo" in config.kinds:
         rows += dpo_rows(attempts, config.max_dpo_pairs_per_task, config.dpo_teacher)
-    rows = _filter(rows, config, report, pct)
+    rows = _filter(rows, config, report, pct, suites)
     report.rows = {k: [r for r in rows if r.kind == k] for k in config.kinds}
     if not rows:
         raise TracetuneError("no rows left after filtering ("
@@ -164,7 +165,7 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
 
 
 def _filter(rows: list[Row], config: MineConfig, report: MineReport,
-            train_pct: dict[str, int]) -> list[Row]:
+            train_pct: dict[str, int], suites: dict[str, str]) -> list[Row]:
     kept = []
     for r in rows:  # split: held-out tasks never reach training data
         if config.allow_heldout or in_train(r.task, train_pct[r.provenance["run_id"]]):
@@ -181,6 +182,18 @@ def _filter(rows: list[Row], config: MineConfig, report: MineReport,
         else:
             seen.add(key)
             kept.append(r)
+    if not config.allow_heldout:
+        # A train task filed twice (under another id on the held-out side, or reworded only in
+        # whitespace) would carry the held-out task's answer into training: check every row
+        # against its own run's held-out tasks, by default, not only against named suites.
+        rows, kept = kept, []
+        twins = {run: _leak_index_of(_held_out(suites[run], train_pct[run]))
+                 for run in {r.provenance["run_id"] for r in rows}}
+        for r in rows:
+            if _leaks(r, twins[r.provenance["run_id"]]):
+                report.drop("leakage_held_out_twin", r)
+            else:
+                kept.append(r)
     if config.leakage_suites:
         rows, kept = kept, []
         leaks = _leak_index(config.leakage_suites)
@@ -205,12 +218,32 @@ def _filter(rows: list[Row], config: MineConfig, report: MineReport,
 def _leak_index(suites: tuple[str, ...]) -> dict[str, set[str]]:
     from tracetune.tasks import load_suite
 
+    return _leak_index_of([t for name in suites for t in load_suite(name).tasks])
+
+
+def _leak_index_of(tasks) -> dict[str, set[str]]:
+    """{"code": normalized reference programs, "text": whitespace-normalized specs} of tasks."""
     index: dict[str, set[str]] = {"code": set(), "text": set()}
-    for name in suites:
-        for t in load_suite(name).tasks:
+    for t in tasks:
+        if t.reference:
             index["code"].add(normalize_code(t.reference))
-            index["text"].add(" ".join(t.spec.split()))
+        index["text"].add(" ".join(t.spec.split()))
     return index
+
+
+def _held_out(suite: str, train_pct: int) -> list:
+    """The held-out tasks of a run's suite under the run's split. Raises TracetuneError (one
+    line) when the suite no longer loads: mining cannot then prove no row leaks one."""
+    from tracetune.tasks import load_suite, split_suffix
+    from tracetune.tasks.splits import in_train
+
+    try:
+        tasks = load_suite(split_suffix(suite)[0]).tasks
+    except TracetuneError as exc:
+        raise TracetuneError(f"cannot check rows against the held-out tasks of suite {suite!r} "
+                             f"(it does not load: {exc}); run from where the suite path "
+                             "resolves, or mine with --allow-heldout to skip the split") from None
+    return [t for t in tasks if not in_train(t.id, train_pct)]
 
 
 def _leaks(row: Row, index: dict[str, set[str]]) -> bool:

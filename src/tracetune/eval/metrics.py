@@ -101,8 +101,10 @@ def failure_kind(guards: list[dict]) -> str | None:
     A static guard that rejected the code gives its own name ("syntax", "names", ...). A test run
     gives "timeout"; "could not run" when pytest never ran a test (the module failed to import,
     e.g. the function is missing: collection error); "raised X" when a test raised exception X
-    other than an assertion (wrong signature: TypeError, undefined name: NameError); and
-    "wrong answer" when the code ran and an assertion failed."""
+    other than an assertion (wrong signature: TypeError, undefined name: NameError, too deep:
+    RecursionError); "tests skipped" when tests were skipped, xfailed or deselected and none
+    failed (a skip never counts as a pass); and "wrong answer" when the code ran and an assertion
+    failed."""
     for g in guards:
         if g["passed"]:
             continue
@@ -113,6 +115,12 @@ def failure_kind(guards: list[dict]) -> str | None:
             return "timeout"
         if details["status"] != "fail":
             return "could not run"
+        if details.get("raised"):  # recorded by the sandbox from pytest's crash report
+            return f"raised {details['raised']}"
+        outcomes = [t[1] for t in details.get("tests", [])]
+        if outcomes and "failed" not in outcomes:
+            return "tests skipped"
+        # Stores written before the sandbox recorded the exception type: read the feedback.
         m = _RAISED.search(g.get("feedback", ""))
         return f"raised {m.group(1)}" if m and m.group(1) != "AssertionError" else "wrong answer"
     return None

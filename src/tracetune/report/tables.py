@@ -25,12 +25,13 @@ def run_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
     agent = overall.agent is not None
     table = Table(title=f"{run.suite} / {run.workflow} / {run.model_spec} "
                         f"({run.trials} trial{'s' if run.trials != 1 else ''}, seed {run.seed})")
-    for col in ("task", "n", "success", "95% CI") + \
+    # No separate n column: the success cell says k/n.
+    for col in ("task", "success", "95% CI") + \
             (AGENT_COLUMNS if agent else ("avg attempts",)) + \
             ("avg duration s", "avg tokens") + (("wrong tests",) if tdd else ()):
         table.add_column(col, justify="left" if col == "task" else "right")
     for i, s in enumerate(rows + [overall]):
-        cells = [s.name, str(s.n), f"{s.successes}/{s.n} {100 * s.rate:.1f}%",
+        cells = [s.name, f"{s.successes}/{s.n} {100 * s.rate:.1f}%",
                  f"[{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]",
                  *(agent_cells(s) if agent else [f"{s.avg_attempts:.2f}"]),
                  f"{s.avg_duration_s:.2f}", f"{s.avg_tokens:.0f}"]

@@ -22,7 +22,7 @@ In every mode:
     RLIMIT_NPROC (number of processes);
   * output: stdout/stderr are read through pipes and capped; the rest is counted and discarded.
 When the host process runs as root (CI, containers), every concurrent check also runs under its own
-unprivileged uid (`base_uid + slot`): RLIMIT_NPROC binds (it does not for root), the check cannot
+unprivileged uid, leased host-wide (no two live sandboxes on a host share one): RLIMIT_NPROC binds (it does not for root), the check cannot
 write host files, and a sweep of that uid kills anything it left behind. The check keeps one
 capability, CAP_DAC_READ_SEARCH (read-only access), so it can import the interpreter's libraries
 even when they live under a private home directory. Without bwrap, a root host also gives each

