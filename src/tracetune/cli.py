@@ -388,6 +388,21 @@ def _run_with_progress(config, out_dir: Path, resume: bool) -> None:
     _print_run(out_dir)
 
 
+def _run_failures(runs: list[Path], labels: list[str]) -> dict[str, dict[str, int]]:
+    """{label: {failure kind: failed episodes}} of each run (`eval.metrics.failure_kinds`)."""
+    from tracetune.eval.metrics import failure_kinds
+    from tracetune.traces.store import Store
+
+    out_: dict[str, dict[str, int]] = {}
+    for run, name in zip(runs, labels):
+        store = Store(run)
+        try:
+            out_[name] = dict(failure_kinds(store))
+        finally:
+            store.close()
+    return out_
+
+
 def _print_run(run_dir: Path) -> None:
     from tracetune.eval.metrics import failure_kinds, summarize_run
     from tracetune.report.tables import run_table
@@ -568,11 +583,17 @@ def compare_cmd(
     comp = compare_dirs(runs, baseline=baseline, labels=label or None)
     for table in comparison_tables(comp):
         out.print(table)
+    failures = _run_failures(runs, label or [r.name for r in runs])
+    for name, kinds in failures.items():
+        if kinds:
+            out.print(f"{name}: failed episodes by last attempt: " + ", ".join(
+                f"{kind} {n}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])))
     if json_out is not None:
         json_out.write_text(json.dumps({
             "baseline": comp.baseline,
             "results": [dataclasses.asdict(r) for r in comp.baseline_rows + comp.results],
             "metrics": [dataclasses.asdict(m) for m in comp.metrics],
+            "failures": failures,
             "excluded": comp.excluded}, indent=2))
         err.print(f"wrote {json_out}")
 

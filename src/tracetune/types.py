@@ -66,6 +66,20 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+FINISH_REASONS = ("stop", "length", "error")
+
+
+def finish_reason_of(raw: str | None, text: str | None) -> str:
+    """A backend's own finish reason mapped onto `FINISH_REASONS`: "length" (also OpenAI's
+    max_tokens cut) stays length; no text at all is an error; anything else a server may send
+    (content_filter, tool_calls...) that is not a normal stop is an error."""
+    if raw == "length":
+        return "length"
+    if text is None:
+        return "error"
+    return "stop" if raw in (None, "", "stop", "eos", "end_turn", "stop_sequence") else "error"
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
@@ -73,7 +87,8 @@ class Completion:
     latency_s: float
     """Wall-clock seconds from request to full text (for batches: the batch's time / its size)."""
     finish_reason: str = "stop"
-    """stop, length, or error."""
+    """Why generation stopped (`FINISH_REASONS`): stop (end of turn or a stop string), length
+    (cut at max_tokens: the text is truncated), or error (the backend returned no text)."""
 
 
 def chat(prompt: str, system: str | None = None) -> tuple[Message, ...]:
@@ -119,6 +134,9 @@ class Attempt:
     facts: dict | None = None
     """Agent steps (tool protocol): {"kind": tool_call | final | parse_error | loop, "name",
     "tool_ok", "tests": pass | fail | None}; None for guarded-workflow attempts."""
+    finish_reason: str | None = None
+    """Why generation stopped: stop, length (the output was cut at max_tokens) or error
+    (`Completion.finish_reason`); None for attempts recorded before it was kept."""
     created_at: float = 0.0
     """When the store recorded it (unix seconds; 0 until stored)."""
 

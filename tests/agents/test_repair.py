@@ -253,6 +253,7 @@ def test_version_1_stores_are_upgraded(tmp_path):
     db = sqlite3.connect(run / "trajectories.sqlite")
     db.execute("ALTER TABLE episode DROP COLUMN metrics_json")  # as version 1 had it
     db.execute("ALTER TABLE attempt DROP COLUMN facts_json")
+    db.execute("ALTER TABLE attempt DROP COLUMN finish_reason")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
@@ -260,4 +261,4 @@ def test_version_1_stores_are_upgraded(tmp_path):
     assert [e["metrics"] for e in store.episodes()] == [None]
     store.close()
     db = sqlite3.connect(run / "trajectories.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)

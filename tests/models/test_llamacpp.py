@@ -97,3 +97,14 @@ def test_gguf_lora_is_applied_at_load(model, tmp_path):
     finally:
         with_lora.close()
         scaled_off.close()
+
+
+def test_a_cut_answer_says_length_and_a_whole_one_stop(model):
+    from tracetune.types import GenerationRequest, SamplingParams, chat
+
+    cut = model.generate(GenerationRequest(chat("Write a long story about a dragon."),
+                                           SamplingParams(temperature=0.0, max_tokens=3)))
+    assert cut.finish_reason == "length"
+    whole = model.generate(GenerationRequest(chat("Say hi."), SamplingParams(
+        temperature=0.0, max_tokens=64, stop=("\n",))))
+    assert whole.finish_reason == "stop"

@@ -101,3 +101,9 @@ def test_unreachable_endpoint_is_a_clear_error():
     m = load_model(f"openai:smol@http://127.0.0.1:{port}/v1,max_retries=1,timeout_s=5")
     with pytest.raises(ModelError, match="cannot reach"):
         m.generate(GenerationRequest(chat("hi"), SamplingParams(max_tokens=4)))
+
+
+def test_a_cut_answer_says_length(model):
+    c = model.generate(GenerationRequest(chat("Write a long story about a dragon."),
+                                         SamplingParams(temperature=0.0, max_tokens=3)))
+    assert c.finish_reason == "length" and c.usage.completion_tokens == 3

@@ -44,6 +44,9 @@ CREATE INDEX IF NOT EXISTS attempt_episode ON attempt(episode_id);
 """
 V1_SCHEMA = V2_SCHEMA.replace(", metrics_json TEXT", "")
 assert V1_SCHEMA != V2_SCHEMA
+V3_SCHEMA = V2_SCHEMA.replace("created_at REAL NOT NULL,\n    UNIQUE (episode_id",
+                              "created_at REAL NOT NULL, facts_json TEXT,\n    UNIQUE (episode_id")
+assert V3_SCHEMA != V2_SCHEMA
 
 CREATED_AT = 1_700_000_000.0
 """Every fixture attempt's created_at (so stores written at different times mine alike)."""
@@ -76,11 +79,12 @@ def legacy_row(a: Attempt) -> dict:
 
 def write_legacy_store(run_dir: Path, version: int, episodes: list[Ep], *, run_id: str = "r1",
                        suite: str = "funcs", workflow: str = "direct") -> Path:
-    """A finished run in a schema-`version` (1 or 2) store at run_dir/trajectories.sqlite."""
+    """A finished run in a schema-`version` (1, 2 or 3) store at run_dir/trajectories.sqlite
+    (v3 keeps an agent step's facts in facts_json, as that release did)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "trajectories.sqlite"
     db = sqlite3.connect(path)
-    db.executescript({1: V1_SCHEMA, 2: V2_SCHEMA}[version])
+    db.executescript({1: V1_SCHEMA, 2: V2_SCHEMA, 3: V3_SCHEMA}[version])
     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
     db.execute("INSERT INTO run VALUES (?,?,?,?,?,?,?,?,?)",
                (run_id, 0.0, suite, workflow, "embedded", 0, 2, "{}", "{}"))
@@ -97,15 +101,17 @@ def write_legacy_store(run_dir: Path, version: int, episodes: list[Ep], *, run_i
         eid = db.execute(f"INSERT INTO episode ({cols}) VALUES ({','.join('?' * len(vals))})",
                          vals).lastrowid
         for a in ep.attempts:
-            r = legacy_row(a)
+            r = legacy_row(a) if version < 3 else {**legacy_row(a), "guards": a.guards}
+            facts = [] if version < 3 else [None if a.facts is None else json.dumps(a.facts)]
             db.execute(
                 "INSERT INTO attempt (episode_id, step, attempt, seed, messages_json, raw_output,"
                 " code, passed, guards_json, feedback, prompt_tokens, completion_tokens,"
-                " latency_s, check_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " latency_s, check_s, created_at" + (", facts_json" if facts else "") + ") VALUES"
+                f" ({','.join('?' * (15 + len(facts)))})",
                 (eid, r["step"], r["attempt"], r["seed"], json.dumps(r["messages"]),
                  r["raw_output"], r["code"], int(r["passed"]), json.dumps(r["guards"]),
                  r["feedback"], r["prompt_tokens"], r["completion_tokens"], r["latency_s"],
-                 r["check_s"], CREATED_AT))
+                 r["check_s"], CREATED_AT, *facts))
     db.commit()
     db.close()
     return path

@@ -45,8 +45,20 @@ def _read(path) -> list[tuple[dict, list]]:
         s.close()
 
 
-def test_schema_version_is_3():
-    assert SCHEMA_VERSION == 3
+def test_schema_version_is_4():
+    assert SCHEMA_VERSION == 4
+
+
+def test_v3_store_gains_finish_reasons_unknown_for_old_attempts(tmp_path):
+    eps = _episodes()
+    path = legacy.write_legacy_store(tmp_path / "old", 3, eps)
+    assert "finish_reason" not in _columns(path, "attempt")
+    got = _read(path)
+    assert _meta_version(path) == SCHEMA_VERSION and "finish_reason" in _columns(path, "attempt")
+    by_episode = {(ep["task_id"], ep["trial"]): atts for ep, atts in got}
+    assert by_episode == {(ep.task, ep.trial): [dataclasses.replace(
+        a, created_at=legacy.CREATED_AT) for a in ep.attempts] for ep in eps}
+    assert all(a.finish_reason is None for _, atts in got for a in atts)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -139,7 +151,7 @@ def test_each_upgrade_step_commits_on_its_own(tmp_path, monkeypatch):
     assert _meta_version(path) == SCHEMA_VERSION
 
 
-def test_export_of_an_upgraded_store_keeps_every_key_and_adds_facts(tmp_path):
+def test_export_of_an_upgraded_store_keeps_every_key_and_adds_facts_and_finish_reasons(tmp_path):
     path = legacy.write_legacy_store(tmp_path / "old", 2, _episodes())
     out = tmp_path / "run.jsonl"
     assert export_jsonl(path.parent, out) == len(_episodes())
@@ -151,7 +163,7 @@ def test_export_of_an_upgraded_store_keeps_every_key_and_adds_facts(tmp_path):
         assert {"run_id", "model", "suite", "task_id", "trial", "success", "metrics",
                 "attempts"} <= set(line)
         for a in line["attempts"]:
-            assert set(a) == old_keys | {"facts"}
+            assert set(a) == old_keys | {"facts", "finish_reason"}
             assert a["episode_id"] == line["id"]
     repair = next(x for x in lines if x["task_id"] == "fx/repair" and x["trial"] == 1)
     assert [a["facts"]["kind"] for a in repair["attempts"]] == ["parse_error", "tool_call", "loop"]
@@ -168,7 +180,7 @@ def test_an_old_store_that_cannot_be_written_is_refused_with_the_reason(tmp_path
 
     monkeypatch.setitem(store_mod._UPGRADES, 2, read_only)
     with pytest.raises(TracetuneError, match="has schema version 2 and must be upgraded in "
-                       "place to 3, which failed: attempt to write a readonly database"):
+                       "place to 4, which failed: attempt to write a readonly database"):
         Store(path)
     assert _meta_version(path) == 2
 

@@ -201,7 +201,7 @@ class _Episode:
                 feedback=reply, prompt_tokens=completion.usage.prompt_tokens,
                 completion_tokens=completion.usage.completion_tokens,
                 latency_s=completion.latency_s, check_s=time.perf_counter() - t_check,
-                facts=facts)
+                facts=facts, finish_reason=completion.finish_reason)
             records.append(record)
             if on_attempt is not None:
                 on_attempt(record)

@@ -182,11 +182,14 @@ def _run_step(step: Step, task: Task, workflow: GuardedWorkflow, model: Model,
         check_s = time.perf_counter() - t_check
         passed = all(r.passed for r in results)
         feedback = "" if passed else results[-1].feedback
+        if not passed and completion.finish_reason == "length":
+            feedback = (f"Your answer was cut off at the limit of {params.max_tokens} tokens; "
+                        f"answer with shorter code only.\n{feedback}")
         record = Attempt(step.name, attempt, attempt_seed,
-                               [m.to_dict() for m in messages], raw, code, passed,
-                               [r.to_dict() for r in results], feedback,
-                               completion.usage.prompt_tokens, completion.usage.completion_tokens,
-                               completion.latency_s, check_s)
+                         [m.to_dict() for m in messages], raw, code, passed,
+                         [r.to_dict() for r in results], feedback,
+                         completion.usage.prompt_tokens, completion.usage.completion_tokens,
+                         completion.latency_s, check_s, finish_reason=completion.finish_reason)
         records.append(record)
         if on_attempt is not None:
             on_attempt(record)

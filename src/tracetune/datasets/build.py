@@ -134,6 +134,10 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
         raise TracetuneError(f"{out} exists and is not empty; choose another --out")
     attempts = [a for run in runs for a in load_attempts(run)]
     report = MineReport()
+    # Passing answers cut at max_tokens are never mined (datasets.mine.complete): say how many.
+    cut = [m for m in attempts if m.attempt.passed and m.attempt.finish_reason == "length"]
+    if cut:
+        report.dropped["truncated"] = len(cut)
     pct = {m.episode.run_id: config.train_pct if config.train_pct is not None
            else m.episode.train_pct for m in attempts}
     suites = {m.episode.run_id: m.episode.suite for m in attempts}

@@ -164,8 +164,16 @@ def load_attempts(run_dir: Path) -> list[MinedAttempt]:
         store.close()
 
 
+def complete(a: Attempt) -> bool:
+    """The generation ended by itself: not cut at max_tokens, not a backend error. Attempts
+    recorded before finish reasons were kept (None) count as complete."""
+    return a.finish_reason not in ("length", "error")
+
+
 def _tiers(a: Attempt, ep: EpisodeContext) -> tuple[str, ...]:
     tiers = []
+    if not complete(a):  # a cut answer is never a good example, whatever its checks said
+        return ()
     if a.facts is not None:  # an agent step: valid, and its tool (if any) succeeded
         if a.facts.get("kind") in VALID_KINDS and a.facts.get("tool_ok") is not False:
             tiers.append("tool_ok")
@@ -193,11 +201,11 @@ def _provenance(m: MinedAttempt) -> dict:
 def sft_rows(attempts: Iterable[MinedAttempt], tiers: dict[str, tuple[str, ...]]) -> list[Row]:
     """Attempts that satisfy every tier listed for their step (a step not listed is not mined;
     an empty list asks for a passing attempt, or for an agent step a valid message, and nothing
-    more)."""
+    more). An attempt cut at max_tokens is never mined (`complete`)."""
     rows = []
     for m in attempts:
         want = tiers.get(m.attempt.step)
-        if want is None or not all(t in m.tiers for t in want):
+        if want is None or not complete(m.attempt) or not all(t in m.tiers for t in want):
             continue
         if m.agent_step:
             if m.step_kind in VALID_KINDS:
@@ -251,7 +259,7 @@ def fix_rows(attempts: list[MinedAttempt]) -> list[Row]:
         group.sort(key=lambda m: m.attempt.attempt)
         for failed, nxt in zip(group, group[1:]):
             f, n = failed.attempt, nxt.attempt
-            if f.passed or not n.passed or n.attempt != f.attempt + 1:
+            if f.passed or not n.passed or n.attempt != f.attempt + 1 or not complete(n):
                 continue
             # The next attempt saw exactly [first prompt, failed answer, feedback].
             completion = {"role": "assistant", "content": fenced(n.code)}
@@ -264,11 +272,17 @@ def fix_rows(attempts: list[MinedAttempt]) -> list[Row]:
 def dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
              teacher: str | None = None) -> list[Row]:
     """Same prompt (a step's first prompt), a passing answer preferred over a failing one; for
-    agent steps see step_dpo_rows. Raises TracetuneError for a teacher other than None/oracle."""
+    agent steps see step_dpo_rows. Both sides are in the same form (the extracted code in one
+    python fence), so a pair differs in correctness, not in formatting (a raw answer without its
+    closing fence would teach "close the fence"); a failing answer with no code, or either side
+    cut at max_tokens, makes no pair. Raises TracetuneError for a teacher other than
+    None/oracle."""
     rows = step_dpo_rows([m for m in attempts if m.agent_step], max_pairs_per_task, teacher)
     groups: dict[tuple, tuple[list[MinedAttempt], list[MinedAttempt]]] = {}
     for m in attempts:
         if m.attempt.attempt != 1 or m.agent_step:  # first attempts share the prompt across trials
+            continue
+        if not complete(m.attempt) or not m.attempt.code.strip():
             continue
         key = (m.episode.task, m.attempt.step, json.dumps(m.prompt, sort_keys=True))
         good, bad = groups.setdefault(key, ([], []))
@@ -282,7 +296,7 @@ def dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
         for i in range(min(max_pairs_per_task, max(len(good), len(bad)))):
             g, b = good[i % len(good)], bad[i % len(bad)]
             chosen = {"role": "assistant", "content": fenced(g.attempt.code)}
-            rejected = {"role": "assistant", "content": b.attempt.raw_output}
+            rejected = {"role": "assistant", "content": fenced(b.attempt.code)}
             rows.append(Row(id=row_id("dpo", g.prompt, chosen, rejected), kind="dpo", step=step,
                             task=task, tiers=list(g.tiers), prompt=g.prompt, chosen=chosen,
                             rejected=rejected, code=g.attempt.code,
@@ -302,7 +316,7 @@ def step_dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
         good, bad = groups.setdefault(key, ([], []))
         if "tool_ok" in m.tiers:
             good.append(m)
-        elif m.step_kind in ("parse_error", "loop"):
+        elif m.step_kind in ("parse_error", "loop") and complete(m.attempt):
             bad.append(m)
     tasks = _suite_tasks(attempts) if teacher else {}
     if teacher is not None and not is_oracle(teacher):
@@ -325,7 +339,10 @@ def step_dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
             else:
                 continue
             chosen = {"role": "assistant", "content": chosen_text}
-            rejected = {"role": "assistant", "content": b.attempt.raw_output}
+            # A looping call is a valid message: it is compared in the chosen side's canonical
+            # JSON form; a parse error has no other form than the text the model wrote.
+            rejected = {"role": "assistant", "content": b.attempt.code
+                        if b.step_kind == "loop" and b.attempt.code else b.attempt.raw_output}
             rows.append(Row(id=row_id("dpo", b.attempt.messages, chosen, rejected), kind="dpo",
                             step=b.attempt.step, task=task, tiers=["tool_ok"],
                             prompt=b.attempt.messages, chosen=chosen, rejected=rejected,
@@ -353,7 +370,7 @@ def _unique_by_code(attempts: list[MinedAttempt]) -> list[MinedAttempt]:
     seen, out = set(), []
     for m in sorted(attempts, key=lambda m: (m.episode.trial, m.episode.run_id)):
         a = m.attempt
-        h = code_hash(a.code if a.passed else a.raw_output)
+        h = code_hash(a.code if a.passed or not m.agent_step else a.raw_output)
         if h not in seen:
             seen.add(h)
             out.append(m)

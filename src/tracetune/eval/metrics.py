@@ -1,7 +1,8 @@
-"""Seed 000's tables from stored episodes: success rate with a 95% Wilson interval, average
-attempts, average duration and tokens, per task and overall; for agent workflows (repair) also
-seed 002's tool metrics: parse errors, share of runs that ever write or edit, loop detections and
-steps per episode; and why failed episodes failed (`failure_kind`)."""
+"""Seed 000's tables from stored episodes: success rate with a 95% interval (Wilson's per
+task; over several tasks, Wilson's with the effective sample size of trials clustered in tasks),
+average attempts, average duration and tokens, per task and overall; for agent workflows
+(repair) also seed 002's tool metrics: parse errors, share of runs that ever write or edit, loop
+detections and steps per episode; and why failed episodes failed (`failure_kind`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from statistics import fmean
 
-from tracetune.stats import wilson_interval
+from tracetune.stats import clustered_wilson_interval, wilson_interval
 from tracetune.traces.store import Store
 
 
@@ -23,6 +24,8 @@ class Summary:
     rate: float
     ci_low: float
     ci_high: float
+    """95% interval of rate: Wilson's when the episodes are of one task (independent trials);
+    over several tasks, `stats.clustered_wilson_interval` (the tasks are the sample)."""
     avg_attempts: float
     avg_duration_s: float
     avg_tokens: float
@@ -58,9 +61,19 @@ def summarize_agent(episodes: list[dict]) -> AgentSummary | None:
 
 
 def summarize(name: str, episodes: list[dict]) -> Summary:
+    """One Summary of `episodes` (of one task, or of several: "overall")."""
     n = len(episodes)
     k = sum(bool(e["success"]) for e in episodes)
-    lo, hi = wilson_interval(k, n)
+    per_task: dict[str, list[int]] = {}  # task -> [successes, trials]
+    for e in episodes:
+        counts = per_task.setdefault(e.get("task_id"), [0, 0])
+        counts[0] += bool(e["success"])
+        counts[1] += 1
+    if len(per_task) >= 2:  # trials of one task are correlated: the tasks are the sample
+        lo, hi = clustered_wilson_interval([c[0] for c in per_task.values()],
+                                           [c[1] for c in per_task.values()])
+    else:
+        lo, hi = wilson_interval(k, n)
     wrong = [e["wrong_tests"] for e in episodes if e.get("wrong_tests") is not None]
     writes_tests = any(_writes_tests(e["workflow"]) for e in episodes)
     return Summary(
@@ -95,8 +108,13 @@ def summarize_run(episodes: list[dict]) -> tuple[list[Summary], Summary]:
 _RAISED = re.compile(r"(?m)^E\s+(\w+(?:Error|Exception|Exit|Interrupt))\b")
 
 
-def failure_kind(guards: list[dict]) -> str | None:
-    """Why an attempt failed, from its stored guard results (None: every guard passed).
+def failure_kind(guards: list[dict], finish_reason: str | None = None) -> str | None:
+    """Why an attempt failed, from its stored guard results and why its generation stopped
+    (None: every guard passed).
+
+    An answer cut at max_tokens (finish_reason "length") that failed is "truncated", and one the
+    backend returned no text for is "generation error", whatever its checks said: a cut answer
+    is not a wrong one.
 
     A static guard that rejected the code gives its own name ("syntax", "names", ...). A test run
     gives "timeout"; "could not run" when pytest never ran a test (the module failed to import,
@@ -105,6 +123,8 @@ def failure_kind(guards: list[dict]) -> str | None:
     RecursionError); "tests skipped" when tests were skipped, xfailed or deselected and none
     failed (a skip never counts as a pass); and "wrong answer" when the code ran and an assertion
     failed."""
+    if finish_reason in ("length", "error") and not all(g["passed"] for g in guards):
+        return "truncated" if finish_reason == "length" else "generation error"
     for g in guards:
         if g["passed"]:
             continue
@@ -136,6 +156,9 @@ def failure_kinds(store: Store, tasks: set[str] | None = None) -> Counter:
         if ep["success"] or (tasks is not None and ep["task_id"] not in tasks):
             continue
         attempts = store.attempts(ep["id"])
-        last = attempts[-1].guards if attempts else []
-        out[failure_kind(last) or "other"] += 1
+        last = attempts[-1] if attempts else None
+        kind = failure_kind(last.guards, last.finish_reason) if last else None
+        if kind is None and last is not None and last.finish_reason == "length":
+            kind = "truncated"  # an agent step cut mid-message (no guard of its own failed)
+        out[kind or "other"] += 1
     return out

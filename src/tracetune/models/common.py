@@ -15,12 +15,16 @@ class Scripted:
     def _text(self, request: GenerationRequest) -> str:
         raise NotImplementedError
 
+    def _answer(self, request: GenerationRequest) -> tuple[str, str]:
+        """(text, finish reason); scripted text ends normally unless a backend says otherwise."""
+        return self._text(request), "stop"
+
     def generate(self, request: GenerationRequest) -> Completion:
         t0 = time.perf_counter()
-        text = self._text(request)
+        text, finish = self._answer(request)
         prompt_words = sum(len(m.content.split()) for m in request.messages)
         return Completion(text=text, usage=Usage(prompt_words, len(text.split())),
-                          latency_s=time.perf_counter() - t0)
+                          latency_s=time.perf_counter() - t0, finish_reason=finish)
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         return [self.generate(r) for r in requests]

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from tracetune.errors import ModelError
 from tracetune.models.configs import LlamaCppConfig
-from tracetune.types import Completion, GenerationRequest, Usage
+from tracetune.types import Completion, GenerationRequest, Usage, finish_reason_of
 
 
 class LlamaCppModel:
@@ -73,7 +73,8 @@ class LlamaCppModel:
             text=choice["message"].get("content") or "",
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
             latency_s=latency_s,
-            finish_reason=choice.get("finish_reason") or "stop",
+            finish_reason=finish_reason_of(choice.get("finish_reason"),
+                                           choice["message"].get("content")),
         )
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from tracetune.errors import ModelError
 from tracetune.models.configs import OpenAIConfig
-from tracetune.types import Completion, GenerationRequest, Usage
+from tracetune.types import Completion, GenerationRequest, Usage, finish_reason_of
 
 
 class OpenAIModel:
@@ -56,7 +56,7 @@ class OpenAIModel:
             usage=Usage(usage.prompt_tokens if usage else 0,
                         usage.completion_tokens if usage else 0),
             latency_s=latency_s,
-            finish_reason=choice.finish_reason or "stop",
+            finish_reason=finish_reason_of(choice.finish_reason, choice.message.content),
         )
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:

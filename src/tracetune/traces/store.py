@@ -1,6 +1,6 @@
 """The trajectory store: one SQLite file per run directory (`RUN/trajectories.sqlite`).
 
-Schema (version 3; `meta.schema_version`; a version 1 or 2 store is upgraded in place on open,
+Schema (version 4; `meta.schema_version`; a version 1, 2 or 3 store is upgraded in place on open,
 one version per transaction):
 
   run(id, created_at, suite, workflow, model_spec, seed, trials, config_json, packages_json)
@@ -13,17 +13,20 @@ one version per transaction):
       "loop_detections", "tool_errors", "writes", "wrote", "steps", "test_runs", "end"}; NULL else.
   attempt(id, episode_id, step, attempt, seed, messages_json, raw_output, code, passed,
           guards_json, feedback, prompt_tokens, completion_tokens, latency_s, check_s, created_at,
-          facts_json)
+          facts_json, finish_reason)
       one row per model call: a `tracetune.types.Attempt` (`add_attempt` / `attempts`).
       guards_json: [{"guard", "passed", "feedback", "details"?}], details being a sandbox verdict
       (`SandboxResult.verdict()`) or a static guard's findings.
       facts_json (v3): an agent step's facts {"kind", "name", "tool_ok", "tests"}; NULL for
       guarded-workflow attempts.
+      finish_reason (v4): why generation stopped: stop, length (cut at max_tokens) or error;
+      NULL for attempts recorded before v4 (not known).
 
 Upgrades: v1 -> v2 adds episode.metrics_json. v2 -> v3 adds attempt.facts_json and moves an agent
 step's facts there out of its first guard (a v2 repair step recorded them as
 guards_json[0] = {"guard": "protocol", ..., "details": facts}); the guard keeps guard, passed and
-feedback, so an upgraded repair run reads exactly like one recorded by v3.
+feedback, so an upgraded repair run reads exactly like one recorded by v3. v3 -> v4 adds
+attempt.finish_reason (NULL: recorded before finish reasons were kept).
 
 Every write is its own transaction: an attempt is either fully recorded or not at all. An episode
 counts only once it is `done`; on resume, unfinished episodes are deleted (with their attempts) and
@@ -45,7 +48,7 @@ from typing import Iterator
 from tracetune.errors import TracetuneError
 from tracetune.types import Attempt
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "trajectories.sqlite"
 
 _SCHEMA = """
@@ -71,6 +74,7 @@ CREATE TABLE IF NOT EXISTS attempt (
     passed INTEGER NOT NULL, guards_json TEXT NOT NULL, feedback TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     latency_s REAL NOT NULL, check_s REAL NOT NULL, created_at REAL NOT NULL, facts_json TEXT,
+    finish_reason TEXT,
     UNIQUE (episode_id, step, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempt_episode ON attempt(episode_id);
@@ -250,12 +254,12 @@ class Store:
             db.execute(
                 "INSERT INTO attempt (episode_id, step, attempt, seed, messages_json, raw_output,"
                 " code, passed, guards_json, feedback, prompt_tokens, completion_tokens,"
-                " latency_s, check_s, created_at, facts_json)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " latency_s, check_s, created_at, facts_json, finish_reason)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (episode_id, a.step, a.attempt, a.seed, json.dumps(a.messages), a.raw_output,
                  a.code, int(a.passed), json.dumps(a.guards), a.feedback, a.prompt_tokens,
                  a.completion_tokens, a.latency_s, a.check_s, time.time(),
-                 None if a.facts is None else json.dumps(a.facts)))
+                 None if a.facts is None else json.dumps(a.facts), a.finish_reason))
 
     def finish_episode(self, episode_id: int, *, success: bool, wrong_tests: bool | None,
                        failed_step: str | None, n_attempts: int, duration_s: float,
@@ -302,7 +306,7 @@ def _attempt(r: sqlite3.Row) -> Attempt:
         prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
         latency_s=r["latency_s"], check_s=r["check_s"],
         facts=None if r["facts_json"] is None else json.loads(r["facts_json"]),
-        created_at=r["created_at"])
+        finish_reason=r["finish_reason"], created_at=r["created_at"])
 
 
 # -- upgrades: _UPGRADES[v](db) turns a version-v store into a version-(v + 1) one ---------------
@@ -331,4 +335,8 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
                    (json.dumps(guards), json.dumps(facts), r["id"]))
 
 
-_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE attempt ADD COLUMN finish_reason TEXT")
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
