@@ -108,3 +108,131 @@ def test_newcombe_edges():
     assert stats.newcombe_interval(3, 5, 0, 0) == (-1.0, 1.0)
     with pytest.raises(ValueError):
         stats.newcombe_interval(6, 5, 1, 5)
+
+
+# --- intervals over tasks (tests/eval/test_interval_coverage.py simulates their coverage) -------
+
+import numpy as np
+
+
+def _cluster_robust_statsmodels(a, b):
+    """Reference: OLS of the outcome on the run, cluster-robust covariance with tasks as clusters
+    (statsmodels, CR1 with its small-sample factors G/(G-1) (N-1)/(N-K)): (difference, se)."""
+    import statsmodels.api as sm
+
+    tasks = np.broadcast_to(np.arange(a.shape[0])[:, None], a.shape)
+    y = np.r_[a[~np.isnan(a)], b[~np.isnan(b)]]
+    run = np.r_[np.ones(int((~np.isnan(a)).sum())), np.zeros(int((~np.isnan(b)).sum()))]
+    groups = np.r_[tasks[~np.isnan(a)], tasks[~np.isnan(b)]]
+    fit = sm.OLS(y, sm.add_constant(run)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    n = len(y)
+    return fit.params[1], fit.bse[1] * math.sqrt((n - 2) / (n - 1))  # G/(G-1) only, as ours
+
+
+def test_clustered_difference_matches_statsmodels_cluster_robust():
+    from scipy.stats import t as student_t
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(30):
+        tasks, trials = rng.integers(3, 12), rng.integers(2, 9)
+        p = rng.uniform(0.05, 0.95, size=(tasks, 1))
+        a = (rng.random((tasks, trials)) < p) * 1.0
+        b = (rng.random((tasks, trials)) < np.clip(p + rng.normal(0, 0.3, p.shape), 0, 1)) * 1.0
+        a[rng.random(a.shape) < 0.1] = np.nan  # unequal trial counts
+        a[0, 0], b[0, 0], b[1, 0] = 1.0, 1.0, 0.0  # statsmodels needs some variance
+        est, lo, hi = stats.clustered_difference_interval(a, b)
+        ref, se = _cluster_robust_statsmodels(a, b)
+        assert est == pytest.approx(ref, abs=1e-12)
+        half = student_t.ppf(0.975, tasks - 1) * se
+        assert hi - lo >= min(1, est + half) - max(-1, est - half) - 1e-9  # never narrower
+        if hi - lo > 2 * half + 1e-9 or not -1 < est - half < est + half < 1:
+            continue  # truncated at the trial-level variance, or clipped to [-1, 1]
+        assert (lo, hi) == (pytest.approx(est - half, abs=1e-9),
+                            pytest.approx(est + half, abs=1e-9))
+        checked += 1
+    assert checked >= 10
+
+
+def test_clustered_difference_by_tasks_is_the_paired_t_interval():
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(5)
+    a = (rng.random((8, 4)) < rng.uniform(0.2, 0.9, (8, 1))) * 1.0
+    b = (rng.random((8, 4)) < 0.3) * 1.0
+    est, lo, hi = stats.clustered_difference_interval(a, b, weights="tasks")
+    ci = ttest_rel(a.mean(1), b.mean(1)).confidence_interval()
+    assert est == pytest.approx(a.mean() - b.mean())
+    assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+@pytest.mark.parametrize("a_rows, b_rows", [
+    ([[0, 0]] * 3, [[0, 0]] * 3),  # 0 vs 0 everywhere
+    ([[1, 1]] * 3, [[1, 0]] * 3),  # +50 on each task
+    ([[1, 1]] * 3, [[1, 1]] * 3),  # n/n vs n/n
+    ([[1, 1], [0, 0], [1, 1]], [[1, 1], [0, 0], [1, 1]]),  # greedy: constant within tasks
+    ([[1, 1, 1]] * 4, [[0, 0, 0]] * 4),  # +100 on each task
+])
+def test_clustered_difference_never_collapses(a_rows, b_rows):
+    a, b = np.array(a_rows, dtype=float), np.array(b_rows, dtype=float)
+    est, lo, hi = stats.clustered_difference_interval(a, b)
+    assert lo <= est <= hi and hi - lo > 0.1
+    assert -1.0 <= lo and hi <= 1.0
+
+
+def test_clustered_difference_zero_vs_zero_is_centred_on_zero():
+    zeros = np.zeros((3, 2))
+    est, lo, hi = stats.clustered_difference_interval(zeros, zeros)
+    assert est == 0.0 and lo == pytest.approx(-hi) and hi > 0.1
+
+
+def test_clustered_difference_errors():
+    one = np.ones((1, 4))
+    with pytest.raises(ValueError, match="two tasks"):
+        stats.clustered_difference_interval(one, one)
+    with pytest.raises(ValueError, match="0, 1 or NaN"):
+        stats.clustered_difference_interval(np.full((2, 2), 0.5), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="weights"):
+        stats.clustered_difference_interval(np.ones((2, 2)), np.ones((2, 2)), weights="x")
+    with pytest.raises(ValueError, match="at least one episode"):
+        stats.clustered_difference_interval(np.full((2, 2), np.nan), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="one shape"):
+        stats.clustered_difference_interval(np.ones((2, 2)), np.ones((2, 3)))
+
+
+def test_clustered_wilson():
+    from scipy.stats import norm
+    from scipy.stats import t as student_t
+    from statsmodels.stats.proportion import proportion_confint
+
+    # one task: the trials are the sample, plain Wilson
+    assert stats.clustered_wilson_interval([3], [10]) == pytest.approx(wilson_interval(3, 10))
+    # worked by hand: tasks 0/4, 2/4, 4/4 -> p = 1/2, v = 3/2 * 2 * (2/12)^2 = 1/12,
+    # deff = (1/12) / (1/48) = 4, n_eff = 12 / 4 * (z / t_2)^2
+    n_eff = 3 * (norm.ppf(0.975) / student_t.ppf(0.975, 2)) ** 2
+    expected = proportion_confint(0.5 * n_eff, n_eff, method="wilson")
+    assert stats.clustered_wilson_interval([0, 2, 4], [4, 4, 4]) == pytest.approx(expected)
+    # never of zero width at 0/N and N/N; never narrower than Wilson on the pooled trials
+    lo, hi = stats.clustered_wilson_interval([0, 0, 0], [2, 2, 2])
+    assert lo == 0.0 and hi > 0.2
+    lo, hi = stats.clustered_wilson_interval([2, 2, 2], [2, 2, 2])
+    assert hi == 1.0 and lo < 0.8
+    pooled = wilson_interval(5, 30)
+    lo, hi = stats.clustered_wilson_interval([1, 2, 1, 0, 1, 0], [5] * 6)
+    assert lo <= pooled[0] and hi >= pooled[1]
+    assert stats.clustered_wilson_interval([0, 0], [0, 0]) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.clustered_wilson_interval([3, 1], [2, 2])
+
+
+def test_paired_t_interval():
+    from scipy.stats import ttest_rel
+
+    x, y = [0.6, 0.7, 0.8, 0.5, 0.9], [0.5, 0.6, 0.6, 0.5, 0.7]
+    mean, lo, hi = stats.paired_t_interval(x, y)
+    ci = ttest_rel(x, y).confidence_interval()
+    assert mean == pytest.approx(0.12)
+    assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert stats.paired_t_interval([2, 3, 4], [1, 2, 3]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.paired_t_interval([1.0], [2.0])

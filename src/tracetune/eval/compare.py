@@ -4,13 +4,17 @@ ComparisonResult fields plus intervals and paired tests.
 Per task (trials of one task are independent samples):
   success rate with its Wilson interval; delta vs the baseline with Newcombe's interval; Fisher's
   exact p-value; Cohen's h; mean attempts, duration and tokens and their deltas.
-Overall (over the tasks both runs share):
-  the same, plus McNemar on paired outcomes (same task and trial, which share their sampling seed
-  when both runs used the same base seed), and a cluster bootstrap interval of the success delta
-  that resamples tasks (trials of one task are correlated, so resampling samples would be too
-  narrow). Attempts, duration and tokens are compared on per-task means with the Wilcoxon
-  signed-rank test, the paired t-test and a bootstrap interval; so are, for agent workflows, parse
-  errors, the share of runs that write, loop detections, steps and tool errors per episode.
+Overall (over the tasks both runs share; the tasks are the sample, trials of one task are
+correlated):
+  the same, with intervals that take tasks and trials as the units: the success rate's Wilson
+  interval with the effective sample size of the clustered trials, and the success delta's
+  cluster-robust interval over tasks (pairing by task, never narrower than the trial-level
+  interval, so never of zero width; `stats.clustered_difference_interval`); plus McNemar on
+  paired outcomes (same task and trial, which share their sampling seed when both runs used the
+  same base seed). Attempts, duration and tokens are compared on per-task means with the
+  Wilcoxon signed-rank test, the paired t-test and its t interval; so are, for agent workflows,
+  parse errors, loop detections, steps and tool errors per episode, and the share of runs that
+  write (binary per episode: the clustered difference interval, by task).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ AGENT_METRICS = {"parse_errors": "avg_parse_errors", "wrote": "write_rate",
                  "loop_detections": "avg_loop_detections", "steps": "avg_steps",
                  "tool_errors": "avg_tool_errors"}
 """Agent workflows (repair) add these, from the episodes' tool metrics (Summary.agent)."""
+BINARY_METRICS = {"wrote": lambda e: e["metrics"]["wrote"]}
+"""Metrics that are the share of a 0/1 value per episode -> that value (their interval is the
+clustered difference of proportions, not the t interval)."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,13 @@ class ComparisonResult:
     successes: int
     ci_low: float
     ci_high: float
-    """95% Wilson interval of success_rate."""
+    """95% interval of success_rate: Wilson per task; overall, Wilson with the clustered trials'
+    effective sample size (`stats.clustered_wilson_interval`)."""
     baseline_rate: float
     delta_ci_low: float
     delta_ci_high: float
-    """95% interval of delta_success: Newcombe per task, task-cluster bootstrap overall."""
+    """95% interval of delta_success: Newcombe per task; overall, cluster-robust over tasks
+    (`stats.clustered_difference_interval`; Newcombe when the runs share one task)."""
     avg_tokens: float
     delta_attempts: float
     delta_duration: float
@@ -79,6 +88,8 @@ class MetricDelta:
     delta: float
     ci_low: float
     ci_high: float
+    """95% interval of delta: paired t over tasks; for the share of runs that write (binary per
+    episode), the clustered difference interval with tasks weighted equally."""
     p_wilcoxon: float
     p_t: float
     n_tasks: int
@@ -117,7 +128,9 @@ def load_episodes(run: Path) -> list[dict]:
 def compare(runs: dict[str, list[dict]], baseline: str, *,
             tasks: set[str] | None = None, seed: int = 0) -> Comparison:
     """Compare every run in `runs` (label -> episodes) with `runs[baseline]`, optionally only on
-    `tasks`."""
+    `tasks`. `seed` is accepted for callers and unused: every interval is computed, none
+    resampled. Raises TracetuneError for an unknown baseline, a run with no episode (on
+    `tasks`), or a run that shares no task with the baseline."""
     if baseline not in runs:
         raise TracetuneError(f"baseline {baseline!r} is not one of the runs "
                              f"({', '.join(runs)})")
@@ -129,7 +142,7 @@ def compare(runs: dict[str, list[dict]], baseline: str, *,
                                  + (" on the selected tasks" if tasks is not None else ""))
     base = _by_task(runs[baseline])
     out = Comparison(baseline, [k for k in runs if k != baseline])
-    out.baseline_rows = _rows(baseline, base, base, seed)
+    out.baseline_rows = _rows(baseline, base, base)
     for label in out.models:
         mine = _by_task(runs[label])
         common = [t for t in base if t in mine]
@@ -138,8 +151,8 @@ def compare(runs: dict[str, list[dict]], baseline: str, *,
             raise TracetuneError(f"run {label!r} shares no task with the baseline {baseline!r}")
         a = {t: mine[t] for t in common}
         b = {t: base[t] for t in common}
-        out.results += _rows(label, a, b, seed)
-        out.metrics += _metric_deltas(label, a, b, seed)
+        out.results += _rows(label, a, b)
+        out.metrics += _metric_deltas(label, a, b)
     return out
 
 
@@ -193,8 +206,27 @@ def _row(model: str, task: str, a: list[dict], b: list[dict]) -> ComparisonResul
         delta_tokens=sa.avg_tokens - sb.avg_tokens)
 
 
-def _rows(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
-          seed: int) -> list[ComparisonResult]:
+def _grid(a: dict[str, list[dict]], b: dict[str, list[dict]],
+          value) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-episode 0/1 `value`s of two runs on the same tasks as (tasks, trial slots) grids, NaN
+    where a run has no episode; slot i of a task holds the same trial number in both runs."""
+    slots = {t: sorted({e["trial"] for e in a[t] + b[t]}) for t in a}
+    width = max(len(trials) for trials in slots.values())
+    grids = []
+    for run in (a, b):
+        rows = []
+        for task, trials in slots.items():
+            row = [float("nan")] * width
+            col = {trial: i for i, trial in enumerate(trials)}
+            for e in run[task]:
+                row[col[e["trial"]]] = float(bool(value(e)))
+            rows.append(row)
+        grids.append(rows)
+    return grids[0], grids[1]
+
+
+def _rows(model: str, a: dict[str, list[dict]],
+          b: dict[str, list[dict]]) -> list[ComparisonResult]:
     rows = [_row(model, t, a[t], b[t]) for t in a]
     all_a = [e for eps in a.values() for e in eps]
     all_b = [e for eps in b.values() for e in eps]
@@ -205,10 +237,9 @@ def _rows(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
              if (e["task_id"], e["trial"]) in ob]
     a_only = sum(x and not y for x, y in pairs)
     b_only = sum(y and not x for x, y in pairs)
-    # cluster bootstrap of the success delta: resample tasks (each task's rate counts once)
+    # tasks are the sample: a cluster-robust interval over tasks (one task: Newcombe's, above)
     if len(rows) >= 2 and a is not b:
-        _, lo, hi = stats.paired_bootstrap_ci([r.success_rate for r in rows],
-                                              [r.baseline_rate for r in rows], seed=seed)
+        _, lo, hi = stats.clustered_difference_interval(*_grid(a, b, lambda e: e["success"]))
     else:
         lo, hi = overall.delta_ci_low, overall.delta_ci_high
     overall = dataclasses.replace(overall, delta_ci_low=lo, delta_ci_high=hi,
@@ -217,15 +248,19 @@ def _rows(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
     return rows + [overall]
 
 
-def _metric_deltas(model: str, a: dict[str, list[dict]], b: dict[str, list[dict]],
-                   seed: int) -> list[MetricDelta]:
+def _metric_deltas(model: str, a: dict[str, list[dict]],
+                   b: dict[str, list[dict]]) -> list[MetricDelta]:
     out = []
     tasks = list(a)
     for metric in metric_names(a, b):
         x = [_mean(a[t], metric) for t in tasks]
         y = [_mean(b[t], metric) for t in tasks]
         if len(tasks) >= 2:
-            delta, lo, hi = stats.paired_bootstrap_ci(x, y, seed=seed)
+            if metric in BINARY_METRICS:
+                delta, lo, hi = stats.clustered_difference_interval(
+                    *_grid(a, b, BINARY_METRICS[metric]), weights="tasks")
+            else:
+                delta, lo, hi = stats.paired_t_interval(x, y)
             p_w = stats.wilcoxon_signed_rank(x, y)
             p_t = stats.paired_t(x, y)
         else:

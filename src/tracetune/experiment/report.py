@@ -168,8 +168,8 @@ def _blocks(exp, layout: RunLayout, results: dict, figures: dict,
                    and r["model"] != comp["baseline"]]
         for r in overall:
             b.append(("p", f"{r['model']}: McNemar p = {r['mcnemar_p']:.3g} on {r['paired']} "
-                           "paired (task, trial) outcomes; the overall interval resamples "
-                           "tasks."))
+                           "paired (task, trial) outcomes; the overall interval is "
+                           "cluster-robust over tasks."))
         if comp["metrics"]:
             b.append(("table", (["model", "metric (per-task mean)", "base", "model", "Δ [95% CI]",
                                  "Wilcoxon p", "paired t p"],

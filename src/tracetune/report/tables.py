@@ -69,12 +69,12 @@ def comparison_tables(comp) -> list[Table]:
         if overall.mcnemar_p is not None:
             t.caption = (f"overall: McNemar p = {overall.mcnemar_p:.3g}"
                          f"{stars(overall.mcnemar_p)} on {overall.paired} paired (task, trial) "
-                         "outcomes; overall CI: bootstrap over tasks")
+                         "outcomes; overall CI: cluster-robust over tasks")
         if comp.excluded.get(model):
             t.caption = (t.caption or "") + (f"; {len(comp.excluded[model])} task(s) only in "
                                              "one run left out")
         tables.append(t)
-    m = Table(title="per-task means (Wilcoxon signed-rank, paired t, bootstrap 95% CI)")
+    m = Table(title="per-task means (Wilcoxon signed-rank, paired t, paired t 95% CI)")
     for col in ("model", "metric", comp.baseline, "model value", "Δ [95% CI]", "Wilcoxon p",
                 "t-test p", "tasks"):
         m.add_column(col, justify="left" if col in ("model", "metric") else "right")
