@@ -236,3 +236,45 @@ def test_paired_t_interval():
     assert stats.paired_t_interval([2, 3, 4], [1, 2, 3]) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError):
         stats.paired_t_interval([1.0], [2.0])
+
+
+def test_paired_permutation_is_exact_sign_flip_enumeration():
+    import itertools
+
+    import numpy as np
+
+    from tracetune.stats import paired_permutation
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        x, y = list(rng.integers(0, 9, 8) / 8), list(rng.integers(0, 9, 8) / 8)
+        d = np.subtract(x, y)
+        observed = abs(d.mean())
+        flips = [abs((d * np.array(s)).mean()) for s in itertools.product((1, -1), repeat=8)]
+        brute = np.mean([f >= observed - 1e-12 for f in flips])
+        assert paired_permutation(x, y) == pytest.approx(brute)
+    assert paired_permutation([0.5] * 4, [0.5] * 4) == 1.0
+    assert paired_permutation([1.0] * 5, [0.0] * 5) == pytest.approx(2 / 32)  # floor at n = 5
+
+
+def test_paired_permutation_holds_its_size_when_trials_cluster_in_tasks():
+    """Null runs: per-task rates vary a lot, trials of a task share them, no arm effect. The
+    sign-flip test over tasks rejects about 5%; Fisher on pooled trials rejects far more."""
+    import numpy as np
+
+    from tracetune.stats import fisher_exact, paired_permutation
+
+    rng = np.random.default_rng(7)
+    n_sims, tasks, trials = 1000, 8, 8
+    perm_rejects = fisher_rejects = 0
+    for _ in range(n_sims):
+        rates = rng.beta(0.5, 0.5, tasks)
+        a = rng.binomial(trials, rates) / trials
+        # the adapted arm: the same tasks, a task-level shock with mean 0 (no true difference)
+        shock = np.clip(rates + rng.normal(0, 0.25, tasks), 0, 1)
+        b = rng.binomial(trials, shock) / trials
+        perm_rejects += paired_permutation(list(b), list(a), max_exact=tasks) < 0.05
+        k1, k2 = int(round(b.sum() * trials)), int(round(a.sum() * trials))
+        fisher_rejects += fisher_exact(k1, tasks * trials, k2, tasks * trials) < 0.05
+    assert perm_rejects / n_sims <= 0.075
+    assert fisher_rejects / n_sims > perm_rejects / n_sims

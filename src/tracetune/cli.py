@@ -512,7 +512,8 @@ def train_cmd(
 
     cfg = load_config(config, method=method, epochs=epochs, learning_rate=learning_rate,
                       init_adapter=init_adapter, seed=seed)
-    path = train(dataset, base, out_dir, cfg, resume=resume)
+    path = train(dataset, base, out_dir, cfg, resume=resume,
+                 log=lambda line: err.print(line, highlight=False))
     meta = json.loads((path / META).read_text())
     out.print(f"adapter: {path} ({meta['rows']} rows, {meta['steps']} steps, "
               f"{meta['train_seconds']:.0f}s; loss {meta['first_loss']:.3f} -> "
@@ -613,16 +614,24 @@ def loop_cmd(
                                TimeRemainingColumn)
 
     from tracetune.experiment.loop import run_loop
+    from tracetune.experiment.progress import ProgressLines
 
+    lines = ProgressLines()
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err,
                   transient=True) as progress:
         bars: dict[str, int] = {}
 
-        def on_progress(stage: str, done: int, total: int) -> None:
+        def on_progress(stage: str, done: int, total: int, note: str = "") -> None:
+            if not err.is_terminal:  # CI, a pipe: no bar is drawn, so print throttled lines
+                line = lines.line(stage, done, total, note)
+                if line:
+                    progress.console.print(escape(line))
+                return
+            label = f"{stage} {note}".strip()
             if stage not in bars:
-                bars[stage] = progress.add_task(stage, total=total)
-            progress.update(bars[stage], completed=done, total=total)
+                bars[stage] = progress.add_task(label, total=total)
+            progress.update(bars[stage], completed=done, total=total, description=label)
             if done == total:
                 progress.remove_task(bars.pop(stage))
 

@@ -327,6 +327,41 @@ def paired_bootstrap_ci(x: list[float], y: list[float], *, n_boot: int = 10_000,
     return float(d.mean()), float(lo), float(hi)
 
 
+def paired_permutation(x: list[float], y: list[float], *, max_exact: int = 16,
+                       n_resamples: int = 100_000, seed: int = 0) -> float:
+    """Two-sided paired permutation (sign-flip randomization) test of mean(x - y) = 0, for
+    per-task values of two arms measured on the same tasks (e.g. each task's success rate over
+    its trials, with the same per-trial seeds under both arms).
+
+    The unit is the task: trials of one task are correlated (same spec, same seeds), so a test
+    that counts (task, trial) pairs as independent (Fisher, McNemar) overstates the evidence
+    when a few tasks carry the difference. Under H0 each task's difference is as likely to have
+    either sign, so the p-value is the share of the 2^n sign assignments whose |mean| reaches
+    the observed one (Fisher 1935; Good, Permutation Tests, 2005, ch. 3). Computed by
+    `scipy.stats.permutation_test(..., permutation_type="samples")`: exact for n <= max_exact
+    tasks, else `n_resamples` random flips (seeded: reproducible; the p-value then includes the
+    observed assignment, so it is never 0). All differences zero gives p = 1. With n tasks the
+    smallest attainable p is 2 / 2^n (n = 5: 0.0625, so five tasks can never reach p < 0.05).
+    Raises ValueError for unequal lengths or no pairs.
+    """
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    _paired(x, y)
+    if not x:
+        raise ValueError("a permutation test needs at least one pair")
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if not np.any(d):
+        return 1.0
+    exact = len(d) <= max_exact
+    res = permutation_test((np.asarray(x, float), np.asarray(y, float)),
+                           lambda a, b, axis: np.mean(a - b, axis=axis),
+                           permutation_type="samples", vectorized=True,
+                           n_resamples=np.inf if exact else n_resamples,
+                           alternative="two-sided", random_state=seed)
+    return float(min(1.0, res.pvalue))
+
+
 def stars(p: float) -> str:
     """Significance stars: *** p < 0.001, ** p < 0.01, * p < 0.05, else ''."""
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""

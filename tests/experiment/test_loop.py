@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -273,3 +274,34 @@ def test_a_setting_missing_from_a_record_must_hold_its_default(killed_run, tmp_p
     exp.write_text(TINY.read_text().replace("[eval]\n", "[eval]\ncheck_timeout_s = 3.0\n"))
     with pytest.raises(TracetuneError, match="changed since stage baseline"):
         run_loop(exp, copy, log=lambda m: None)
+
+
+def test_stage_logs_show_progress(killed_run):
+    out, *_ = killed_run
+    from tracetune.experiment.layout import RunLayout
+
+    layout = RunLayout(out)
+    exp = load_experiment(TINY)
+    for stage in ("baseline", "adapted"):
+        text = layout.log(stage).read_text()
+        n = 8 * exp.eval.trials
+        assert f"[{stage}] {n}/{n} episodes (100%)" in text, text[-2000:]
+    train_log = layout.log("train").read_text()
+    assert re.search(r"\[train\] (\d+)/\1 steps \(100%\).*loss \d", train_log), train_log[-2000:]
+
+
+def test_progress_lines_are_throttled_with_rate_and_eta():
+    from tracetune.experiment.progress import ProgressLines
+
+    now = [0.0]
+    lines = ProgressLines(interval_s=10, clock=lambda: now[0])
+    printed = []
+    for i in range(41):
+        now[0] = float(i)
+        line = lines.line("baseline", i, 40)
+        if line:
+            printed.append(line)
+    assert printed[0] == "[baseline] 0/40 episodes (0%)"
+    assert printed[1] == "[baseline] 10/40 episodes (25%), 1.00 episodes/s, ETA 30s"
+    assert printed[-1] == "[baseline] 40/40 episodes (100%), 1.00 episodes/s, took 40s"
+    assert len(printed) == 5

@@ -138,7 +138,7 @@ def analyze(exp: Experiment, out: Path) -> dict:
     # --- verdicts and decision --------------------------------------------------------------------
     verdicts = [_verdict(h, comparisons, episodes, cap if exp.capability.enabled else {},
                          split, exp.info.seed) for h in exp.hypotheses]
-    decision = _decide(exp, metrics)
+    decision = _decide(exp, metrics, verdicts)
     return {
         "experiment": exp.info.name,
         "comparisons": {name: {"baseline": c.baseline, "models": c.models,
@@ -270,6 +270,8 @@ def _verdict(h: Hypothesis, comparisons: dict[str, Comparison], episodes: dict,
                       if m.model == h.treatment and m.metric == STAT_TO_METRIC[stat])
             lo, hi = md.ci_low, md.ci_high
             p = {"wilcoxon": md.p_wilcoxon, "paired_t": md.p_t}.get(h.test)
+        if h.test == "paired_permutation":
+            p = _task_permutation_p(runs[h.treatment], runs[h.control], stat)
         passes_test = h.test == "none" or (p is not None and p < h.alpha)
         if h.min_delta is not None:
             supported = delta >= h.min_delta - 1e-12 and passes_test
@@ -287,7 +289,21 @@ def _verdict(h: Hypothesis, comparisons: dict[str, Comparison], episodes: dict,
     return record
 
 
-def _decide(exp: Experiment, metrics: dict) -> dict:
+def _task_permutation_p(treatment: list[dict], control: list[dict], stat: str) -> float:
+    """`stats.paired_permutation` on the per-task values of `stat` (each task's success rate
+    over its trials, ...) of the tasks both arms ran: the task is the unit of the test."""
+    from tracetune.stats import paired_permutation
+
+    by_task = {arm: {} for arm in ("t", "c")}
+    for arm, eps in (("t", treatment), ("c", control)):
+        for e in eps:
+            by_task[arm].setdefault(e["task_id"], []).append(e)
+    shared = sorted(by_task["t"].keys() & by_task["c"].keys())
+    return paired_permutation([stat_values(by_task["t"][t])[stat] for t in shared],
+                              [stat_values(by_task["c"][t])[stat] for t in shared])
+
+
+def _decide(exp: Experiment, metrics: dict, hypotheses: list[dict] | None = None) -> dict:
     def check(criteria):
         out = []
         for c in criteria:
@@ -297,6 +313,11 @@ def _decide(exp: Experiment, metrics: dict) -> dict:
         return out
 
     go, abort = check(exp.decision.go), check(exp.decision.abort)
+    # A GO rests on the pre-registered hypotheses: each one not supported is a criterion that
+    # fails, so the decision can never say GO above a hypothesis the data did not support.
+    if go:
+        go += [{"criterion": f"{h['id']} supported", "observed": h["verdict"],
+                "holds": h["verdict"] == "SUPPORTED"} for h in hypotheses or []]
     if not go and not abort:
         outcome = "NONE"
     elif go and all(c["holds"] for c in go):
@@ -306,5 +327,5 @@ def _decide(exp: Experiment, metrics: dict) -> dict:
     else:
         outcome = "ITERATE"
     return {"outcome": outcome, "go": go, "abort": abort,
-            "rule": "GO when every go criterion holds; ABORT when every abort criterion holds; "
-                    "otherwise ITERATE"}
+            "rule": "GO when every go criterion holds and every hypothesis is supported; ABORT "
+                    "when every abort criterion holds; otherwise ITERATE"}

@@ -26,6 +26,7 @@ from tracetune.errors import TracetuneError
 from tracetune.experiment import prereg
 from tracetune.experiment.child import run_in_child
 from tracetune.experiment.layout import RunLayout
+from tracetune.experiment.progress import ProgressLines
 from tracetune.experiment.spec import (Experiment, as_json, experiment_hash, load_experiment,
                                       same_settings)
 from tracetune.experiment.stages import STAGES, Context, Stage, active_stages
@@ -37,10 +38,11 @@ class Loop:
     """Plans and runs one experiment's stages in one run directory."""
 
     def __init__(self, exp: Experiment, out: Path, *, log: Log = print,
-                 progress: Callable[[str, int, int], None] | None = None,
+                 progress: Callable[..., None] | None = None,
                  table: tuple[Stage, ...] = STAGES) -> None:
         self.exp, self.layout, self.log = exp, RunLayout(out), log
-        self.progress = progress or (lambda stage, done, total: None)
+        # progress(stage, done, total, note=""): episodes or training steps of a running stage
+        self.progress = progress or (lambda stage, done, total, note="": None)
         self.table = {s.name: s for s in table}
         self.stages = [s.name for s in active_stages(exp, table)]
 
@@ -218,8 +220,16 @@ def _run_in_child(exp_path: str, out: str, stage: str, run: Callable[[Context], 
         print(msg, flush=True)
         channel.put(("log", msg))
 
+    lines = ProgressLines()
+
+    def progress(stage_name: str, done: int, total: int, note: str = "") -> None:
+        channel.put(("progress", stage_name, done, total, note))
+        line = lines.line(stage_name, done, total, note)
+        if line:  # the stage log gets throttled progress lines (the terminal draws its own)
+            print(line, flush=True)
+
     ctx = Context(load_experiment(Path(exp_path)), RunLayout(Path(out)), log=say,
-                  progress=lambda *a: channel.put(("progress", *a)))
+                  progress=progress)
     return run(ctx)
 
 

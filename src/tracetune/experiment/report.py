@@ -95,16 +95,31 @@ def _answer(results: dict) -> str:
             f"model), the adapted model passed {_pct(row['success_rate'])} against the base "
             f"model's {_pct(base)}: Δ = {_pp(row['delta_success'])} (95% CI "
             f"{_pp(row['delta_ci_low'])} to {_pp(row['delta_ci_high'])}), Fisher p = "
-            f"{row['p_value']:.3g}, McNemar p = {row['mcnemar_p']:.3g}. ")
-    significant = row["p_value"] < 0.05 and (row["delta_ci_low"] > 0 or row["delta_ci_high"] < 0)
+            f"{row['p_value']:.3g}, McNemar p = {row['mcnemar_p']:.3g}")
+    # The pre-registered hypothesis on this metric decides (its own test and alpha), so this
+    # sentence and the hypotheses' verdicts can never disagree; without one, Fisher and the
+    # interval must both exclude "no difference".
+    hyp = next((h for h in results.get("hypotheses", [])
+                if h.get("metric") == f"{split}.success_rate" and h.get("p_value") is not None
+                and h.get("control") == "base" and h.get("treatment") == "adapted"), None)
+    if hyp is not None:
+        text += (f", {hyp['test'].replace('_', ' ')} p = {hyp['p_value']:.3g} "
+                 f"(pre-registered test of {hyp['id']}). ")
+        significant = hyp["p_value"] < hyp["alpha"]
+    else:
+        text += ". "
+        significant = row["p_value"] < 0.05 and (row["delta_ci_low"] > 0
+                                                 or row["delta_ci_high"] < 0)
     if significant and row["delta_success"] > 0:
         text += "**The adapter helped**" + (" on tasks it never trained on." if split == "heldout"
                                             else ", on the tasks it trained on.")
     elif significant:
         text += "**The adapter hurt**."
     else:
-        text += ("**No reliable difference**: the interval includes zero or the test is not "
-                 "significant, so this run does not show that the adapter helped.")
+        text += ("**No reliable difference**: " + (
+            f"{hyp['test'].replace('_', ' ')} p >= {hyp['alpha']}" if hyp is not None else
+            "the interval includes zero or the test is not significant")
+            + ", so this run does not show that the adapter helped.")
     tool = {m["metric"]: m for m in held["metrics"] if m["model"] == "adapted"}
     if "parse_errors" in tool:
         pe, wr, lp, st = (tool[k] for k in ("parse_errors", "wrote", "loop_detections", "steps"))
@@ -139,7 +154,8 @@ def _blocks(exp, layout: RunLayout, results: dict, figures: dict,
                    "written."))
     d = results["decision"]
     b.append(("h", f"Decision: {d['outcome']}"))
-    crit = [[kind, c["criterion"], "n/a" if c["observed"] is None else f"{c['observed']:.4g}",
+    crit = [[kind, c["criterion"], "n/a" if c["observed"] is None else
+             c["observed"] if isinstance(c["observed"], str) else f"{c['observed']:.4g}",
              "yes" if c["holds"] else "no"] for kind in ("go", "abort") for c in d[kind]]
     b.append(("table", (["set", "criterion", "observed", "holds"], crit)))
     b.append(("p", d["rule"] + "."))

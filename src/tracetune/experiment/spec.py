@@ -59,7 +59,7 @@ AGENT_STATS = ("avg_parse_errors", "write_rate", "avg_loop_detections", "avg_ste
 """Per-episode tool metrics of agent workflows (repair): Summary.agent."""
 EVAL_ON = ("all", "heldout")
 TRAIN_STATS = ("peak_ram_gb", "seconds", "rows", "final_loss")
-TESTS = ("fisher", "mcnemar", "wilcoxon", "paired_t", "none")
+TESTS = ("fisher", "mcnemar", "paired_permutation", "wilcoxon", "paired_t", "none")
 EXPORT_TARGETS = ("gguf-lora", "merged-gguf", "none")
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
        "==": operator.eq}
@@ -180,7 +180,9 @@ class Hypothesis:
     """Supported when treatment - control <= max_delta (and the test's p < alpha): for metrics
     that should fall, e.g. avg_parse_errors with max_delta = -1."""
     test: str = "fisher"
-    """fisher or mcnemar (success_rate), wilcoxon or paired_t (per-task means), none."""
+    """fisher or mcnemar (success_rate, (task, trial) outcomes as the unit), wilcoxon or
+    paired_t (per-task means), paired_permutation (any metric: a sign-flip test over tasks, the
+    unit of a paired design whose trials share a task), none."""
     alpha: float = 0.05
     within: float | None = None
     """Per-task form: |treatment - control| <= within on at least min_tasks tasks."""
@@ -415,6 +417,15 @@ def load_experiment(path: Path) -> Experiment:
         raise TracetuneError(f"{where} [train]: {exc}") from None
     if train_cfg.method == "dpo" and "dpo" not in mine.kinds:
         raise TracetuneError(f"{where} [train] method = dpo needs 'dpo' in [mine] kinds")
+    if mine.tokenizer is not None and mine.max_seq_len > train_cfg.max_seq_len:
+        # Training drops every row over its own limit: rows mined up to a longer one would be
+        # mined only to be thrown away (a shorter mining limit is fine).
+        default = {name: "" if "max_seq_len" in table else " (the default)"
+                   for name, table in (("mine", mine_table), ("train", train_table))}
+        raise TracetuneError(f"{where} [mine] max_seq_len = {mine.max_seq_len}{default['mine']} "
+                             f"is greater than [train] max_seq_len = {train_cfg.max_seq_len}"
+                             f"{default['train']}: training would drop the mined rows "
+                             "between the two; make [mine] max_seq_len at most [train]'s")
     if export.target not in EXPORT_TARGETS:
         raise TracetuneError(f"{where} [export] target: {export.target!r} is not one of "
                              f"{', '.join(EXPORT_TARGETS)}")

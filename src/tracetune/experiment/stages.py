@@ -66,7 +66,8 @@ class Context:
     exp: Experiment
     layout: RunLayout
     log: Log = print
-    progress: Callable[[str, int, int], None] = field(default=lambda stage, done, total: None)
+    progress: Callable[..., None] = field(default=lambda stage, done, total, note="": None)
+    """progress(stage, done, total, note=""): episodes (or training steps, note: the loss)."""
 
     def record(self, stage: str) -> dict:
         """A finished stage's record (its summary under "summary")."""
@@ -140,7 +141,11 @@ def train(ctx: Context, *, data: Path | None = None, out: Path | None = None) ->
     from tracetune.train.recipe import train as train_adapter
 
     data, out = data or ctx.layout.data, out or ctx.layout.adapter
-    train_adapter(data, train_base(ctx.exp), out, ctx.exp.train_config, resume=out.exists())
+    # resume: a train killed with the loop continues from its last checkpoint (only the same
+    # data, base and config are resumed), and a finished adapter is replaced only when the
+    # new one is complete.
+    train_adapter(data, train_base(ctx.exp), out, ctx.exp.train_config, resume=True,
+                  log=lambda line: ctx.log(f"[train] {line}"))
     meta = json.loads((out / META).read_text())
     ctx.log(f"[train] {meta['rows']} rows, {meta['steps']} steps, loss "
             f"{meta['first_loss']:.3f} -> {meta['last_loss']:.3f}")
