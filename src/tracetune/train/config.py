@@ -42,7 +42,8 @@ class TrainConfig:
     warmup_steps: int = 3
     """Linear warm-up steps before linear decay."""
     max_seq_len: int = 1024
-    """Longest row in tokens (longer rows are truncated by the trainer)."""
+    """Longest row in tokens, chat template included (longer rows are dropped and counted,
+    never truncated)."""
     seed: int = 42
     """Seed for LoRA init, data order and dropout: the same seed gives the same adapter."""
     dpo_beta: float = 0.1

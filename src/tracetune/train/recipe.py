@@ -8,18 +8,29 @@ for HF models, with QLoRA (4-bit NF4) when asked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.models.resolve import hf_source, weight_options
+from tracetune.staging import abandoned, staging_dir
 from tracetune.train.config import TrainConfig
+from tracetune.train.lengths import check_prepared, fit_rows, row_lengths
 
 META = "tracetune_adapter.json"
 LOSS_LOG = "loss.jsonl"
+STAGING = "train"
+"""Prefix of the staging directories beside an adapter's directory (tracetune.staging)."""
+STAMP = ".tracetune-train.json"
+"""In a staging directory: what it trains (dataset, rows, base, config); --resume adopts only
+the directory of the same training."""
 
 
 def base_config(base: str, config: TrainConfig) -> TrainConfig:
@@ -82,7 +93,20 @@ def _loss_callback(path: Path):
 
 
 def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
-          resume: bool = False) -> Path:
+          resume: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Train a LoRA adapter on `dataset`'s SFT or DPO rows and write it to `out`.
+
+    Every row is measured with the training tokenizer and its chat template (train.lengths);
+    rows longer than `config.max_seq_len` tokens are dropped, never truncated, and `log` gets
+    one line saying how many (the count is also in the metadata, rows_too_long). Training
+    writes into a staging directory beside `out` that becomes `out` only when the adapter is
+    complete: a failed or interrupted run leaves `out` as it was (absent, or empty). With
+    `resume`, a run of the same dataset, base and config that was killed (its staging
+    directory left behind) continues from its last checkpoint, and a finished `out` is
+    replaced when the new adapter is complete.
+
+    Returns `out`. Raises TracetuneError (one line) for a bad config, base or dataset, a
+    non-empty `out` without `resume`, or no row within max_seq_len."""
     import torch
     import transformers
     from datasets import Dataset
@@ -92,7 +116,6 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     config = base_config(base, config)  # before any work: a bad base fails at once
     trust_remote_code = weight_options(base).trust_remote_code
     out = Path(out)
-    checkpoints = out / "checkpoints"
     if out.exists() and any(out.iterdir()) and not resume:
         raise TracetuneError(f"{out} is not empty; pass --resume to continue its training or "
                              "choose another --out")
@@ -111,6 +134,9 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    fitted = fit_rows(rows, row_lengths(tokenizer, rows), config.max_seq_len)
+    if fitted.dropped and log is not None:
+        log(fitted.summary())
     load_kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if config.qlora:
         load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
@@ -132,62 +158,141 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                                  lora_dropout=config.dropout,
                                  target_modules=list(config.target_modules),
                                  task_type="CAUSAL_LM")
-    common = dict(
-        output_dir=str(checkpoints), num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accumulation,
-        learning_rate=config.learning_rate, lr_scheduler_type="linear",
-        warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        seed=config.seed, data_seed=config.seed, report_to="none",
-        # bf16 and gradient checkpointing are TRL's defaults; on a CPU they cost ~16x, so mixed
-        # precision follows the weights' dtype on CUDA only.
-        bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
-        gradient_checkpointing=False, use_cpu=not cuda,
-        max_length=config.max_seq_len, dataloader_num_workers=0,
-    )
-    train_ds = Dataset.from_list(rows)
-    callbacks = [_loss_callback(out / LOSS_LOG)]
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out / LOSS_LOG).unlink(missing_ok=True)
+    stamp = json.loads(json.dumps({  # as it reads back from the file
+        "out": out.name, "dataset": str(Path(dataset).resolve()), "rows_sha256": _sha256(rows),
+        "base": base, "config": dataclasses.asdict(config)}))
+    with _staged(out, stamp, resume) as work:
+        checkpoints = work / "checkpoints"
+        common = dict(
+            output_dir=str(checkpoints), num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accumulation,
+            learning_rate=config.learning_rate, lr_scheduler_type="linear",
+            warmup_steps=config.warmup_steps, logging_steps=config.logging_steps,
+            save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+            seed=config.seed, data_seed=config.seed, report_to="none",
+            # bf16 and gradient checkpointing are TRL's defaults; on a CPU they cost ~16x, so
+            # mixed precision follows the weights' dtype on CUDA only.
+            bf16=cuda and dtype == torch.bfloat16, fp16=cuda and dtype == torch.float16,
+            gradient_checkpointing=False, use_cpu=not cuda,
+            # No truncation by the trainer: every row was measured and fits max_seq_len
+            # (fit_rows); check_prepared below confirms it on the trainer's own tokens.
+            max_length=None, dataloader_num_workers=0,
+        )
+        train_ds = Dataset.from_list(fitted.rows)
+        callbacks = [_loss_callback(work / LOSS_LOG)]
 
-    # --- train ---------------------------------------------------------------------------------
-    if config.method == "sft":
-        from trl import SFTConfig, SFTTrainer
+        # --- train -----------------------------------------------------------------------------
+        if config.method == "sft":
+            from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(completion_only_loss=True, **common)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
-                             processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=callbacks)
-    else:
-        from trl import DPOConfig, DPOTrainer
+            args = SFTConfig(completion_only_loss=True, **common)
+            trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
+                                 processing_class=tokenizer, peft_config=peft_config,
+                                 callbacks=callbacks)
+        else:
+            from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(beta=config.dpo_beta, **common)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds,
-                             processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=callbacks)
-    has_checkpoint = resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
-    train_s = time.perf_counter() - t0
+            args = DPOConfig(beta=config.dpo_beta, **common)
+            trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds,
+                                 processing_class=tokenizer, peft_config=peft_config,
+                                 callbacks=callbacks)
+        check_prepared(trainer.train_dataset, config.method, config.max_seq_len,
+                       len(fitted.rows))
+        has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+        train_s = time.perf_counter() - t0
 
-    # --- save ----------------------------------------------------------------------------------
-    trainer.model.save_pretrained(str(out))
-    losses = [json.loads(x)["loss"] for x in (out / LOSS_LOG).read_text().splitlines()] \
-        if (out / LOSS_LOG).is_file() else []
-    meta = {"base": base, "base_source": source, "dataset": str(Path(dataset).resolve()),
-            "rows": len(rows), "config": dataclasses.asdict(config),
-            "train_seconds": round(train_s, 2), "steps": trainer.state.global_step,
-            "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "versions": {m: _version(m) for m in ("torch", "transformers", "trl", "peft")}}
-    (out / META).write_text(json.dumps(meta, indent=2))
-    _plot_loss(out / LOSS_LOG, out / "loss.png")
+        # --- save ------------------------------------------------------------------------------
+        trainer.model.save_pretrained(str(work))
+        losses = [json.loads(x)["loss"] for x in (work / LOSS_LOG).read_text().splitlines()] \
+            if (work / LOSS_LOG).is_file() else []
+        meta = {"base": base, "base_source": source, "dataset": str(Path(dataset).resolve()),
+                "rows": len(fitted.rows), "rows_too_long": fitted.dropped,
+                "longest_row_tokens": fitted.longest, "config": dataclasses.asdict(config),
+                "train_seconds": round(train_s, 2), "steps": trainer.state.global_step,
+                "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+                "versions": {m: _version(m) for m in ("torch", "transformers", "trl", "peft")}}
+        (work / META).write_text(json.dumps(meta, indent=2))
+        _plot_loss(work / LOSS_LOG, work / "loss.png")
 
-    # --- cleanup -------------------------------------------------------------------------------
-    shutil.rmtree(checkpoints, ignore_errors=True)
+        # --- cleanup ---------------------------------------------------------------------------
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def _staged(out: Path, stamp: dict, resume: bool) -> Iterator[Path]:
+    """The directory a training run writes into: a new staging directory beside `out` or, with
+    `resume`, the newest one a killed run with the same `stamp` left (adopted). It becomes `out`
+    when the block completes (a finished `out` is swapped out, an empty one replaced). On any
+    exception, KeyboardInterrupt included, it is removed with the parent directories created
+    for it, and `out` is left as it was."""
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
+    work = None
+    try:
+        work = (_adopt(out.parent, stamp) if resume else None) or staging_dir(out.parent, STAGING)
+        (work / STAMP).write_text(json.dumps(stamp))
+        yield work
+        (work / STAMP).unlink()
+        work.chmod(0o777 & ~_umask())  # staging dirs are 0700; out gets mkdir's mode
+        if out.exists() and any(out.iterdir()):  # resumed over a finished adapter
+            old = staging_dir(out.parent, STAGING)
+            os.replace(out, old)
+            os.replace(work, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if out.exists():
+                out.rmdir()
+            os.replace(work, out)
+    except BaseException:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:  # someone else put something there
+                break
+        raise
+
+
+def _adopt(parent: Path, stamp: dict) -> Path | None:
+    """The newest staging directory under `parent` that a dead process left for the same
+    training (`stamp`) and that holds a checkpoint, renamed as this process's own; its loss log
+    is cut back to the checkpoint's step (the steps after it are trained again). None if there
+    is none."""
+    for old in abandoned(parent, STAGING):
+        try:
+            same = json.loads((old / STAMP).read_text()) == stamp
+        except (OSError, ValueError):
+            continue
+        steps = [int(c.name.split("-")[-1]) for c in (old / "checkpoints").glob("checkpoint-*")
+                 if c.name.split("-")[-1].isdigit()]
+        if not same or not steps:
+            continue
+        mine = old.with_name(f".{STAGING}-{os.getpid()}-{old.name.rsplit('-', 1)[-1]}")
+        try:
+            old.rename(mine)
+        except OSError:  # another process adopted it first
+            continue
+        log = mine / LOSS_LOG
+        if log.is_file():
+            kept = [x for x in log.read_text().splitlines() if json.loads(x)["step"] <= max(steps)]
+            log.write_text("".join(x + "\n" for x in kept))
+        return mine
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _sha256(rows: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def _torch_dtype(torch, name: str, cuda: bool):
