@@ -533,6 +533,8 @@ def export_cmd(
     base: Optional[str] = typer.Option(None, help="Adapter: base model spec (default: the one "
                                        "it was trained on); GGUF targets need embedded or "
                                        "gguf:PATH."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file (never "
+                               "the command's own input)."),
 ) -> None:
     """Export a run's trajectories (--jsonl), or an adapter (--to; ends with a parity check
     and writes nothing if it fails)."""
@@ -543,7 +545,7 @@ def export_cmd(
             raise TracetuneError(f"{path} is a run; --to applies to adapters (use --jsonl)")
         from tracetune.traces.export import export_jsonl
 
-        n = export_jsonl(path, out_path)
+        n = export_jsonl(path, out_path, force=force)
         if out_path is not None:
             err.print(f"wrote {n} episodes to {out_path}")
         return
@@ -568,6 +570,7 @@ def compare_cmd(
                                     "directory names)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every "
                                             "ComparisonResult and metric delta as JSON."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
 ) -> None:
     """Compare runs with a baseline run: per-task and overall success with CIs, deltas, Fisher
     and McNemar p-values, Cohen's h; attempts, duration and tokens with paired tests."""
@@ -581,6 +584,12 @@ def compare_cmd(
         raise TracetuneError("compare needs at least two run directories")
     if label and len(label) != len(runs):
         raise TracetuneError(f"--label given {len(label)} time(s) for {len(runs)} runs")
+    if json_out is not None:
+        from tracetune.staging import check_output_file
+        from tracetune.traces.store import DB_NAME
+
+        check_output_file(json_out, force=force, option="--json",
+                          inputs=tuple(r / DB_NAME for r in runs))
     comp = compare_dirs(runs, baseline=baseline, labels=label or None)
     for table in comparison_tables(comp):
         out.print(table)
@@ -590,12 +599,15 @@ def compare_cmd(
             out.print(f"{name}: failed episodes by last attempt: " + ", ".join(
                 f"{kind} {n}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])))
     if json_out is not None:
-        json_out.write_text(json.dumps({
-            "baseline": comp.baseline,
-            "results": [dataclasses.asdict(r) for r in comp.baseline_rows + comp.results],
-            "metrics": [dataclasses.asdict(m) for m in comp.metrics],
-            "failures": failures,
-            "excluded": comp.excluded}, indent=2))
+        from tracetune.staging import atomic_file
+
+        with atomic_file(json_out) as f:
+            f.write(json.dumps({
+                "baseline": comp.baseline,
+                "results": [dataclasses.asdict(r) for r in comp.baseline_rows + comp.results],
+                "metrics": [dataclasses.asdict(m) for m in comp.metrics],
+                "failures": failures,
+                "excluded": comp.excluded}, indent=2))
         err.print(f"wrote {json_out}")
 
 
@@ -688,6 +700,14 @@ def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment
         out.print(f"  abort if {c.text}")
 
 
+try:  # typer may carry its own copy of click, whose errors are not click's
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    _CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, _TyperClickException)
+except ImportError:
+    _CLICK_ERRORS = (click.ClickException,)
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 1 (tracebacks with --debug)."""
     args = sys.argv[1:]
@@ -701,7 +721,7 @@ def main() -> None:
             sys.exit(rc)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _CLICK_ERRORS as exc:  # a bad option value: click's own one-line usage error
         exc.show()
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import platform
 import threading
 import time
@@ -88,7 +89,12 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool
         if not db.is_file():
             raise TracetuneError(f"nothing to resume: no run in {out}")
         store = Store(db)
-        stored = eval_config_from(store.run().config, f"{db} (stored run config)")
+        try:
+            stored = eval_config_from(store.run().config, f"{db} (stored run config)")
+            check_tasks_unchanged(store, select_tasks(stored), out)
+        except BaseException:
+            store.close()
+            raise
         return store, stored, None
     if db.exists():
         raise TracetuneError(f"{out} already holds a run: pass --resume to continue it, or "
@@ -107,7 +113,41 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool
     store.create_run(RunInfo(uuid.uuid4().hex, time.time(), config.suite,
                              config.workflow_spec().name, config.model, config.seed, config.trials,
                              dataclasses.asdict(config), package_versions()))
+    store.set_meta(TASKS_META, json.dumps(task_fingerprints(select_tasks(config)),
+                                          sort_keys=True))
     return store, config, model
+
+
+TASKS_META = "tasks"
+"""The store's meta key holding {task id: sha256 of the task as run} (see task_fingerprints)."""
+
+
+def task_fingerprints(tasks: list[Task]) -> dict[str, str]:
+    """{task id: sha256 of every field of the task (spec, tests, reference, names...)}: what a
+    resumed run checks, so its episodes all come from the same tasks."""
+    import hashlib
+
+    return {t.id: hashlib.sha256(json.dumps(dataclasses.asdict(t), sort_keys=True,
+                                            default=str).encode()).hexdigest() for t in tasks}
+
+
+def check_tasks_unchanged(store: Store, tasks: list[Task], out: Path) -> None:
+    """Refuse to resume a run whose suite changed since it started (tasks added, removed or
+    edited), naming what changed. Runs recorded before fingerprints were kept are not checked.
+    Raises TracetuneError."""
+    raw = store.get_meta(TASKS_META)
+    if raw is None:
+        return
+    then, now = json.loads(raw), task_fingerprints(tasks)
+    changes = [f"{t} removed" for t in sorted(then.keys() - now.keys())] + \
+        [f"{t} added" for t in sorted(now.keys() - then.keys())] + \
+        [f"{t} edited" for t in sorted(then.keys() & now.keys()) if then[t] != now[t]]
+    if changes:
+        shown = ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5
+                                          else "")
+        raise TracetuneError(f"cannot resume {out}: its suite {store.run().suite!r} changed "
+                             f"since the run started ({shown}); restore the suite, or start a "
+                             "new run with another --out")
 
 
 def run_eval(config: EvalConfig, out: Path, *, resume: bool = False,

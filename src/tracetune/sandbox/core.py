@@ -62,6 +62,36 @@ class SandboxConfig:
     def n_workers(self) -> int:
         return self.workers if self.workers > 0 else 2 * (os.cpu_count() or 1)
 
+    def validate(self) -> None:
+        """The one definition of the limits' valid ranges (the CLI, eval and every Sandbox use
+        it). Raises SandboxError naming the setting: timeout_s a finite number > 0, memory_mb
+        at least 32, cpu_s None or > 0, file_size_mb and max_procs at least 1, output_cap_bytes
+        at least 1024, workers >= 0, isolation auto/bwrap/process, base_uid at least 1000."""
+        import math
+
+        def number(name, value, low, *, integer=False, low_ok=True):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value) and (value >= low if low_ok else value > low)
+            if integer and ok:
+                ok = float(value).is_integer()
+            if not ok:
+                bound = f">= {low}" if low_ok else f"> {low}"
+                raise SandboxError(f"sandbox {name} must be a finite "
+                                   f"{'whole ' if integer else ''}number {bound}, not {value!r}")
+
+        number("timeout_s", self.timeout_s, 0, low_ok=False)
+        number("memory_mb", self.memory_mb, 32, integer=True)
+        if self.cpu_s is not None:
+            number("cpu_s", self.cpu_s, 0, low_ok=False)
+        number("file_size_mb", self.file_size_mb, 1, integer=True)
+        number("max_procs", self.max_procs, 1, integer=True)
+        number("output_cap_bytes", self.output_cap_bytes, 1024, integer=True)
+        number("workers", self.workers, 0, integer=True)
+        number("base_uid", self.base_uid, 1000, integer=True)
+        if self.isolation not in ("auto", "bwrap", "process"):
+            raise SandboxError(f"sandbox isolation must be auto, bwrap or process, not "
+                               f"{self.isolation!r}")
+
 
 @dataclass(frozen=True)
 class Job:
@@ -298,6 +328,7 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
+        self.config.validate()
         self._lock = threading.Lock()
         self._started = False
         self._proc: subprocess.Popen | None = None

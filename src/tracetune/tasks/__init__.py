@@ -61,7 +61,13 @@ def load_suite(name_or_path: str) -> Suite:
     if path.suffix == ".toml":
         if not path.is_file():
             raise TracetuneError(f"suite file not found: {path}")
-        text, origin = path.read_text(encoding="utf-8"), str(path)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as exc:
+            raise TracetuneError(f"suite file {path} is not UTF-8 text (byte {exc.start}); "
+                                 "save it as UTF-8") from None
+        except OSError as exc:
+            raise TracetuneError(f"cannot read suite file {path}: {exc.strerror}") from None
     else:
         res = resources.files("tracetune.tasks") / "suites" / f"{name_or_path}.toml"
         if not res.is_file():
@@ -71,14 +77,47 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(text, origin)
 
 
+_TASK_TYPES = {"id": str, "spec": str, "names": "names", "reference": str, "tests": str,
+               "tags": "names", "difficulty": "tier", "file": str, "buggy": str}
+_SUITE_TYPES = {"name": str, "version": int, "description": str, "kind": str,
+                "train_pct": int}
+_TYPE_NAMES = {str: "a string", int: "an integer", "names": "a list of strings",
+               "tier": "an integer of at least 1"}
+
+
+def _is(value, want) -> bool:
+    """Whether a TOML value has the type a suite key needs (bool is not an integer)."""
+    if want == "names":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if want == "tier":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, want)
+
+
 def parse_suite(text: str, origin: str) -> Suite:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TracetuneError(f"{origin}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"suite", "task"}
+    if unknown:
+        raise TracetuneError(f"{origin}: unknown section(s) {', '.join(sorted(unknown))} "
+                             "(a suite has [suite] and [[task]] entries)")
     head = data.get("suite") or {}
-    if "name" not in head:
+    if not isinstance(head, dict) or "name" not in head:
         raise TracetuneError(f"{origin}: missing [suite] table with a name")
+    bad = set(head) - set(_SUITE_TYPES)
+    if bad:
+        raise TracetuneError(f"{origin}: [suite] unknown key(s) {', '.join(sorted(bad))} "
+                             f"(known: {', '.join(_SUITE_TYPES)})")
+    for key, want in _SUITE_TYPES.items():
+        if key in head and not _is(head[key], want):
+            raise TracetuneError(f"{origin}: [suite] {key} must be {_TYPE_NAMES[want]}, not "
+                                 f"{head[key]!r}")
+    if not isinstance(data.get("task", []), list):
+        raise TracetuneError(f"{origin}: tasks are [[task]] entries (an array of tables)")
     kind = head.get("kind", "functions")
     if kind not in KINDS:
         raise TracetuneError(f"{origin}: [suite] kind must be one of {', '.join(KINDS)}")
@@ -94,6 +133,14 @@ def parse_suite(text: str, origin: str) -> Suite:
         unknown = set(raw) - set(_REQUIRED) - set(_OPTIONAL)
         if unknown:
             raise TracetuneError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        for key, want in _TASK_TYPES.items():
+            if key in raw and not _is(raw[key], want):
+                raise TracetuneError(f"{where}: {key} must be {_TYPE_NAMES[want]}, not "
+                                     f"{raw[key]!r}")
+        bad_names = [n for n in raw["names"] if not n.isidentifier()]
+        if bad_names:
+            raise TracetuneError(f"{where}: names must be Python identifiers, not "
+                                 f"{', '.join(map(repr, bad_names))}")
         if raw["id"] in seen:
             raise TracetuneError(f"{where}: duplicate task id")
         seen.add(raw["id"])

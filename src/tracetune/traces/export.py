@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from tracetune.traces.store import Store
+from tracetune.traces.store import DB_NAME, Store
 
 
 def iter_episodes(store: Store) -> Iterator[dict]:
@@ -33,18 +33,30 @@ def iter_episodes(store: Store) -> Iterator[dict]:
                             for rid, a in store.attempt_records(ep["id"])]}
 
 
-def export_jsonl(run_dir: Path, out: Path | None = None) -> int:
+def export_jsonl(run_dir: Path, out: Path | None = None, *, force: bool = False) -> int:
     """Write the run's episodes as JSONL to `out` (stdout when None); returns how many.
-    Raises TracetuneError when run_dir holds no readable store (see `Store`)."""
+
+    The file is written beside `out` and renamed into place when complete (a failed export
+    leaves what was there). Raises TracetuneError when run_dir holds no readable store (see
+    `Store`), when `out` is the store itself (or its journal) or a directory, or when `out`
+    exists and `force` is not set: checked before anything is opened for writing."""
+    from tracetune.staging import atomic_file, check_output_file
+
+    if out is not None:
+        db = Path(run_dir) / DB_NAME if Path(run_dir).is_dir() else Path(run_dir)
+        check_output_file(out, force=force, inputs=(db, Path(f"{db}-wal"), Path(f"{db}-shm")))
     store = Store(run_dir)
     n = 0
-    stream = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
     try:
-        for episode in iter_episodes(store):
-            stream.write(json.dumps(episode, ensure_ascii=False) + "\n")
-            n += 1
+        if out is None:
+            for episode in iter_episodes(store):
+                sys.stdout.write(json.dumps(episode, ensure_ascii=False) + "\n")
+                n += 1
+            return n
+        with atomic_file(out) as stream:
+            for episode in iter_episodes(store):
+                stream.write(json.dumps(episode, ensure_ascii=False) + "\n")
+                n += 1
     finally:
-        if out is not None:
-            stream.close()
         store.close()
     return n

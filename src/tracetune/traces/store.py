@@ -240,6 +240,20 @@ class Store:
                 (run_id, task_id, trial, workflow, seed, time.time()))
             return int(cur.lastrowid)
 
+    def get_meta(self, key: str) -> str | None:
+        """A value of the `meta` table (schema_version, tasks: the run's task fingerprints);
+        None when absent."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row["value"]
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the `meta` table (not schema_version, which the store manages)."""
+        if key == "schema_version":
+            raise ValueError("schema_version is managed by the store")
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def add_attempt(self, episode_id: int, attempt: Attempt) -> None:
         """Record one attempt of an episode (created_at is the time of this call; the
         argument's own created_at is ignored and left as it is).
