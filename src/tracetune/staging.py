@@ -64,6 +64,11 @@ def check_output_file(target: Path, *, force: bool = False, inputs: tuple[Path, 
     target = Path(target)
     if target.is_dir():
         raise TracetuneError(f"{option} {target} is a directory; give a file path")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TracetuneError(f"{option} {target}: {parent} is a file, not a folder")
+            break
     real = os.path.realpath(target)
     for src in inputs:
         if real == os.path.realpath(src):
@@ -99,3 +104,18 @@ class atomic_file:
             os.replace(self.tmp, self.target)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def check_output_dir(target: Path, *, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before any work: an existing file, or a path
+    under a file. Raises TracetuneError (one line naming the option and the path)."""
+    from tracetune.errors import TracetuneError
+
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise TracetuneError(f"{option} must be a directory: {target} is a file")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TracetuneError(f"{option} {target}: {parent} is a file, not a folder")
+            break

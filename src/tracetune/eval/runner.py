@@ -82,9 +82,10 @@ def open_run(config: EvalConfig, out: Path, *, resume: bool
     """Create the run's store, or reopen it on resume (then the stored config wins). A new run
     loads its model first: nothing is created until the suite, the settings and the model are
     known to be good. Returns (store, config, the loaded model or None on resume)."""
+    from tracetune.staging import check_output_dir
+
     db = Path(out) / DB_NAME
-    if Path(out).exists() and not Path(out).is_dir():
-        raise TracetuneError(f"--out must be a directory: {out} is a file")
+    check_output_dir(Path(out))
     if resume:
         if not db.is_file():
             raise TracetuneError(f"nothing to resume: no run in {out}")

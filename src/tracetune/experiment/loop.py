@@ -115,6 +115,9 @@ class Loop:
             if value is not None and value not in self.stages:
                 raise TracetuneError(f"{name} {value!r}: not a stage of this experiment "
                                      f"({', '.join(self.stages)})")
+        from tracetune.staging import check_output_dir
+
+        check_output_dir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         record = prereg.load(self.out)
         if record is None:
