@@ -507,13 +507,37 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
 ) -> None:
     """Train a LoRA adapter (TRL + PEFT) on a mined dataset; loss on completions only."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
     from tracetune.train.config import load_config
     from tracetune.train.recipe import META, train
 
     cfg = load_config(config, method=method, epochs=epochs, learning_rate=learning_rate,
                       init_adapter=init_adapter, seed=seed)
-    path = train(dataset, base, out_dir, cfg, resume=resume,
-                 log=lambda line: err.print(line, highlight=False))
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    bar = []  # drawn from the first step on: checks and loading print no empty bar
+
+    def on_progress(step: int, total: int, loss: float | None) -> None:
+        if not bar:
+            progress.start()
+            bar.append(progress.add_task("training steps", total=total, loss=""))
+        progress.update(bar[0], completed=step, total=total,
+                        loss=f"loss {loss:.3f}" if loss is not None else "")
+
+    try:
+        path = train(dataset, base, out_dir, cfg, resume=resume,
+                     log=lambda line: err.print(line, highlight=False, markup=False),
+                     on_progress=on_progress)
+    except BaseException:
+        if bar:  # an error is one line: the bar is cleared, not left half-drawn above it
+            progress.live.transient = True
+            progress.live.stop()  # (Progress.stop would add a blank line on a non-terminal)
+        raise
+    if bar:
+        progress.stop()
     meta = json.loads((path / META).read_text())
     out.print(f"adapter: {path} ({meta['rows']} rows, {meta['steps']} steps, "
               f"{meta['train_seconds']:.0f}s; loss {meta['first_loss']:.3f} -> "
@@ -721,8 +745,10 @@ def main() -> None:
             sys.exit(rc)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except _CLICK_ERRORS as exc:  # a bad option value: click's own one-line usage error
-        exc.show()
+    except _CLICK_ERRORS as exc:  # a bad option or value: one line, like every other error
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err.print(f"[red]error:[/] {escape(exc.format_message())}{hint}", highlight=False)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         err.print("aborted")

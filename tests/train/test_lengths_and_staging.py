@@ -63,27 +63,33 @@ def lengths(rows: list[dict]) -> list[int]:
 
 
 def small(**overrides):
+    # No warm-up: with it, a one- or two-step training runs at learning rate 0 or barely more
+    # (refused or warned about, tests/train/test_bad_input.py).
     return load_config(None, **{"r": 2, "alpha": 4, "epochs": 1.0, "batch_size": 2,
-                                "target_modules": ["q_proj"], **overrides})
+                                "warmup_steps": 0, "target_modules": ["q_proj"], **overrides})
 
 
 @pytest.fixture
 def stop_training(monkeypatch):
     """Replace the trainers' train() by a recorder: it keeps the trainer (its train_dataset is
-    what TRL would train on) and returns at once, or raises `raises` after writing a file into
-    the checkpoint directory (a run that fails mid-way)."""
+    what TRL would train on), sets one LoRA B weight as a step would (unless not `updates`) and
+    returns at once, or raises `raises` after writing a file into the checkpoint directory (a
+    run that fails mid-way)."""
     import trl
     from transformers.trainer_utils import TrainOutput
 
     seen = {}
 
-    def install(raises: BaseException | None = None):
+    def install(raises: BaseException | None = None, updates: bool = True):
         def fake_train(self, resume_from_checkpoint=None, **kwargs):
             seen.update(trainer=self, resume_from_checkpoint=resume_from_checkpoint)
             if raises is not None:
                 os.makedirs(self.args.output_dir, exist_ok=True)
                 Path(self.args.output_dir, "partial.bin").write_bytes(b"x" * 100)
                 raise raises
+            if updates:
+                lora_b = next(p for n, p in self.model.named_parameters() if "lora_B" in n)
+                lora_b.data[0, 0] = 1e-3
             return TrainOutput(global_step=0, training_loss=0.0, metrics={})
 
         monkeypatch.setattr(trl.SFTTrainer, "train", fake_train)

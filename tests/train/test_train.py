@@ -75,12 +75,16 @@ def test_same_seed_same_adapter_and_dpo_runs(tmp_path):
               "chosen": [{"role": "assistant", "content": f"zebra-{i}"}],
               "rejected": [{"role": "assistant", "content": "I don't know."}]} for i in range(4)]
     (data / "formats" / "dpo.trl.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    cfg = load_config(None, r=4, alpha=8, epochs=1.0, target_modules=["q_proj"], seed=5)
+    # One step each: without warm-up, so that it moves the weights (at lr 0 both adapters
+    # would be the zero-B initialization, equal whatever the seed does).
+    cfg = load_config(None, r=4, alpha=8, epochs=1.0, target_modules=["q_proj"], seed=5,
+                      warmup_steps=0)
     a = load_file(str(train(data, "embedded", tmp_path / "a", cfg) / "adapter_model.safetensors"))
     b = load_file(str(train(data, "embedded", tmp_path / "b", cfg) / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert any(abs(v).max() > 0 for k, v in a.items() if "lora_B" in k)
     dpo = train(data, "embedded", tmp_path / "dpo", load_config(
-        None, method="dpo", r=4, alpha=8, epochs=1.0, target_modules=["q_proj"]))
+        None, method="dpo", r=4, alpha=8, epochs=1.0, target_modules=["q_proj"], warmup_steps=0))
     meta = json.loads((dpo / "tracetune_adapter.json").read_text())
     assert meta["config"]["method"] == "dpo" and meta["steps"] == 1
 
@@ -151,7 +155,8 @@ def test_trains_on_an_hf_directory_spec_with_options(tmp_path):
 
     data = make_dataset(tmp_path / "ds", n=2)
     base = f"hf:{resolve_model_source('embedded')},device=cpu,dtype=bfloat16,batch_size=4"
-    cfg = load_config(None, r=2, alpha=4, epochs=1.0, batch_size=2, target_modules=["q_proj"])
+    cfg = load_config(None, r=2, alpha=4, epochs=1.0, batch_size=2, target_modules=["q_proj"],
+                      warmup_steps=0)
     out = train(data, base, tmp_path / "adapter", cfg)
     meta = json.loads((out / "tracetune_adapter.json").read_text())
     assert meta["base"] == base and meta["steps"] == 1

@@ -128,8 +128,11 @@ def mine(runs: list[Path], out: Path, config: MineConfig) -> MineReport:
     Raises TracetuneError for an invalid config, an `out` that exists and is not empty, a run
     with no store or no finished episode, too few rows for `unfiltered`, or no row left after
     the filters."""
+    from tracetune.staging import check_output_dir
+
     config.validate()
     config = config.resolved()
+    check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise TracetuneError(f"{out} exists and is not empty; choose another --out")
     attempts = [a for run in runs for a in load_attempts(run)]
@@ -348,12 +351,28 @@ def _jsonl(path: Path, items: list[dict]) -> None:
 
 
 def load_manifest(dataset: Path) -> dict:
-    """A dataset's manifest (module docstring). Raises TracetuneError when `dataset` has no
-    manifest or one of another dataset schema version."""
+    """A dataset's manifest (module docstring), as a dict.
+
+    Raises TracetuneError (one line naming the file) when `dataset` has no manifest, or one
+    that cannot be read, is not UTF-8, not valid JSON (the line and column say where), not a
+    JSON object, or of another dataset schema version."""
     path = Path(dataset) / MANIFEST
     if not path.is_file():
         raise TracetuneError(f"{dataset} is not a tracetune dataset (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
+    again = "mine the dataset again with `tracetune mine`"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TracetuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TracetuneError(f"{path} is damaged: not UTF-8 text (byte {exc.start + 1}); "
+                             f"{again}") from None
+    except json.JSONDecodeError as exc:
+        raise TracetuneError(f"{path} is damaged: not valid JSON ({exc.msg} at line "
+                             f"{exc.lineno} column {exc.colno}); {again}") from None
+    if not isinstance(manifest, dict):
+        raise TracetuneError(f"{path} is damaged: its top level is not a JSON object; "
+                             f"{again}")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise TracetuneError(f"{dataset} has dataset schema {manifest.get('schema_version')}; "
                              f"this tracetune reads {SCHEMA_VERSION}")

@@ -145,7 +145,9 @@ def train(ctx: Context, *, data: Path | None = None, out: Path | None = None) ->
     # data, base and config are resumed), and a finished adapter is replaced only when the
     # new one is complete.
     train_adapter(data, train_base(ctx.exp), out, ctx.exp.train_config, resume=True,
-                  log=lambda line: ctx.log(f"[train] {line}"))
+                  log=lambda line: ctx.log(f"[train] {line}"),
+                  on_progress=lambda step, total, loss: ctx.progress(
+                      "train", step, total, f"loss {loss:.3f}" if loss is not None else ""))
     meta = json.loads((out / META).read_text())
     ctx.log(f"[train] {meta['rows']} rows, {meta['steps']} steps, loss "
             f"{meta['first_loss']:.3f} -> {meta['last_loss']:.3f}")

@@ -1,5 +1,5 @@
 """Training configuration: one dataclass, every field documented; loaded from TOML with errors
-that name the key.
+that name the file, the section and the key.
 
 Defaults follow seeds 000/001 and the embedded-model calibration: LoRA r=16, alpha=32, dropout
 0.05 on every linear layer (attention and MLP), lr 2e-4 with linear decay after 3 warm-up steps,
@@ -8,6 +8,7 @@ batch 4, 3 epochs, loss on the completion only.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,8 @@ class TrainConfig:
                      "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise TracetuneError(f"{name} must be at least 1")
+        if self.warmup_steps < 0:
+            raise TracetuneError(f"warmup_steps must be 0 or more, not {self.warmup_steps}")
         if not 0 <= self.dropout < 1 or self.learning_rate <= 0 or self.epochs <= 0:
             raise TracetuneError("need 0 <= dropout < 1, learning_rate > 0 and epochs > 0")
         if not self.target_modules:
@@ -83,13 +86,42 @@ class TrainConfig:
             raise TracetuneError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
 
+SECTION = "train"
+"""The one table a training config file may hold (or its keys go at the top level)."""
+
+
 def load_config(path: Path | None, **overrides) -> TrainConfig:
-    """Defaults, then the TOML file's [train] table (or top level), then overrides."""
+    """Defaults, then the TOML file's [train] table (or its top level), then the `overrides`
+    that are not None.
+
+    A file holds either a [train] table and nothing else, or TrainConfig's keys at its top
+    level. Raises TracetuneError (one line naming the file) for an unknown section (any table
+    but [train]), a key outside [train] in a file that has one, an unknown key, a value of
+    the wrong type or out of range."""
     values: dict = {}
+    where = "training config"
     if path is not None:
         data = read_toml(Path(path))
-        values.update(data.get("train", data))
+        values.update(_train_table(data, Path(path)))
+        where = f"{path} [{SECTION}]" if SECTION in data else str(path)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    config = build(TrainConfig, values, f"{path}" if path else "training config")
+    config = build(TrainConfig, values, where)
     config.validate()
     return config
+
+
+def _train_table(data: dict, path: Path) -> dict:
+    """The settings of a parsed config file: its [train] table, or its top level."""
+    keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    stray = sorted(k for k in data if k != SECTION and k not in keys)
+    tables = [k for k in stray if isinstance(data[k], dict)]
+    if tables:  # a misspelt [train] would otherwise leave every setting at its default
+        raise TracetuneError(f"{path}: unknown section(s) {', '.join(f'[{t}]' for t in tables)} "
+                             f"(valid: [{SECTION}])")
+    if SECTION not in data:
+        return data  # unknown top-level keys are named by build()
+    outside = sorted(set(data) - {SECTION})
+    if outside:
+        raise TracetuneError(f"{path}: key(s) {', '.join(outside)} outside [{SECTION}] "
+                             f"(put them under [{SECTION}])")
+    return data[SECTION]

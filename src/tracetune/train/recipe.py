@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.models.resolve import hf_source, weight_options
-from tracetune.staging import abandoned, staging_dir
+from tracetune.staging import abandoned, check_output_dir, staging_dir
 from tracetune.train.config import TrainConfig
 from tracetune.train.lengths import check_prepared, fit_rows, row_lengths
 
@@ -66,16 +67,102 @@ def base_config(base: str, config: TrainConfig) -> TrainConfig:
     return merged
 
 
-def _rows(dataset: Path, method: str) -> list[dict]:
+def _rows(dataset: Path, method: str) -> tuple[list[dict], Path]:
+    """The dataset's training rows for `method` and the file they come from."""
     from tracetune.datasets.build import (DPO_TRL, SFT_PROMPT_COMPLETION, format_path,
                                           load_manifest)
 
     load_manifest(dataset)
     path = format_path(Path(dataset), SFT_PROMPT_COMPLETION if method == "sft" else DPO_TRL)
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = read_rows(path) if path.is_file() else []
     if not rows:
         raise TracetuneError(f"dataset {dataset} has no {method} rows ({path})")
+    return rows, path
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one per line (row i is line i + 1).
+
+    Raises TracetuneError (one line naming the file and the line, and saying that mining again
+    rewrites it) for a file that cannot be read, or a line that is empty, not UTF-8, not valid
+    JSON or not a JSON object."""
+    again = "mine the dataset again with `tracetune mine`"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TracetuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = []
+    # bytes.splitlines: only \n and \r end a line (str.splitlines would also cut a row at a
+    # U+2028 inside a JSON string, which json.dumps(ensure_ascii=False) writes raw).
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            row = json.loads(line.decode("utf-8"))
+            problem = None if isinstance(row, dict) else "not a JSON object"
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text (byte {exc.start + 1} of the line)"
+        except json.JSONDecodeError as exc:
+            problem = "an empty line" if not line.strip() else \
+                f"not valid JSON ({exc.msg} at column {exc.colno})"
+        if problem:
+            raise TracetuneError(f"{path} line {n} is damaged: {problem}; {again}")
+        rows.append(row)
     return rows
+
+
+def optimizer_steps(rows: int, config: TrainConfig) -> int:
+    """Optimizer updates a training of `rows` rows makes, as transformers' Trainer counts them
+    on one device (Trainer.set_initial_training_values):
+
+        batches = ceil(rows / batch_size)                      # the last batch may be short
+        updates_per_epoch = max(ceil(batches / grad_accumulation), 1)
+        steps = ceil(epochs * updates_per_epoch)
+    """
+    batches = math.ceil(rows / config.batch_size)
+    per_epoch = max(math.ceil(batches / config.grad_accumulation), 1)
+    return math.ceil(config.epochs * per_epoch)
+
+
+def learning_rates(steps: int, config: TrainConfig) -> list[float]:
+    """The learning rate of each of `steps` optimizer updates under the recipe's schedule
+    (transformers' "linear": warm-up from 0 over warmup_steps, then linear decay to 0):
+    update k (from 0) runs at learning_rate * (k / warmup_steps if k < warmup_steps else
+    (steps - k) / (steps - warmup_steps)). The first update of a warm-up runs at 0."""
+    w, peak = config.warmup_steps, config.learning_rate
+    return [peak * (k / max(1, w) if k < w else max(0.0, (steps - k) / max(1, steps - w)))
+            for k in range(steps)]
+
+
+def check_schedule(rows: int, config: TrainConfig) -> str | None:
+    """Refuse a schedule under which no optimizer update changes the weights (every update at
+    learning rate 0: one update, and warm-up starts at 0); return a one-line warning when the
+    warm-up outlasts the training (the learning rate never reaches `config.learning_rate`),
+    else None. Raises TracetuneError (one line: the steps, what sets them, and the fix)."""
+    steps = optimizer_steps(rows, config)
+    if config.warmup_steps < steps:
+        return None
+    counted = (f"{steps} optimizer step{'s' * (steps != 1)} ({rows} row{'s' * (rows != 1)}, "
+               f"batch_size {config.batch_size}, grad_accumulation {config.grad_accumulation}, "
+               f"epochs {config.epochs:g})")
+    rates = learning_rates(steps, config)
+    if max(rates) == 0:
+        raise TracetuneError(f"the schedule gives no update: {counted} <= warmup_steps "
+                             f"{config.warmup_steps}, and warm-up runs its first step at "
+                             "learning rate 0; lower warmup_steps or add rows or epochs")
+    return (f"warning: warmup_steps {config.warmup_steps} >= {counted}: the learning rate "
+            f"peaks at {max(rates):.3g}, not learning_rate {config.learning_rate:g}; lower "
+            "warmup_steps or add rows or epochs")
+
+
+def _all_lora_b_zero(model) -> bool:
+    """Whether the model's LoRA B matrices (which start at zero, so the adapter's update B @ A
+    is zero) are all still exactly zero; False for a model without any."""
+    found = False
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            found = True
+            if param.detach().any():
+                return False
+    return found
 
 
 def _loss_callback(path: Path):
@@ -92,8 +179,42 @@ def _loss_callback(path: Path):
     return LossLog()
 
 
+def _progress_callback(on_progress: Callable[[int, int, float | None], None]):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """Reports (optimizer steps done, total, last logged loss): once at the start, once per
+        step (after its loss is logged, when it is), and once at the end with step == total."""
+
+        loss: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # A resumed run starts at its checkpoint's step, with the loss logged before it.
+            logged = [x["loss"] for x in state.log_history if "loss" in x]
+            self.loss = float(logged[-1]) if logged else None
+            on_progress(state.global_step, state.max_steps, self.loss)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # The trainer's flow callback runs first and sets should_log: a logged step is
+            # reported by on_log, with its own loss.
+            if not control.should_log and state.global_step < state.max_steps:
+                on_progress(state.global_step, state.max_steps, self.loss)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+                if state.global_step < state.max_steps:
+                    on_progress(state.global_step, state.max_steps, self.loss)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            on_progress(state.global_step, state.max_steps, self.loss)
+
+    return Progress()
+
+
 def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
-          resume: bool = False, log: Callable[[str], None] | None = None) -> Path:
+          resume: bool = False, log: Callable[[str], None] | None = None,
+          on_progress: Callable[[int, int, float | None], None] | None = None) -> Path:
     """Train a LoRA adapter on `dataset`'s SFT or DPO rows and write it to `out`.
 
     Every row is measured with the training tokenizer and its chat template (train.lengths);
@@ -105,21 +226,33 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     directory left behind) continues from its last checkpoint, and a finished `out` is
     replaced when the new adapter is complete.
 
-    Returns `out`. Raises TracetuneError (one line) for a bad config, base or dataset, a
-    non-empty `out` without `resume`, or no row within max_seq_len."""
+    The optimizer steps are counted before the base model loads (`optimizer_steps`): a schedule
+    whose every update runs at learning rate 0 is refused, and one whose warm-up outlasts the
+    training gets a warning line in `log`. `on_progress(step, total, loss)`, when given, is
+    called with the optimizer steps done and their total (`total` as the trainer counts it) and
+    the last logged training loss (None before the first): at the start, after each step, and
+    a last time with step == total; the trainer's own progress bar is then off.
+
+    Returns `out`. Raises TracetuneError (one line) for a bad config, base or dataset (naming
+    the file and line of a damaged one), an `out` that is a file or under one, a non-empty
+    `out` without `resume`, no row within max_seq_len, a schedule that gives no update, or a
+    training that left every LoRA B matrix at zero (the adapter would not change the model);
+    nothing is written then."""
+    config.validate()
+    config = base_config(base, config)  # before any work: a bad base fails at once
+    trust_remote_code = weight_options(base).trust_remote_code
+    out = Path(out)
+    check_output_dir(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise TracetuneError(f"{out} is not empty; pass --resume to continue its training or "
+                             "choose another --out")
+    rows, rows_file = _rows(dataset, config.method)  # a damaged dataset fails before torch loads
+
     import torch
     import transformers
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
 
-    config.validate()
-    config = base_config(base, config)  # before any work: a bad base fails at once
-    trust_remote_code = weight_options(base).trust_remote_code
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise TracetuneError(f"{out} is not empty; pass --resume to continue its training or "
-                             "choose another --out")
-    rows = _rows(dataset, config.method)
     cuda = torch.cuda.is_available() and config.device != "cpu"
     if config.device == "cuda" and not torch.cuda.is_available():
         raise TracetuneError("device=cuda but torch sees no CUDA device")
@@ -134,9 +267,16 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    fitted = fit_rows(rows, row_lengths(tokenizer, rows), config.max_seq_len)
+    try:
+        lengths = row_lengths(tokenizer, rows)
+    except TracetuneError as exc:
+        raise TracetuneError(f"{rows_file}: {exc}") from None
+    fitted = fit_rows(rows, lengths, config.max_seq_len)
     if fitted.dropped and log is not None:
         log(fitted.summary())
+    warning = check_schedule(len(fitted.rows), config)  # before the base model loads
+    if warning and log is not None:
+        log(warning)
     load_kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if config.qlora:
         load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
@@ -178,9 +318,12 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             # No truncation by the trainer: every row was measured and fits max_seq_len
             # (fit_rows); check_prepared below confirms it on the trainer's own tokens.
             max_length=None, dataloader_num_workers=0,
+            disable_tqdm=on_progress is not None,  # the caller draws its own progress
         )
         train_ds = Dataset.from_list(fitted.rows)
         callbacks = [_loss_callback(work / LOSS_LOG)]
+        if on_progress is not None:
+            callbacks.append(_progress_callback(on_progress))
 
         # --- train -----------------------------------------------------------------------------
         if config.method == "sft":
@@ -199,10 +342,18 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                                  callbacks=callbacks)
         check_prepared(trainer.train_dataset, config.method, config.max_seq_len,
                        len(fitted.rows))
+        if on_progress is not None:
+            # With tqdm off, the trainer prints every log dict instead; the caller shows the loss.
+            trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
         has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
         train_s = time.perf_counter() - t0
+        if _all_lora_b_zero(trainer.model):
+            raise TracetuneError(
+                f"training left every LoRA B matrix at zero after {trainer.state.global_step} "
+                "optimizer steps: the adapter would not change the model, so none is written; "
+                "raise learning_rate, lower warmup_steps or add rows or epochs")
 
         # --- save ------------------------------------------------------------------------------
         trainer.model.save_pretrained(str(work))
