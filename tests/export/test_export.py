@@ -40,7 +40,7 @@ def adapter(tmp_path_factory):
 def test_gguf_lora_parity_and_use(adapter, tmp_path):
     out = tmp_path / "a.gguf"
     summary = export(adapter, "gguf-lora", out)
-    assert out.is_file() and "cosine" in summary
+    assert out.is_file() and "effect: scale" in summary and "greedy continuations" in summary
     m = load_model(f"embedded,lora={out}")
     base = load_model("embedded")
     req = GenerationRequest(chat("Tell me a short story about a cat."), SamplingParams(max_tokens=48))
@@ -65,7 +65,10 @@ def test_merged_exports(adapter, tmp_path):
     summary = export(adapter, "ollama", tmp_path / "ollama")
     assert "4/4" in summary
     assert (tmp_path / "ollama" / "model.gguf").is_file()
-    assert "FROM ./model.gguf" in (tmp_path / "ollama" / "Modelfile").read_text()
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in modelfile
+    # The training prompt's default system prompt is the Modelfile's SYSTEM.
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile
 
 
 def test_bad_export_requests(adapter, tmp_path):

@@ -6,17 +6,25 @@ undoes it when it loads a GGUF; an adapter trained in transformers must therefor
 its q_proj / k_proj lora_B permuted the same way (lora_A is untouched). Forgetting this gives an
 adapter that loads and runs but silently does something else: the parity check catches it.
 
+Scale: llama.cpp applies adapter.lora.alpha / rank to every tensor (rank from the tensor's shape);
+PEFT applies each layer's own scaling (alpha/r, alpha/sqrt(r) with use_rslora, per-module values
+with rank_pattern / alpha_pattern), read here from the loaded PeftModel's layers. Each lora_B is
+multiplied by PEFT's scaling / (alpha / rank), which is 1 for a plain LoRA.
+
+What has no GGUF LoRA form is refused by name before llama.cpp sees it: DoRA and other LoRA
+variants, LoRA biases, modules_to_save, and an adapted tensor the base GGUF does not hold (a LoRA
+on lm_head when the base ties its output to the token embeddings: llama.cpp crashed on it).
+
 Parity: llama.cpp runs a float32 copy of the base GGUF (the same numbers transformers loads), with
-and without the adapter; on fixed prompts, the change the adapter makes to the next-token logits
-must point the same way as the change it makes in transformers + PEFT (cosine >= `min_cosine`),
-and greedy continuations are compared and reported.
+and without the adapter, on PEFT's parity sequences; the change the adapter makes to the logits
+must match the change PEFT makes (`tracetune.export.parity`, relative error of the effect), and
+greedy continuations are compared and reported.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,50 +32,30 @@ import numpy as np
 
 from tracetune.errors import TracetuneError
 from tracetune.export.gguf_copy import rewrite_gguf
-
-PARITY_PROMPTS = (
-    "Write a Python function `add(a, b)` that returns the sum of a and b.",
-    "Write a Python function `is_even(n)` that returns True when n is even.",
-    "Write a Python function `reverse_list(xs)` that returns xs reversed.",
-    "What is a LoRA adapter?",
+from tracetune.export.parity import EffectParity, compare, llama_cpp_logits, reference
+from tracetune.export.peft_adapter import (
+    LoraMatrices,
+    adapter_config,
+    check_options,
+    load_peft,
+    lora_matrices,
 )
-MIN_COSINE = 0.998
+from tracetune.staging import staging_dir
 
 
 @dataclass(frozen=True)
 class ParityReport:
-    cosines: list[float]
-    """Per prompt: cosine of the adapter's logit change, llama.cpp vs transformers + PEFT."""
+    effect: EffectParity
     greedy_equal: int
-    """Prompts whose greedy continuation is the same on both sides."""
-    n_prompts: int
-    min_cosine: float
+    """Prompts whose greedy continuation is the same in llama.cpp and in transformers + PEFT."""
 
     @property
     def passed(self) -> bool:
-        return min(self.cosines) >= self.min_cosine
+        return self.effect.passed
 
     def summary(self) -> str:
-        return (f"logit-change cosine min {min(self.cosines):.4f} (need >= {self.min_cosine}); "
-                f"greedy continuations equal on {self.greedy_equal}/{self.n_prompts} prompts")
-
-
-def load_peft(base_source: str, adapter_dir: Path):
-    """(tokenizer, PEFT model in eval mode, float32) for parity checks."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base_source)
-    base = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32).eval()
-    return tok, PeftModel.from_pretrained(base, str(adapter_dir)).eval()
-
-
-def prompt_ids(tok, prompt: str) -> list[int]:
-    """Token ids of a one-turn chat prompt, ready for the assistant's answer."""
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                   add_generation_prompt=True, tokenize=False)
-    return tok(text, add_special_tokens=False)["input_ids"]
+        return (f"{self.effect.summary()}; greedy continuations equal on "
+                f"{self.greedy_equal}/{self.effect.n} prompts")
 
 
 def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -76,140 +64,120 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _adapter_tensors(adapter_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    from safetensors.numpy import load_file
+@dataclass(frozen=True)
+class GGUFLayout:
+    """How a transformers llama-architecture model's tensors appear in its GGUF."""
 
-    cfg_path = adapter_dir / "adapter_config.json"
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise TracetuneError(f"{adapter_dir} is not a PEFT adapter (adapter_config.json and "
-                             "adapter_model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise TracetuneError(f"{adapter_dir}: only LoRA adapters export to GGUF "
-                             f"(found {cfg.get('peft_type')})")
-    if cfg.get("use_rslora") or cfg.get("use_dora"):
-        raise TracetuneError(f"{adapter_dir}: rsLoRA / DoRA adapters have no GGUF LoRA form")
-    return cfg, load_file(str(weights))
+    arch: object
+    """gguf.MODEL_ARCH member."""
+    name_map: object
+    n_head: int
+    n_head_kv: int
+
+    @classmethod
+    def of(cls, base_config: dict) -> GGUFLayout:
+        """From the base's config.json. Raises TracetuneError for a non-llama architecture."""
+        import gguf
+
+        arch = {"llama": gguf.MODEL_ARCH.LLAMA}.get(base_config.get("model_type"))
+        if arch is None:
+            raise TracetuneError(f"GGUF exports support llama-architecture bases, not "
+                                 f"{base_config.get('model_type')!r}")
+        n_head = base_config["num_attention_heads"]
+        return cls(arch, gguf.get_tensor_name_map(arch, base_config["num_hidden_layers"]), n_head,
+                   base_config.get("num_key_value_heads", n_head))
+
+    def name(self, hf_name: str) -> str | None:
+        """GGUF tensor name of a transformers parameter name, or None."""
+        return self.name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+
+    def rows(self, hf_name: str, w: np.ndarray) -> np.ndarray:
+        """`w` (rows = the parameter's output rows) in the GGUF's row order."""
+        if ".self_attn.q_proj." in hf_name:
+            return permute_rows(w, self.n_head)
+        if ".self_attn.k_proj." in hf_name:
+            return permute_rows(w, self.n_head_kv)
+        return w
 
 
-def write_gguf_lora(adapter_dir: Path, base_config: dict, out_file: Path, *,
-                    permute_qk: bool = True) -> int:
-    """Write the GGUF LoRA file; returns the number of adapted matrices.
+def gguf_tensor_names(path: Path) -> set[str]:
+    import gguf
+
+    return {t.name for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def write_gguf_lora(layers: list[LoraMatrices], alpha: float, base_config: dict,
+                    base_tensors: set[str], out_file: Path, *, permute_qk: bool = True) -> int:
+    """Write the GGUF LoRA file; returns the number of adapted matrices. Raises TracetuneError
+    naming a layer whose tensor the base GGUF does not hold.
     `permute_qk=False` exists only to prove that the parity check catches the mistake."""
     import gguf
 
-    cfg, tensors = _adapter_tensors(adapter_dir)
-    n_layers = base_config["num_hidden_layers"]
-    n_head = base_config["num_attention_heads"]
-    n_head_kv = base_config.get("num_key_value_heads", n_head)
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA}.get(base_config.get("model_type"))
-    if arch is None:
-        raise TracetuneError(f"GGUF LoRA export supports llama-architecture bases, not "
-                             f"{base_config.get('model_type')!r}")
-    name_map = gguf.get_tensor_name_map(arch, n_layers)
-    writer = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[arch])
+    layout = GGUFLayout.of(base_config)
+    named = []
+    for layer in layers:
+        gguf_name = layout.name(layer.name)
+        if gguf_name is None:
+            raise TracetuneError(f"adapted tensor {layer.name} has no GGUF name")
+        if gguf_name not in base_tensors:
+            tied = gguf_name == "output.weight" and "token_embd.weight" in base_tensors
+            raise TracetuneError(
+                f"the adapter adapts {layer.name}, which the base GGUF has no tensor for"
+                + (" (the base ties lm_head to the token embeddings, so a GGUF LoRA cannot adapt "
+                   "the output alone); export merged-gguf, which writes an untied output matrix"
+                   if tied else ""))
+        named.append((gguf_name, layer))
+    writer = gguf.GGUFWriter(str(out_file), gguf.MODEL_ARCH_NAMES[layout.arch])
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(cfg["lora_alpha"]))
-    n = 0
-    for key in sorted(tensors):
-        if ".lora_A." not in key:
-            continue
-        hf_name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight",))
-        if gguf_name is None:
-            raise TracetuneError(f"no GGUF name for adapter tensor {hf_name}")
-        a = tensors[key].astype(np.float32)  # (r, in)
-        b = tensors[key.replace(".lora_A.", ".lora_B.")].astype(np.float32)  # (out, r)
-        if permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
-            b = permute_rows(b, n_head)
-        elif permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
-            b = permute_rows(b, n_head_kv)
-        writer.add_tensor(f"{gguf_name}.lora_a", np.ascontiguousarray(a))
-        writer.add_tensor(f"{gguf_name}.lora_b", np.ascontiguousarray(b))
-        n += 1
-    if n == 0:
-        raise TracetuneError(f"{adapter_dir} holds no LoRA matrices")
+    writer.add_float32("adapter.lora.alpha", float(alpha))
+    for gguf_name, layer in sorted(named, key=lambda x: x[0]):
+        rank = layer.a.shape[0]
+        # llama.cpp multiplies by alpha / rank (or 1 when alpha is 0); PEFT by layer.scaling.
+        b = layer.b * (layer.scaling / (alpha / rank) if alpha else layer.scaling)
+        if permute_qk:
+            b = layout.rows(layer.name, b)
+        writer.add_tensor(f"{gguf_name}.lora_a", np.ascontiguousarray(layer.a, dtype=np.float32))
+        writer.add_tensor(f"{gguf_name}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return n
-
-
-def check_parity(base_gguf: Path, lora_gguf: Path, base_source: str, adapter_dir: Path, *,
-                 min_cosine: float = MIN_COSINE, max_new_tokens: int = 24) -> ParityReport:
-    import torch
-    from llama_cpp import Llama
-
-    tok, peft = load_peft(base_source, adapter_dir)
-    hf = peft.get_base_model()
-    kw = dict(n_ctx=512, logits_all=True, verbose=False, seed=0, n_threads=os.cpu_count(),
-              type_k=0, type_v=0)  # float32 KV cache: f16 rounding would swamp small deltas
-    cpp_base = Llama(model_path=str(base_gguf), **kw)
-    cpp_lora = Llama(model_path=str(base_gguf), lora_path=str(lora_gguf), **kw)
-    cosines, greedy_equal = [], 0
-    try:
-        for prompt in PARITY_PROMPTS:
-            ids = prompt_ids(tok, prompt)
-            with torch.inference_mode():
-                gen = peft.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                                    do_sample=False, pad_token_id=tok.eos_token_id)
-                seq = gen[0].tolist()
-                with peft.disable_adapter():
-                    hf_base = hf(torch.tensor([seq])).logits[0].numpy()  # (T, vocab)
-                hf_lora = peft(torch.tensor([seq])).logits[0].numpy()
-            cpp_b = _cpp_logits(cpp_base, seq)
-            cpp_l = _cpp_logits(cpp_lora, seq)
-            d_hf = (hf_lora - hf_base)[len(ids) - 1:-1].ravel()
-            d_cpp = (cpp_l - cpp_b)[len(ids) - 1:-1].ravel()
-            denom = float(np.linalg.norm(d_hf) * np.linalg.norm(d_cpp)) or 1e-12
-            cosines.append(float(d_hf @ d_cpp) / denom)
-            cpp_greedy = _cpp_greedy(cpp_lora, ids, len(seq) - len(ids))
-            greedy_equal += cpp_greedy == seq[len(ids):]
-    finally:
-        cpp_base.close()
-        cpp_lora.close()
-    return ParityReport(cosines, greedy_equal, len(PARITY_PROMPTS), min_cosine)
-
-
-def _cpp_logits(llm, seq: list[int]) -> np.ndarray:
-    llm.reset()
-    llm.eval(seq)
-    return np.array(llm.scores[:len(seq)], dtype=np.float32)  # (T, vocab)
-
-
-def _cpp_greedy(llm, ids: list[int], n: int) -> list[int]:
-    llm.reset()
-    out: list[int] = []
-    for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-        if len(out) >= n or llm.token_eos() == tok:
-            break
-        out.append(tok)
-    return out
+    return len(named)
 
 
 def export_gguf_lora(adapter_dir: Path, out_file: Path, *, base_gguf: Path,
                      base_source: str, permute_qk: bool = True) -> ParityReport:
-    """Write `out_file` only if the parity check passes; otherwise raise with the numbers."""
+    """Write `out_file` (a llama.cpp LoRA for `base_gguf`) only if the parity check passes.
+    Raises TracetuneError (one line) for an adapter option or layer with no GGUF LoRA form, a
+    failed parity check (with its numbers), or a llama.cpp failure or crash; nothing is then
+    left beside `out_file`."""
+    cfg = adapter_config(adapter_dir)
+    check_options(cfg, "gguf-lora")
     config = json.loads((Path(base_source) / "config.json").read_text())
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gguf", dir=out_file.parent, prefix=".partial-")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    f32_base = out_file.parent / f".parity-base-{os.getpid()}.gguf"
+    work = staging_dir(Path(out_file).parent, "partial")
     try:
-        write_gguf_lora(adapter_dir, config, tmp_path, permute_qk=permute_qk)
+        tok, peft = load_peft(base_source, adapter_dir)
+        layers = lora_matrices(peft)
+        lora = work / "adapter.gguf"
+        write_gguf_lora(layers, cfg["lora_alpha"], config, gguf_tensor_names(base_gguf), lora,
+                        permute_qk=permute_qk)
+        ref = reference(tok, peft)
+        del peft
         # A float32 copy of the base: llama.cpp then multiplies the same numbers transformers
         # does, so the check measures the adapter's translation, not the base's quantization.
+        f32_base = work / "base-f32.gguf"
         rewrite_gguf(base_gguf, f32_base)
-        report = check_parity(f32_base, tmp_path, base_source, adapter_dir)
+        got_base, got_lora = llama_cpp_logits([(f32_base, None), (f32_base, lora)], ref.seqs,
+                                              work, greedy=True)
+        effect = compare(ref, got_lora["logits"], got_base["logits"])
+        greedy_equal = sum(int(g == s.ids[s.start + 1:])
+                           for g, s in zip(got_lora["greedy"], ref.seqs))
+        report = ParityReport(effect, greedy_equal)
         if not report.passed:
             raise TracetuneError(f"parity check FAILED for the GGUF LoRA export: "
                                  f"{report.summary()}; nothing written")
-        os.replace(tmp_path, out_file)
+        lora.replace(out_file)
         return report
     finally:
-        tmp_path.unlink(missing_ok=True)
-        f32_base.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -5,6 +5,13 @@ with a parity check that fails the export loudly (and leaves nothing behind) whe
   merged-hf    OUT/: merged safetensors + tokenizer (transformers, vLLM, ...)
   merged-gguf  OUT.gguf: the base GGUF's tensors in float16 with the adapter merged in
   ollama       OUT/: model.gguf (as merged-gguf) + Modelfile (`ollama create NAME -f Modelfile`)
+
+Every export reproduces the function PEFT computes or refuses: merged targets take the weight
+changes from PEFT's own merge (rsLoRA, rank/alpha patterns, DoRA, an adapted lm_head tied to the
+embeddings, which becomes an untied output matrix); options a target cannot reproduce are refused
+by name before any work (`peft_adapter.check_options`). The parity check compares the adapter's
+effect on the logits (`parity`). All work happens in a staging directory beside the output that
+is removed whatever happens; one left by a killed process is removed by the next export there.
 """
 
 from __future__ import annotations
@@ -12,17 +19,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tracetune.errors import TracetuneError
-from tracetune.staging import staging_dir
 from tracetune.export.gguf_copy import rewrite_gguf
-from tracetune.export.gguf_lora import (PARITY_PROMPTS, export_gguf_lora, load_peft,
-                                         permute_rows, prompt_ids)
+from tracetune.export.gguf_lora import GGUFLayout, export_gguf_lora, gguf_tensor_names
+from tracetune.export.parity import compare, llama_cpp_logits, reference, torch_logits
+from tracetune.export.peft_adapter import (
+    adapter_config,
+    check_options,
+    load_peft,
+    merge,
+)
 from tracetune.models.resolve import gguf_file, hf_source, weight_options
+from tracetune.staging import staging_dir
 
 TARGETS = ("gguf-lora", "merged-hf", "merged-gguf", "ollama")
 
@@ -58,7 +70,9 @@ def _base_source(base: str) -> str:
 def export(adapter: Path, target: str, out: Path, *, base: str | None = None) -> str:
     """Run one export; returns the parity summary. `base` is a model spec (default: the one the
     adapter records); GGUF targets need one with a GGUF file (embedded, gguf:PATH, hf:embedded,
-    hf:PATH.gguf). Raises TracetuneError (one line) for bad requests and failed parity checks."""
+    hf:PATH.gguf). Raises TracetuneError (one line) for bad requests, adapter options the target
+    cannot reproduce (named), failed parity checks and crashes of llama.cpp; `out` is then not
+    created and no temporary file stays beside it."""
     if target not in TARGETS:
         raise TracetuneError(f"unknown export target {target!r} ({', '.join(TARGETS)})")
     adapter = Path(adapter)
@@ -71,6 +85,7 @@ def export(adapter: Path, target: str, out: Path, *, base: str | None = None) ->
     # The GGUF first: it is a cheap check, dequantizing the source is not.
     base_gguf = _base_gguf(base) if target != "merged-hf" else None
     source = _base_source(base)
+    check_options(adapter_config(adapter), target)
     if target == "gguf-lora":
         report = export_gguf_lora(adapter, out, base_gguf=base_gguf, base_source=source)
         return report.summary()
@@ -82,123 +97,88 @@ def export(adapter: Path, target: str, out: Path, *, base: str | None = None) ->
 
 
 def _merged_hf(adapter: Path, source: str, out: Path) -> str:
+    """PEFT's merge, saved and reloaded; parity of the reloaded model's effect with PEFT's."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    tok, peft = load_peft(source, adapter)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out.parent, "partial")
     try:
-        with torch.inference_mode():
-            ref = [peft(torch.tensor([prompt_ids(tok, p)])).logits[0, -1] for p in PARITY_PROMPTS]
-        merged = peft.merge_and_unload()
+        tok, peft = load_peft(source, adapter)
+        ref = reference(tok, peft)
+        merged, _ = merge(peft)
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        del merged, peft
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        with torch.inference_mode():
-            got = [reloaded(torch.tensor([prompt_ids(tok, p)])).logits[0, -1]
-                   for p in PARITY_PROMPTS]
-        diff = max(float((a - b).abs().max()) for a, b in zip(ref, got))
-        same_top1 = sum(int(a.argmax() == b.argmax()) for a, b in zip(ref, got))
-        summary = (f"max |logit difference| {diff:.2e} (need <= 1e-3); next token equal on "
-                   f"{same_top1}/{len(ref)} prompts")
-        if diff > 1e-3 or same_top1 != len(ref):
-            raise TracetuneError(f"parity check FAILED for merged-hf: {summary}; nothing written")
+        parity = compare(ref, torch_logits(reloaded, ref.seqs), ref.base)
+        if not parity.passed:
+            raise TracetuneError(f"parity check FAILED for merged-hf: {parity.summary()}; "
+                                 "nothing written")
         os.replace(tmp, out)
-        return summary
+        return parity.summary()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _lora_delta(adapter: Path, source: str):
-    """GGUF tensor name -> W delta (numpy, GGUF row order), from the PEFT adapter."""
-    import gguf
-    from safetensors.numpy import load_file
-
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
-    base_cfg = json.loads((Path(source) / "config.json").read_text())
-    n_head = base_cfg["num_attention_heads"]
-    n_head_kv = base_cfg.get("num_key_value_heads", n_head)
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, base_cfg["num_hidden_layers"])
-    scale = cfg["lora_alpha"] / cfg["r"]
-    tensors = load_file(str(adapter / "adapter_model.safetensors"))
-    deltas = {}
-    for key, a in tensors.items():
-        if ".lora_A." not in key:
-            continue
-        hf_name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
-        b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        d = scale * (b.astype(np.float32) @ a.astype(np.float32))  # (out, in)
-        if hf_name.endswith("self_attn.q_proj.weight"):
-            d = permute_rows(d, n_head)
-        elif hf_name.endswith("self_attn.k_proj.weight"):
-            d = permute_rows(d, n_head_kv)
-        deltas[name_map.get_name(hf_name, try_suffixes=(".weight",))] = d
-    return lambda name, shape: deltas.get(name)
+def gguf_deltas(deltas: dict[str, np.ndarray], base_config: dict, base_tensors: set[str]):
+    """Merged-weight changes by transformers name -> (delta function for `rewrite_gguf`,
+    `copies` for it). A change to lm_head or the embeddings of a base whose GGUF ties them
+    (no output.weight) makes an untied output.weight. Raises TracetuneError naming a changed
+    parameter the GGUF has no tensor for."""
+    layout = GGUFLayout.of(base_config)
+    by_gguf: dict[str, np.ndarray] = {}
+    for name, d in deltas.items():
+        gguf_name = layout.name(name)
+        tied_output = gguf_name == "output.weight" and "token_embd.weight" in base_tensors
+        if gguf_name is None or (gguf_name not in base_tensors and not tied_output):
+            raise TracetuneError(f"the adapter changes {name}, which the base GGUF has no "
+                                 "tensor for")
+        by_gguf[gguf_name] = layout.rows(name, d)
+    copies = {}
+    if "output.weight" not in base_tensors and by_gguf.keys() & {"output.weight",
+                                                                  "token_embd.weight"}:
+        copies["output.weight"] = "token_embd.weight"
+    return (lambda name, shape: by_gguf.get(name)), copies
 
 
 def _merged_gguf(adapter: Path, source: str, base_gguf: Path, out: Path) -> str:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gguf", dir=out.parent, prefix=".partial-")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    """The base GGUF in float16 with PEFT's merged changes added; parity of llama.cpp on it
+    against llama.cpp on the base written the same way."""
+    base_config = json.loads((Path(source) / "config.json").read_text())
+    work = staging_dir(out.parent, "partial")
     try:
-        n = rewrite_gguf(base_gguf, tmp_path, dtype=np.float16, delta=_lora_delta(adapter, source))
-        summary = _gguf_parity(tmp_path, adapter, source)
-        os.replace(tmp_path, out)
-        return f"{n} matrices merged; {summary}"
+        tok, peft = load_peft(source, adapter)
+        ref = reference(tok, peft)
+        _, deltas = merge(peft)
+        del peft
+        delta, copies = gguf_deltas(deltas, base_config, gguf_tensor_names(base_gguf))
+        merged, base16 = work / "model.gguf", work / "base-f16.gguf"
+        n = rewrite_gguf(base_gguf, merged, dtype=np.float16, delta=delta, copies=copies)
+        rewrite_gguf(base_gguf, base16, dtype=np.float16)
+        got, got_base = llama_cpp_logits([(merged, None), (base16, None)], ref.seqs, work)
+        parity = compare(ref, got["logits"], got_base["logits"])
+        untied = " (untied output.weight written)" if copies else ""
+        if not parity.passed:
+            raise TracetuneError(f"parity check FAILED for the merged GGUF: "
+                                 f"{parity.summary()}; nothing written")
+        os.replace(merged, out)
+        return f"{n} matrices merged{untied}; {parity.summary()}"
     finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def _gguf_parity(merged: Path, adapter: Path, source: str, min_cosine: float = 0.999) -> str:
-    """Next-token logits of llama.cpp on the merged GGUF vs transformers + PEFT."""
-    import torch
-    from llama_cpp import Llama
-
-    tok, peft = load_peft(source, adapter)
-    llm = Llama(model_path=str(merged), n_ctx=512, logits_all=True, verbose=False,
-                n_threads=os.cpu_count())
-    cosines, top1 = [], 0
-    try:
-        for p in PARITY_PROMPTS:
-            ids = prompt_ids(tok, p)
-            with torch.inference_mode():
-                ref = peft(torch.tensor([ids])).logits[0, -1].numpy()
-            llm.reset()
-            llm.eval(ids)
-            got = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
-            ref_c, got_c = ref - ref.mean(), got - got.mean()
-            cosines.append(float(ref_c @ got_c / (np.linalg.norm(ref_c) * np.linalg.norm(got_c))))
-            top1 += int(ref.argmax() == got.argmax())
-    finally:
-        llm.close()
-    summary = (f"next-token logit cosine min {min(cosines):.5f} (need >= {min_cosine}); "
-               f"next token equal on {top1}/{len(cosines)} prompts")
-    if min(cosines) < min_cosine or top1 != len(cosines):
-        raise TracetuneError(f"parity check FAILED for the merged GGUF: {summary}; "
-                             "nothing written")
-    return summary
-
-
-MODELFILE = '''# Ollama Modelfile written by tracetune: ollama create NAME -f Modelfile
-FROM ./model.gguf
-TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}<|im_start|>assistant
-"""
-PARAMETER stop "<|im_end|>"
-PARAMETER temperature 0.2
-'''
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _ollama(adapter: Path, source: str, base_gguf: Path, out: Path) -> str:
-    """A merged GGUF plus a Modelfile. The template is ChatML, as SmolLM2 and Qwen2.5 use."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """A merged GGUF plus a Modelfile whose TEMPLATE, SYSTEM and stops reproduce the base
+    tokenizer's chat template (`tracetune.export.ollama`)."""
+    from transformers import AutoTokenizer
+
+    from tracetune.export.ollama import chat_format
+
+    fmt = chat_format(AutoTokenizer.from_pretrained(source))  # may refuse: before the merge
     tmp = staging_dir(out.parent, "partial")
     try:
         summary = _merged_gguf(adapter, source, base_gguf, tmp / "model.gguf")
-        (tmp / "Modelfile").write_text(MODELFILE)
+        (tmp / "Modelfile").write_text(fmt.modelfile("model.gguf"))
         os.replace(tmp, out)
         return summary
     finally:
