@@ -635,6 +635,70 @@ def compare_cmd(
         err.print(f"wrote {json_out}")
 
 
+@app.command("diff")
+def diff_cmd(
+    a: Path = typer.Argument(..., help="A run, a mined data set or a loop's run directory."),
+    b: Path = typer.Argument(..., help="The same kind of thing, to compare with A."),
+    show: int = typer.Option(5, help="Differing episodes (or rows) to list."),
+) -> None:
+    """Where two runs of the same experiment part ways (e.g. the same `make demo` on two
+    machines): for runs, the first model call of each (task, trial) whose prompt, output or
+    verdict differs; for data sets, the rows only one holds; for loops, each stage in order
+    (baseline, data, adapter weights, adapted, capability), so the first stage that differs
+    is the place to look."""
+    from tracetune.experiment.layout import RunLayout
+    from tracetune.traces.diff import (diff_datasets, diff_runs, require_comparable,
+                                       weights_digest)
+
+    if show < 0:
+        raise TracetuneError(f"--show must be 0 or more, not {show}")
+    kind = require_comparable(a, b)
+
+    def runs(label: str, x: Path, y: Path) -> None:
+        d = diff_runs(x, y)
+        total = d.same + len(d.differs)
+        out.print(f"{label}: {d.same}/{total} episodes identical, {len(d.differs)} differ "
+                  f"({d.success_flips} change success)"
+                  + (f"; only in A: {len(d.only_a)}, only in B: {len(d.only_b)}"
+                     if d.only_a or d.only_b else ""))
+        for x_ in d.differs[:show]:
+            where = f"  {x_.task} trial {x_.trial}, {x_.step} attempt {x_.attempt}: {x_.what}"
+            if x_.what == "output":
+                where += f" from char {x_.at_char}: A {x_.a} | B {x_.b}"
+            elif x_.what in ("verdict", "attempts"):
+                where += f": A {x_.a}, B {x_.b}"
+            out.print(escape(where))
+
+    def data(label: str, x: Path, y: Path) -> None:
+        for k, d in diff_datasets(x, y).items():
+            n = len(d["only_a"]) + len(d["only_b"])
+            out.print(f"{label} {k}: " + ("identical rows" if not n else
+                      f"{len(d['only_a'])} rows only in A, {len(d['only_b'])} only in B"))
+            for side in ("only_a", "only_b"):
+                for row in d[side][:show]:
+                    out.print(f"  {side.replace('_', ' ')}: {row}")
+
+    if kind == "runs":
+        runs("episodes", a, b)
+    elif kind == "datasets":
+        data("rows", a, b)
+    else:
+        la, lb = RunLayout(a), RunLayout(b)
+        steps = [("baseline", la.baseline, lb.baseline, runs), ("data", la.data, lb.data, data)]
+        for label, x, y, fn in steps:
+            if x.exists() and y.exists():
+                fn(label, x, y)
+        wa, wb = weights_digest(la.adapter), weights_digest(lb.adapter)
+        if wa and wb:
+            out.print(f"adapter weights: {'identical' if wa == wb else 'differ'} "
+                      f"(sha256 {wa[:12]} / {wb[:12]})")
+        for label, x, y in [("adapted", la.adapted, lb.adapted)] + [
+                (f"capability {arm}", la.capability(arm), lb.capability(arm))
+                for arm in ("base", "adapted")]:
+            if (x / "trajectories.sqlite").is_file() and (y / "trajectories.sqlite").is_file():
+                runs(label, x, y)
+
+
 @app.command("loop")
 def loop_cmd(
     experiment: Path = typer.Argument(..., help="Experiment file (.toml)."),

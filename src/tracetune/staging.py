@@ -64,11 +64,7 @@ def check_output_file(target: Path, *, force: bool = False, inputs: tuple[Path, 
     target = Path(target)
     if target.is_dir():
         raise TracetuneError(f"{option} {target} is a directory; give a file path")
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TracetuneError(f"{option} {target}: {parent} is a file, not a folder")
-            break
+    _no_file_above(target, option)
     real = os.path.realpath(target)
     for src in inputs:
         if real == os.path.realpath(src):
@@ -114,8 +110,15 @@ def check_output_dir(target: Path, *, option: str = "--out") -> None:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise TracetuneError(f"{option} must be a directory: {target} is a file")
-    for parent in target.parents:
+    _no_file_above(target, option)
+
+
+def _no_file_above(target: Path, option: str) -> None:
+    """Raise TracetuneError when the nearest existing folder above `target` is a file."""
+    from tracetune.errors import TracetuneError
+
+    for parent in Path(target).parents:
         if parent.exists():
             if not parent.is_dir():
                 raise TracetuneError(f"{option} {target}: {parent} is a file, not a folder")
-            break
+            return

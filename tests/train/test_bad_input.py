@@ -21,16 +21,6 @@ CLI = [sys.executable, "-m", "tracetune.cli"]
 AGAIN = "mine the dataset again with `tracetune mine`"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sft_row(i: int) -> dict:
     return {"prompt": [{"role": "user", "content": f"Say the secret word number {i}."}],
             "completion": [{"role": "assistant", "content": f"zebra-{i} quartz"}]}
@@ -125,7 +115,7 @@ def test_a_damaged_row_file_is_named_with_its_line(tmp_path, bad, problem):
 
 
 def test_a_line_separator_inside_a_row_is_text_not_a_line_break(tmp_path):
-    from tracetune.train.recipe import read_rows
+    from tracetune.datasets.build import read_rows
 
     row = {"prompt": "a\u2028b\u0085c", "completion": "d"}  # json.dumps(ensure_ascii=False)
     path = tmp_path / "rows.jsonl"                           # writes both raw, as mine does

@@ -22,16 +22,6 @@ CLI = [sys.executable, "-m", "tracetune.cli"]
 LONG = "zebra quartz " * 60  # a completion of a few hundred tokens
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def sft_row(i: int, answer: str | None = None) -> dict:
     return {"prompt": [{"role": "user", "content": f"Say the secret word number {i}."}],
             "completion": [{"role": "assistant", "content": answer or f"zebra-{i} quartz"}]}

@@ -350,6 +350,35 @@ def _jsonl(path: Path, items: list[dict]) -> None:
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one per line (row i is line i + 1).
+
+    Raises TracetuneError (one line naming the file and the line, and saying that mining again
+    rewrites it) for a file that cannot be read, or a line that is empty, not UTF-8, not valid
+    JSON or not a JSON object."""
+    again = "mine the dataset again with `tracetune mine`"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TracetuneError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows = []
+    # bytes.splitlines: only \n and \r end a line (str.splitlines would also cut a row at a
+    # U+2028 inside a JSON string, which json.dumps(ensure_ascii=False) writes raw).
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            row = json.loads(line.decode("utf-8"))
+            problem = None if isinstance(row, dict) else "not a JSON object"
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text (byte {exc.start + 1} of the line)"
+        except json.JSONDecodeError as exc:
+            problem = "an empty line" if not line.strip() else \
+                f"not valid JSON ({exc.msg} at column {exc.colno})"
+        if problem:
+            raise TracetuneError(f"{path} line {n} is damaged: {problem}; {again}")
+        rows.append(row)
+    return rows
+
+
 def load_manifest(dataset: Path) -> dict:
     """A dataset's manifest (module docstring), as a dict.
 

@@ -70,7 +70,7 @@ def base_config(base: str, config: TrainConfig) -> TrainConfig:
 def _rows(dataset: Path, method: str) -> tuple[list[dict], Path]:
     """The dataset's training rows for `method` and the file they come from."""
     from tracetune.datasets.build import (DPO_TRL, SFT_PROMPT_COMPLETION, format_path,
-                                          load_manifest)
+                                          load_manifest, read_rows)
 
     load_manifest(dataset)
     path = format_path(Path(dataset), SFT_PROMPT_COMPLETION if method == "sft" else DPO_TRL)
@@ -78,35 +78,6 @@ def _rows(dataset: Path, method: str) -> tuple[list[dict], Path]:
     if not rows:
         raise TracetuneError(f"dataset {dataset} has no {method} rows ({path})")
     return rows, path
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The JSON objects of a JSONL file, one per line (row i is line i + 1).
-
-    Raises TracetuneError (one line naming the file and the line, and saying that mining again
-    rewrites it) for a file that cannot be read, or a line that is empty, not UTF-8, not valid
-    JSON or not a JSON object."""
-    again = "mine the dataset again with `tracetune mine`"
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise TracetuneError(f"cannot read {path}: {exc.strerror or exc}") from None
-    rows = []
-    # bytes.splitlines: only \n and \r end a line (str.splitlines would also cut a row at a
-    # U+2028 inside a JSON string, which json.dumps(ensure_ascii=False) writes raw).
-    for n, line in enumerate(data.splitlines(), 1):
-        try:
-            row = json.loads(line.decode("utf-8"))
-            problem = None if isinstance(row, dict) else "not a JSON object"
-        except UnicodeDecodeError as exc:
-            problem = f"not UTF-8 text (byte {exc.start + 1} of the line)"
-        except json.JSONDecodeError as exc:
-            problem = "an empty line" if not line.strip() else \
-                f"not valid JSON ({exc.msg} at column {exc.colno})"
-        if problem:
-            raise TracetuneError(f"{path} line {n} is damaged: {problem}; {again}")
-        rows.append(row)
-    return rows
 
 
 def optimizer_steps(rows: int, config: TrainConfig) -> int:
