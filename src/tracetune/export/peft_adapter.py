@@ -107,6 +107,9 @@ def load_peft(base_source: str, adapter_dir: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tracetune.models.hf import check_reachable
+
+    check_reachable(base_source)
     tok = AutoTokenizer.from_pretrained(base_source)
     base = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32).eval()
     try:

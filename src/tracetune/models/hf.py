@@ -84,6 +84,40 @@ def resolve_model_source(name: str) -> str:
     return str(materialize_gguf(path))
 
 
+def check_reachable(source: str, timeout_s: float = 5.0) -> None:
+    """Before transformers loads `source`: a local directory passes; a hub name passes when the
+    local Hugging Face cache holds it or the hub answers a TCP connection within `timeout_s`.
+    Otherwise one ModelError line at once (transformers would retry for most of a minute and
+    print dozens of lines): the hub is unreachable, pass a local directory or .gguf instead.
+    The hub's address is $HF_ENDPOINT (default https://huggingface.co)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if Path(source).expanduser().exists():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - a name the cache cannot parse: the load will say why
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelError(f"{source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                         "is set; pass a local checkpoint directory (hf:DIR) or a .gguf file")
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http"
+                                                                  else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ModelError(f"cannot reach the Hugging Face hub ({host}:{port}: "
+                         f"{exc.strerror or exc}) to fetch {source!r}, and it is not in the "
+                         "local cache; pass a local checkpoint directory (hf:DIR) or a .gguf "
+                         "file") from None
+
+
 class HFModel:
     def __init__(self, config: HFConfig, spec: str = "") -> None:
         import torch
@@ -104,6 +138,7 @@ class HFModel:
         if dtype is None:
             raise ModelError(f"unknown dtype {config.dtype!r} (float32, bfloat16, float16, auto)")
         source = resolve_model_source(config.model)
+        check_reachable(source)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 source, trust_remote_code=config.trust_remote_code)

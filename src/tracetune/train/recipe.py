@@ -230,6 +230,9 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     if config.qlora and not cuda:
         raise TracetuneError("qlora needs a CUDA device (bitsandbytes 4-bit)")
     source = hf_source(base)
+    from tracetune.models.hf import check_reachable
+
+    check_reachable(source)  # offline with a hub name: one line now, not a minute of retries
     dtype = _torch_dtype(torch, config.dtype, cuda)
 
     # --- setup ---------------------------------------------------------------------------------
