@@ -104,32 +104,39 @@ def test_bad_configs_fail_before_any_work(tmp_path, change, message):
 
 
 def test_kill_9_then_resume_gives_each_episode_exactly_once(tmp_path):
+    """Killed three times at different points (the first run, then two resumes), then resumed
+    to the end: exactly one finished episode per (task, trial), none lost or repeated."""
     n_tasks, trials = 4, 5
     suite = write_suite(tmp_path / "s.toml", n_tasks)
     script = write_script(tmp_path / "r.jsonl", [SLOW_GOOD] * 200)
     out = tmp_path / "run"
     args = ["eval", "--suite", str(suite), "--model", f"replay:{script}", "--trials", str(trials),
             "--concurrency", "2", "--out", str(out)]
-    proc = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     db = out / "trajectories.sqlite"
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until some, but not all, episodes are done
-        if db.exists():
-            with sqlite3.connect(db) as con:
-                try:
-                    done = con.execute("SELECT COUNT(*) FROM episode WHERE status='done'"
-                                       ).fetchone()[0]
-                except sqlite3.OperationalError:
-                    done = 0
-            if done >= 3:
-                break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with sqlite3.connect(db) as con:
-        done_before = con.execute("SELECT COUNT(*) FROM episode WHERE status='done'").fetchone()[0]
-    assert 3 <= done_before < n_tasks * trials
+
+    def done_count() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as con:
+            try:
+                return con.execute("SELECT COUNT(*) FROM episode WHERE status='done'"
+                                   ).fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+
+    done_before = 0
+    for kill in range(3):
+        argv = args if kill == 0 else ["eval", "--resume", "--out", str(out)]
+        proc = subprocess.Popen(CLI + argv, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and done_count() < done_before + 3:
+            time.sleep(0.05)  # wait until a few more, but not all, episodes are done
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        now = done_count()
+        assert done_before + 3 <= now < n_tasks * trials, (kill, done_before, now)
+        done_before = now
 
     r = subprocess.run(CLI + ["eval", "--resume", "--out", str(out)], capture_output=True,
                        text=True, timeout=300)

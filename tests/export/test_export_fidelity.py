@@ -434,3 +434,12 @@ def test_options_only_some_targets_reproduce_are_refused_by_name_by_the_others(
         else:
             with pytest.raises(TracetuneError, match=f"adapter option {option}=.*{target}"):
                 check_options(cfg, target)
+
+
+def test_a_base_of_another_shape_is_one_line(rslora, tmp_path):
+    """The tiny adapter on the embedded model: torch would list every mismatched tensor."""
+    with pytest.raises(TracetuneError) as info:
+        export(rslora, "merged-hf", tmp_path / "m", base="embedded")
+    message = str(info.value)
+    assert "\n" not in message and "another shape" in message and "--base" in message
+    assert _leftovers(tmp_path) == []

@@ -85,7 +85,7 @@ def test_bad_inputs(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="adapter directory not found"):
         load_model(f"hf:embedded,adapter={tmp_path / 'none'},device=cpu")
-    with pytest.raises(ModelError, match="cannot load model"):
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE"):
         load_model("hf:no-such-org/no-such-model,device=cpu")
     with pytest.raises(ModelError, match="GGUF file not found"):
         load_model(f"hf:{tmp_path / 'x.gguf'}")

@@ -115,8 +115,17 @@ def load_peft(base_source: str, adapter_dir: Path):
     try:
         return tok, PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     except (ValueError, RuntimeError, KeyError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # A base of another shape: torch lists every tensor; the first mismatch says enough.
+        mismatch = next((ln for ln in lines if ln.startswith("size mismatch")), None)
+        if mismatch is not None:
+            n = sum(ln.startswith("size mismatch") for ln in lines)
+            raise TracetuneError(
+                f"adapter {adapter_dir} was trained on a base of another shape and does not fit "
+                f"{base_source} ({mismatch.rstrip('.')}; {n} tensors differ); pass the base "
+                "it was trained on with --base") from exc
         raise TracetuneError(f"adapter {adapter_dir} does not load on {base_source}: "
-                             f"{str(exc).splitlines()[0]}") from exc
+                             f"{lines[0] if lines else type(exc).__name__}") from exc
 
 
 def _plain_name(name: str) -> str:
