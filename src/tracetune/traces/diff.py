@@ -107,9 +107,11 @@ def _first_difference(key, attempts_a, attempts_b) -> AttemptDiff | None:
 
 
 def _verdicts(guards: list[dict]) -> list:
-    """Guard results without their timings (a check's duration differs in every run)."""
-    return [{**g, "details": {k: v for k, v in (g.get("details") or {}).items()
-                              if k != "duration_s"}} for g in guards]
+    """Guard results without what differs in every run: a check's duration, and the feedback
+    text, whose pytest summary carries timings ("1 error in 0.05s")."""
+    return [{"guard": g.get("guard"), "passed": g.get("passed"),
+             "details": {k: v for k, v in (g.get("details") or {}).items()
+                         if k != "duration_s"}} for g in guards]
 
 
 def diff_datasets(data_a: Path, data_b: Path) -> dict[str, dict[str, list[str]]]:
