@@ -13,7 +13,7 @@ import pytest
 
 def write_suite(path, n_tasks):
     task = ('\n[[task]]\nid = "t/double{i}"\nnames = ["double"]\n'
-            'spec = "Write `double(x)` returning 2 * x."\n'
+            'spec = "Write `double(x)` returning 2 * x (task {i})."\n'
             'reference = "def double(x):\\n    return 2 * x\\n"\n'
             'tests = "from solution import double\\n\\ndef test_a():\\n'
             '    assert double(2) == 4\\n"\n')
@@ -41,9 +41,12 @@ _EVAL = textwrap.dedent("""
 """)
 
 
-def _start(tmp_path, mode, suite, name, texts):
+def _start(tmp_path, mode, suite, name, plan):
+    # Each task's answers are matched by its own spec, so which answer a (task, trial) gets does
+    # not depend on the order in which concurrent episodes ask the replay model.
     script = tmp_path / f"{name}.jsonl"
-    script.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    script.write_text("".join(json.dumps({"match": f"(task {i})", "text": text}) + "\n"
+                              for i, text in enumerate(plan) for _ in range(2)))
     runner = tmp_path / "eval_one.py"
     runner.write_text(_EVAL)
     return subprocess.Popen([sys.executable, str(runner), mode, str(suite), str(script),
@@ -63,10 +66,13 @@ def _result(proc):
 @pytest.mark.parametrize("mode", ["process", "auto"])
 def test_concurrent_evals_match_sequential_ones(tmp_path, mode):
     suite = write_suite(tmp_path / "s.toml", 4)
-    runs = {"a": [SLOW_GOOD, SLOW_BAD] * 4, "b": [SLOW_BAD, SLOW_GOOD, SLOW_GOOD, SLOW_BAD] * 2}
+    runs = {"a": [SLOW_GOOD, SLOW_BAD, SLOW_GOOD, SLOW_BAD],  # per task, its answer
+            "b": [SLOW_BAD, SLOW_GOOD, SLOW_GOOD, SLOW_BAD]}
     sequential = {name: _result(_start(tmp_path, mode, suite, name, texts))
                   for name, texts in runs.items()}
     procs = {name: _start(tmp_path, mode, suite, name, texts) for name, texts in runs.items()}
     concurrent = {name: _result(p) for name, p in procs.items()}
     assert concurrent == sequential
-    assert all(any(ok for *_, ok in eps) for eps in sequential.values())
+    for name, plan in runs.items():  # and both are the verdicts the answers deserve
+        assert sequential[name] == [[f"t/double{i}", trial, plan[i] == SLOW_GOOD]
+                                    for i in range(4) for trial in range(2)]
