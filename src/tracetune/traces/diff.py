@@ -150,13 +150,14 @@ def is_run(path: Path) -> bool:
 def require_comparable(a: Path, b: Path) -> str:
     """"runs", "datasets" or "loops": what the two paths are. Raises TracetuneError when they are
     not both runs, both data sets or both loop run directories."""
+    from tracetune.datasets.build import MANIFEST
     from tracetune.experiment.layout import RunLayout
 
     kinds = []
     for p in (a, b):
         if is_run(p):
             kinds.append("runs")
-        elif (Path(p) / "manifest.json").is_file():
+        elif (Path(p) / MANIFEST).is_file():
             kinds.append("datasets")
         elif RunLayout(Path(p)).results.is_file() or (Path(p) / "stages").is_dir():
             kinds.append("loops")
