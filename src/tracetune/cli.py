@@ -550,6 +550,8 @@ def export_cmd(
                                 "(--to)."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Run: one episode (with its attempts) per "
                                "JSON line."),
+    atif: bool = typer.Option(False, "--atif", help="Run: one ATIF trajectory (Agent Trajectory "
+                              "Interchange Format) per episode, one per JSON line."),
     to: Optional[str] = typer.Option(None, "--to", help="Adapter: gguf-lora, merged-hf, "
                                      "merged-gguf or ollama."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Where to write (a run's JSONL "

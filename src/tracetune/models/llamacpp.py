@@ -6,7 +6,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tracetune.errors import ModelError
 from tracetune.models.configs import LlamaCppConfig
@@ -76,6 +76,46 @@ class LlamaCppModel:
             finish_reason=finish_reason_of(choice.get("finish_reason"),
                                            choice["message"].get("content")),
         )
+
+    def generate_stream(self, request: GenerationRequest,
+                        on_delta: Callable[[str], None]) -> Completion:
+        """Like `generate`, calling `on_delta(text)` with each piece of the answer as llama.cpp
+        produces it (on the model's worker thread); returns the whole Completion at the end.
+        The pieces joined equal the Completion's text, and the text equals `generate`'s for the
+        same request (same seed, prompt read afresh)."""
+        return self._worker.submit(self._generate_stream, request, on_delta).result()
+
+    def _generate_stream(self, request: GenerationRequest,
+                         on_delta: Callable[[str], None]) -> Completion:
+        p = request.params
+        t0 = time.perf_counter()
+        if not self.config.prefix_cache:
+            self._llm.reset()
+        pieces, finish, completion_tokens = [], None, 0
+        try:
+            for chunk in self._llm.create_chat_completion(
+                    messages=[m.to_dict() for m in request.messages], temperature=p.temperature,
+                    top_p=p.top_p, max_tokens=p.max_tokens, stop=list(p.stop) or None,
+                    seed=request.seed, stream=True):
+                choice = chunk["choices"][0]
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    pieces.append(piece)
+                    completion_tokens += 1
+                    on_delta(piece)
+                finish = choice.get("finish_reason") or finish
+        except ValueError as exc:
+            raise ModelError(f"llama.cpp rejected the request: {exc}") from exc
+        text = "".join(pieces)
+        # llama-cpp-python's stream carries no usage. The context then holds the prompt and
+        # every generated token but the last (which was sampled, never evaluated).
+        if text:
+            completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False,
+                                                       special=True))
+        prompt_tokens = max(0, self._llm.n_tokens - max(0, completion_tokens - 1))
+        return Completion(text=text, usage=Usage(prompt_tokens, completion_tokens),
+                          latency_s=time.perf_counter() - t0,
+                          finish_reason=finish_reason_of(finish, text))
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         return [self.generate(r) for r in requests]
