@@ -790,6 +790,32 @@ def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment
         out.print(f"  abort if {c.text}")
 
 
+# --- production logs -----------------------------------------------------------------------------
+
+@app.command("proxy")
+def proxy_cmd(
+    upstream: str = typer.Option(..., "--upstream", help="Model spec to answer with: "
+                                 "openai:MODEL@URL is relayed over HTTP, any other spec "
+                                 "(embedded, gguf:..., hf:...) is loaded here."),
+    port: int = typer.Option(8100, "--port", min=1, max=65535, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory of the interaction store "
+                                 "(RUN/interactions.sqlite; appended to when it exists)."),
+    redact: list[str] = typer.Option([], "--redact", help="Another regular expression whose "
+                                     "matches are masked (repeatable)."),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Mask only the upstream's API "
+                                   "key, not the default secret patterns."),
+) -> None:
+    """An OpenAI-compatible server (chat completions, streaming and not; model list) in front
+    of a model spec, recording every interaction. Agents send their role and name in the
+    X-Agent-Role and X-Agent-Name headers, and a run id in X-Session-Id."""
+    from tracetune.logs.proxy import serve
+    from tracetune.logs.redact import Redactor
+
+    serve(upstream, out_dir, host=host, port=port,
+          redactor=Redactor(redact, defaults=not no_redact), log=err.print)
+
+
 try:  # typer may carry its own copy of click, whose errors are not click's
     from typer._click.exceptions import ClickException as _TyperClickException
 
