@@ -562,16 +562,21 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file (never "
                                "the command's own input)."),
 ) -> None:
-    """Export a run's trajectories (--jsonl), or an adapter (--to; ends with a parity check
-    and writes nothing if it fails)."""
+    """Export a run's trajectories (--jsonl, --atif), or an adapter (--to; ends with a parity
+    check and writes nothing if it fails)."""
     from tracetune.traces.store import DB_NAME
 
     if (path / DB_NAME).is_file():
         if to is not None:
             raise TracetuneError(f"{path} is a run; --to applies to adapters (use --jsonl)")
-        from tracetune.traces.export import export_jsonl
+        if jsonl and atif:
+            raise TracetuneError("--jsonl and --atif are two formats; choose one")
+        if atif:
+            from tracetune.logs.atif import export_atif as export_run
+        else:
+            from tracetune.traces.export import export_jsonl as export_run
 
-        n = export_jsonl(path, out_path, force=force)
+        n = export_run(path, out_path, force=force)
         if out_path is not None:
             err.print(f"wrote {n} episodes to {out_path}")
         return
@@ -585,6 +590,30 @@ def export_cmd(
         return
     raise TracetuneError(f"{path} is neither a run directory (trajectories.sqlite) nor an "
                          "adapter directory (adapter_config.json)")
+
+
+@app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., help="The log file."),
+    fmt: str = typer.Option(..., "--format", help="openai-jsonl, litellm, langfuse, inspect or "
+                            "atif."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: its interaction store "
+                                 "(interactions.sqlite) is created or appended to."),
+    redact: list[str] = typer.Option([], "--redact", help="Also mask what this regular "
+                                     "expression matches (repeatable)."),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Do not mask the default secret "
+                                   "patterns (API keys, tokens, passwords)."),
+    batch_input: Optional[Path] = typer.Option(None, "--batch-input", help="openai-jsonl: the "
+                                               "Batch API input file the output lines answer."),
+) -> None:
+    """Import another tool's log of model calls into an interaction store; prints how many
+    records were read, imported, already stored, and malformed (skipped, with their lines)."""
+    from tracetune.logs.importers import import_logs
+    from tracetune.logs.redact import Redactor
+
+    report = import_logs(file, fmt, out_dir, batch_input=batch_input,
+                         redactor=Redactor(extra=redact, defaults=not no_redact))
+    out.print(escape(report.summary()), highlight=False, soft_wrap=True)
 
 
 @app.command("compare")
@@ -775,15 +804,22 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A loop's run directory.
 @app.command("check-experiment")
 def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment file.")) -> None:
     """Validate an experiment file and list its stages, models, hypotheses and criteria."""
-    from tracetune.experiment.spec import load_experiment
+    from tracetune.experiment.distill import load_any
     from tracetune.experiment.stages import active_stages
 
-    exp = load_experiment(experiment)
-    stages = [s.name for s in active_stages(exp)]
+    exp, table = load_any(experiment)
+    stages = [s.name for s in active_stages(exp, table)]
     out.print(f"[green]ok[/] {exp.info.name}: stages {' -> '.join(stages)}")
-    out.print(f"models: {', '.join(f'{a}' for a in exp.arms)} (base {exp.models.base})")
-    for h in exp.hypotheses:
-        out.print(escape(f"  {h.id}: {h.claim} [{h.metric}, {h.treatment} vs {h.control}]"))
+    if getattr(exp, "kind", "") == "distill":
+        out.print(escape(f"logs: {exp.source} ({exp.logs.format}); candidate "
+                         f"{exp.models.base}"))
+        for h in exp.hypotheses:
+            out.print(escape(f"  {h.id}: {h.claim} [{h.metric}, {h.test}]"))
+    else:
+        out.print(f"models: {', '.join(f'{a}' for a in exp.arms)} (base {exp.models.base})")
+        for h in exp.hypotheses:
+            out.print(escape(f"  {h.id}: {h.claim} [{h.metric}, {h.treatment} vs "
+                             f"{h.control}]"))
     for c in exp.decision.go:
         out.print(f"  go if {c.text}")
     for c in exp.decision.abort:

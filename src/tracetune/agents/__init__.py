@@ -8,6 +8,8 @@ whose options are the fields of the workflow's config class (`agents.configs`); 
     direct   spec -> implementation; guards: syntax, then the hidden tests (agents.workflow)
     tdd      spec -> tests -> implementation against them (agents.workflow)
     repair   a JSON tool-calling agent fixes a bug in a small repository (agents.repair)
+    replay   a logged production request answered again, graded by its tests or against the
+             logged answer (agents.logged)
 """
 
 from __future__ import annotations

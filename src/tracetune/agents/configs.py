@@ -57,3 +57,21 @@ class RepairConfig:
         if self.max_context_chars < 100:
             raise TracetuneError(f"max_context_chars must be at least 100, not "
                                  f"{self.max_context_chars}")
+
+
+@dataclass(frozen=True)
+class ReplayWorkflowConfig:
+    judge: str = "similarity"
+    """How an answer without runnable tests is graded against the logged answer: similarity
+    (RapidFuzz normalized Indel similarity >= threshold), or a model spec whose PASS/FAIL is
+    taken (model as judge)."""
+    threshold: float = 0.6
+    """similarity: the least similarity to the logged answer that passes, within [0, 1]."""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise TracetuneError(f"threshold must be within 0..1, not {self.threshold}")
+        if self.judge != "similarity":
+            from tracetune.models import parse_spec
+
+            parse_spec(self.judge)

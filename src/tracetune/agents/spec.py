@@ -3,6 +3,7 @@
     direct[,max_attempts=N]
     tdd[,max_attempts=N][,min_tests=N]
     repair[,max_iters=N][,test_policy=never|after_write|end][,max_loops=N][,max_context_chars=N]
+    replay[,judge=similarity|MODEL_SPEC][,threshold=X]
 
 What the rest of tracetune needs to know about a workflow (which suites it runs on, whether its
 episodes carry tool metrics) is a field of its registry entry, never a test of its name.
@@ -14,7 +15,8 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 
-from tracetune.agents.configs import DirectConfig, RepairConfig, TDDConfig
+from tracetune.agents.configs import (DirectConfig, RepairConfig, ReplayWorkflowConfig,
+                                     TDDConfig)
 from tracetune.errors import TracetuneError
 from tracetune.tomlconf import build_from_strings, split_options
 
@@ -43,6 +45,9 @@ WORKFLOWS: dict[str, WorkflowInfo] = {
                         writes_tests=True),
     "repair": WorkflowInfo("repair", "tracetune.agents.repair:repair", RepairConfig, "repair",
                            True, "JSON tool-calling agent that fixes a bug in a small repo"),
+    "replay": WorkflowInfo("replay", "tracetune.agents.logged:replay", ReplayWorkflowConfig,
+                           "logged", False, "a logged production request answered again, "
+                           "graded by its tests or against the logged answer"),
 }
 
 

@@ -27,7 +27,7 @@ from tracetune.experiment import prereg
 from tracetune.experiment.child import run_in_child
 from tracetune.experiment.layout import RunLayout
 from tracetune.experiment.progress import ProgressLines
-from tracetune.experiment.spec import (Experiment, as_json, experiment_hash, load_experiment,
+from tracetune.experiment.spec import (Experiment, as_json, experiment_hash,
                                       same_settings)
 from tracetune.experiment.stages import STAGES, Context, Stage, active_stages
 
@@ -231,13 +231,19 @@ def _run_in_child(exp_path: str, out: str, stage: str, run: Callable[[Context], 
         if line:  # the stage log gets throttled progress lines (the terminal draws its own)
             print(line, flush=True)
 
-    ctx = Context(load_experiment(Path(exp_path)), RunLayout(Path(out)), log=say,
+    from tracetune.experiment.distill import load_any
+
+    ctx = Context(load_any(Path(exp_path))[0], RunLayout(Path(out)), log=say,
                   progress=progress)
     return run(ctx)
 
 
 def run_loop(path: Path, out: Path, *, from_stage: str | None = None, until: str | None = None,
              log: Log = print, progress=None) -> dict | None:
-    """Load and validate the experiment, then run (or continue) its loop in `out`."""
-    exp = load_experiment(path)
-    return Loop(exp, out, log=log, progress=progress).run(from_stage=from_stage, until=until)
+    """Load and validate the experiment (a loop experiment, or a distillation experiment:
+    `experiment.distill`), then run (or continue) its stages in `out`."""
+    from tracetune.experiment.distill import load_any
+
+    exp, table = load_any(path)
+    return Loop(exp, out, log=log, progress=progress, table=table).run(from_stage=from_stage,
+                                                                       until=until)

@@ -157,19 +157,23 @@ def create_app(upstream: Upstream, store: LogStore, *, redactor: Redactor | None
         except ValueError:
             return _error(400, "the request body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) \
-                or not body["messages"]:
-            return _error(400, "a chat completion request needs a non-empty `messages` list")
+                or not body["messages"] \
+                or not all(isinstance(m, dict) for m in body["messages"]):
+            return _error(400, "a chat completion request needs a non-empty `messages` list "
+                               "of message objects")
         base = _base_record(body, request.headers, t0, upstream)
         if isinstance(upstream, HttpUpstream):
             if body.get("stream"):
-                return StreamingResponse(
-                    _relay_stream(upstream, body, base, clock0, save),
-                    media_type="text/event-stream")
+                return await _relay_stream(upstream, body, base, clock0, save)
             return await _relay(upstream, body, base, clock0, save)
+        try:  # before a stream starts, so that a bad request is a 400 either way
+            req = _request(body)
+        except (TracetuneError, ValueError, TypeError) as exc:
+            return _error(400, f"bad sampling parameters: {exc}")
         if body.get("stream"):
-            return StreamingResponse(_local_stream(upstream, body, base, clock0, save),
+            return StreamingResponse(_local_stream(upstream, req, body, base, clock0, save),
                                      media_type="text/event-stream")
-        return await _local(upstream, body, base, clock0, save)
+        return await _local(upstream, req, base, clock0, save)
 
     return app
 
@@ -272,43 +276,62 @@ class _Collect:
 
 
 async def _relay_stream(up: HttpUpstream, body: dict, base: dict, clock0: float, save):
-    """Relays the upstream's events; asks for usage (stream_options.include_usage) and drops
-    the usage-only event when the client did not ask for it. The record is saved before
-    `data: [DONE]` is sent."""
+    """Opens the upstream's stream, asking for usage (stream_options.include_usage). An
+    upstream that fails before its first event is answered as the upstream answered (its HTTP
+    status and body, or 502 when it cannot be reached), so the client sees the status, as it
+    would without the proxy; else its events are relayed (`_relay_events`)."""
+    from fastapi.responses import Response, StreamingResponse
+
     wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     payload = {**body, "model": up.model,
                "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    try:
+        resp = await up.client.send(
+            up.client.build_request("POST", f"{up.url}/chat/completions", json=payload),
+            stream=True)
+        if resp.status_code >= 400:
+            try:
+                raw = await resp.aread()
+            finally:
+                await resp.aclose()
+    except up.httpx.HTTPError as exc:
+        msg = f"upstream {up.url} failed: {type(exc).__name__}: {exc}"
+        save(_rec(base, status="error", error=msg, latency_s=time.perf_counter() - clock0))
+        return _error(502, msg, "upstream_error")
+    if resp.status_code >= 400:
+        save(_rec(base, status="error", latency_s=time.perf_counter() - clock0,
+                  error=f"HTTP {resp.status_code}: {raw[:2000].decode(errors='replace')}"))
+        return Response(raw, status_code=resp.status_code,
+                        media_type=resp.headers.get("content-type", "application/json"))
+    return StreamingResponse(_relay_events(up, resp, wants_usage, base, clock0, save),
+                             media_type="text/event-stream")
+
+
+async def _relay_events(up: HttpUpstream, resp, wants_usage: bool, base: dict, clock0: float,
+                        save):
+    """Relays an open upstream stream event by event, dropping the usage-only event when the
+    client did not ask for it. The record is saved before `data: [DONE]` is sent."""
     col, finished = _Collect(clock0), False
     try:
-        async with up.client.stream("POST", f"{up.url}/chat/completions",
-                                    json=payload) as resp:
-            if resp.status_code >= 400:
-                raw = await resp.aread()
-                msg = f"HTTP {resp.status_code}: {raw[:2000].decode(errors='replace')}"
-                save(_rec(base, status="error", error=msg,
-                                 latency_s=time.perf_counter() - clock0))
-                finished = True
-                yield _sse({"error": {"message": msg, "type": "upstream_error"}})
-                return
-            buf = b""
-            async for piece in resp.aiter_bytes():
-                buf += piece
-                while b"\n\n" in buf:
-                    event, buf = buf.split(b"\n\n", 1)
-                    data = event.strip()
-                    if not data.startswith(b"data:"):
-                        continue
-                    data = data[5:].strip()
-                    if data == b"[DONE]":
-                        continue
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        continue
-                    col.add(chunk)
-                    if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
-                        continue
-                    yield b"data: " + data + b"\n\n"
+        buf = b""
+        async for piece in resp.aiter_bytes():
+            buf += piece
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                data = event.strip()
+                if not data.startswith(b"data:"):
+                    continue
+                data = data[5:].strip()
+                if data == b"[DONE]":
+                    continue
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                col.add(chunk)
+                if not chunk.get("choices") and chunk.get("usage") and not wants_usage:
+                    continue
+                yield b"data: " + data + b"\n\n"
         save(col.record(base))
         finished = True
         yield b"data: [DONE]\n\n"
@@ -320,6 +343,7 @@ async def _relay_stream(up: HttpUpstream, body: dict, base: dict, clock0: float,
     finally:
         if not finished:  # the client went away (the generator was closed or cancelled)
             save(col.record(base, status="error", error="client disconnected"))
+        await resp.aclose()
 
 
 def _rec(base: dict, **fields) -> Interaction:
@@ -365,13 +389,9 @@ def _finish(c) -> str:
     return {"length": "length"}.get(c.finish_reason, "stop")
 
 
-async def _local(up: ModelUpstream, body: dict, base: dict, clock0: float, save):
+async def _local(up: ModelUpstream, req, base: dict, clock0: float, save):
     from fastapi.responses import JSONResponse
 
-    try:
-        req = _request(body)
-    except (TracetuneError, ValueError, TypeError) as exc:
-        return _error(400, f"bad sampling parameters: {exc}")
     try:
         c = await asyncio.to_thread(up.model_obj.generate, req)
     except Exception as exc:  # noqa: BLE001 - the model's failure, recorded and reported
@@ -386,13 +406,8 @@ async def _local(up: ModelUpstream, body: dict, base: dict, clock0: float, save)
     return JSONResponse(_completion_json(base["id"], up.model, c.text, _finish(c), c.usage))
 
 
-async def _local_stream(up: ModelUpstream, body: dict, base: dict, clock0: float, save):
-    try:
-        req = _request(body)
-    except (TracetuneError, ValueError, TypeError) as exc:
-        yield _sse({"error": {"message": f"bad sampling parameters: {exc}",
-                              "type": "invalid_request_error"}})
-        return
+async def _local_stream(up: ModelUpstream, req, body: dict, base: dict, clock0: float,
+                        save):
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     chunk_id, created = f"chatcmpl-{base['id']}", int(time.time())
@@ -470,8 +485,8 @@ def serve(upstream_spec: str, out: Path, *, host: str = "127.0.0.1", port: int =
             probe.bind((host, port))
         except OSError as exc:
             raise TracetuneError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    upstream = make_upstream(upstream_spec)  # first: a bad spec leaves no store behind
     store = LogStore(out, create=True)
-    upstream = make_upstream(upstream_spec)
     app = create_app(upstream, store, redactor=redactor)
 
     @app.on_event("shutdown")

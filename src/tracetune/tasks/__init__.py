@@ -7,12 +7,16 @@ tags and difficulty.
 
 Repair suites (`kind = "repair"`, e.g. `bugs`) add to each task `file` (the module under repair,
 e.g. quicksort.py) and `buggy` (its buggy source); `reference` is the fixed module and the tests
-import from the module by its name. `train_pct` is the suite's own train share for `SUITE:train`
+import from the module by its name. Logged suites (`kind = "logged"`, written by `tracetune logs
+suite`) hold production requests: `chat` (the request's messages as JSON text), `reference` (the
+logged answer) and, where the request carried runnable tests, `tests`; names and tests are
+optional there. A suite file may also be JSON (`.json`) holding the same tables. `train_pct` is the suite's own train share for `SUITE:train`
 and `SUITE:test` (derived deterministically by task hash).
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -20,8 +24,10 @@ from pathlib import Path
 from tracetune.errors import TracetuneError
 
 _REQUIRED = ("id", "spec", "names", "reference", "tests")
-_OPTIONAL = ("tags", "difficulty", "file", "buggy")
-from tracetune.tasks.schema import KINDS, REPAIR, Suite, Task
+_OPTIONAL = ("tags", "difficulty", "file", "buggy", "chat")
+_LOGGED_REQUIRED = ("id", "spec", "reference", "chat")
+"""A logged task (kind = "logged") needs no names or tests: without tests it is judged."""
+from tracetune.tasks.schema import KINDS, LOGGED, REPAIR, Suite, Task
 
 __all__ = ["KINDS", "Suite", "Task", "builtin_suites", "load_suite", "parse_suite",
            "split_suffix"]
@@ -58,6 +64,18 @@ def load_suite(name_or_path: str) -> Suite:
 
         return load_humaneval()
     path = Path(name_or_path)
+    if path.suffix == ".json":  # the same tables as a TOML suite, as JSON (written by tools)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TracetuneError(f"suite file not found: {path}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TracetuneError(f"suite file {path} is not JSON text ({exc})") from None
+        except OSError as exc:
+            raise TracetuneError(f"cannot read suite file {path}: {exc.strerror}") from None
+        if not isinstance(data, dict):
+            raise TracetuneError(f"{path}: a suite is an object with \"suite\" and \"task\"")
+        return suite_from_tables(data, str(path))
     if path.suffix == ".toml":
         if not path.is_file():
             raise TracetuneError(f"suite file not found: {path}")
@@ -78,7 +96,7 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 _TASK_TYPES = {"id": str, "spec": str, "names": "names", "reference": str, "tests": str,
-               "tags": "names", "difficulty": "tier", "file": str, "buggy": str}
+               "tags": "names", "difficulty": "tier", "file": str, "buggy": str, "chat": str}
 _SUITE_TYPES = {"name": str, "version": int, "description": str, "kind": str,
                 "train_pct": int}
 _TYPE_NAMES = {str: "a string", int: "an integer", "names": "a list of strings",
@@ -101,6 +119,12 @@ def parse_suite(text: str, origin: str) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TracetuneError(f"{origin}: not valid TOML ({exc})") from None
+    return suite_from_tables(data, origin)
+
+
+def suite_from_tables(data: dict, origin: str) -> Suite:
+    """A suite from its tables ({"suite": {...}, "task": [{...}, ...]}, as TOML or JSON holds
+    them). Raises TracetuneError naming the task and key of the first problem."""
     unknown = set(data) - {"suite", "task"}
     if unknown:
         raise TracetuneError(f"{origin}: unknown section(s) {', '.join(sorted(unknown))} "
@@ -126,8 +150,11 @@ def parse_suite(text: str, origin: str) -> Suite:
         raise TracetuneError(f"{origin}: [suite] train_pct must be an integer within 0..100")
     tasks, seen = [], set()
     for i, raw in enumerate(data.get("task") or []):
+        if not isinstance(raw, dict):
+            raise TracetuneError(f"{origin}: task #{i + 1} is not a table")
         where = f"{origin}: task #{i + 1} ({raw.get('id', 'no id')})"
-        missing = [k for k in _REQUIRED if not raw.get(k)]
+        missing = [k for k in (_LOGGED_REQUIRED if kind == LOGGED else _REQUIRED)
+                   if not raw.get(k)]
         if missing:
             raise TracetuneError(f"{where}: missing {', '.join(missing)}")
         unknown = set(raw) - set(_REQUIRED) - set(_OPTIONAL)
@@ -137,7 +164,7 @@ def parse_suite(text: str, origin: str) -> Suite:
             if key in raw and not _is(raw[key], want):
                 raise TracetuneError(f"{where}: {key} must be {_TYPE_NAMES[want]}, not "
                                      f"{raw[key]!r}")
-        bad_names = [n for n in raw["names"] if not n.isidentifier()]
+        bad_names = [n for n in raw.get("names", ()) if not n.isidentifier()]
         if bad_names:
             raise TracetuneError(f"{where}: names must be Python identifiers, not "
                                  f"{', '.join(map(repr, bad_names))}")
@@ -150,11 +177,24 @@ def parse_suite(text: str, origin: str) -> Suite:
                 raise TracetuneError(f"{where}: a repair task needs {', '.join(missing)}")
             if not str(raw["file"]).endswith(".py") or not raw["file"][:-3].isidentifier():
                 raise TracetuneError(f"{where}: file must be a module name ending in .py")
+        elif raw.get("chat") and kind != LOGGED:
+            raise TracetuneError(f"{where}: chat belongs to logged suites "
+                                 '([suite] kind = "logged")')
         elif raw.get("file") or raw.get("buggy"):
             raise TracetuneError(f"{where}: file and buggy belong to repair suites "
                                  '([suite] kind = "repair")')
-        tasks.append(Task(id=raw["id"], spec=raw["spec"].strip(), names=tuple(raw["names"]),
-                          reference=raw["reference"], tests=raw["tests"],
+        if kind == LOGGED:
+            try:
+                chat = json.loads(raw["chat"])
+            except ValueError:
+                chat = None
+            if not (isinstance(chat, list) and chat and all(
+                    isinstance(m, dict) and isinstance(m.get("content"), str) for m in chat)):
+                raise TracetuneError(f"{where}: chat must be a JSON list of messages with "
+                                     "string content")
+        tasks.append(Task(id=raw["id"], spec=raw["spec"].strip(),
+                          names=tuple(raw.get("names", ())), chat=raw.get("chat", ""),
+                          reference=raw["reference"], tests=raw.get("tests", ""),
                           tags=tuple(raw.get("tags", ())), difficulty=int(raw.get("difficulty", 1)),
                           file=raw.get("file", ""), buggy=raw.get("buggy", "")))
     if not tasks:

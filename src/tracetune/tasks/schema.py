@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-FUNCTIONS, REPAIR = "functions", "repair"
-KINDS = (FUNCTIONS, REPAIR)
-"""Suite kinds: write code from a spec, or fix a bug in a small repository."""
+FUNCTIONS, REPAIR, LOGGED = "functions", "repair", "logged"
+KINDS = (FUNCTIONS, REPAIR, LOGGED)
+"""Suite kinds: write code from a spec, fix a bug in a small repository, or answer a logged
+production request (built from an interaction store by `tracetune logs suite`)."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class Task:
     """Repair tasks: the module under repair (its tests import it by this name)."""
     buggy: str = ""
     """Repair tasks: the module's buggy source (`reference` is the fixed one)."""
+    chat: str = ""
+    """Logged tasks: the request's chat messages as JSON text ([{"role", "content"}, ...]);
+    `reference` is the logged answer, and `tests` (optional) the tests its code must pass."""
 
     @property
     def module(self) -> str:
@@ -31,6 +35,13 @@ class Task:
     @property
     def is_repair(self) -> bool:
         return bool(self.buggy)
+
+    @property
+    def messages(self) -> list[dict]:
+        """Logged tasks: the request's chat messages ([] for other kinds)."""
+        import json
+
+        return json.loads(self.chat) if self.chat else []
 
 
 @dataclass(frozen=True)
