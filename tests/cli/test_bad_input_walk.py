@@ -45,6 +45,12 @@ def work(tmp_path_factory):
     (root / "exp_key.toml").write_text(exp.replace("[train]\n", "[train]\nepochz = 1\n", 1))
     (root / "exp_nan.toml").write_text(exp.replace("temperature = 0.8", "temperature = nan", 1))
     (root / "bad.jsonl").write_bytes(b'{"text": "x"\n')
+    (root / "good.jsonl").write_text('{"text": "x"}\n')
+    distill = (Path(__file__).parents[2] / "experiments" / "distill_logs.toml").read_text()
+    (root / "distill_fmt.toml").write_text(distill.replace(
+        'source = "../examples/logs/agents.jsonl"',
+        f'source = "{Path(__file__).parents[2] / "examples" / "logs" / "agents.jsonl"}"').replace(
+        'format = "openai-jsonl"', 'format = "csv"'))
     return root
 
 
@@ -106,6 +112,26 @@ CASES = [
     ("gguf missing", ["eval", "--suite", "{w}/suite.toml", "--model", "gguf:{w}/no.gguf",
                       "--out", "{w}/o11"], "{w}/o11", ["no.gguf"]),
     ("not a run", ["compare", "{w}", "{w}/run"], None, ["trajectories.sqlite"]),
+    ("import: unknown format", ["import", "{w}/bad.jsonl", "--format", "csv", "--out",
+                                "{w}/o12"], "{w}/o12", ["csv"]),
+    ("import: missing file", ["import", "{w}/nosuch.jsonl", "--format", "litellm", "--out",
+                              "{w}/o13"], "{w}/o13", ["nosuch.jsonl"]),
+    ("import: out is a file", ["import", "{w}/bad.jsonl", "--format", "openai-jsonl", "--out",
+                               "{w}/a_file.txt"], "{w}/a_file.txt", ["a_file.txt"]),
+    ("logs baseline: no store", ["logs", "baseline", "{w}"], None, ["interactions.sqlite"]),
+    ("logs suite: no store", ["logs", "suite", "{w}", "--out", "{w}/o14"], "{w}/o14",
+     ["interactions.sqlite"]),
+    ("logs suite: bad split", ["logs", "suite", "{w}", "--out", "{w}/o15", "--split", "a,b"],
+     "{w}/o15", ["--split"]),
+    ("proxy: unknown upstream", ["proxy", "--upstream", "nosuch:model", "--port", "8799",
+                                 "--out", "{w}/o16"], "{w}/o16", ["nosuch:model"]),
+    ("proxy: malformed upstream file", ["proxy", "--upstream", "replay:{w}/bad.jsonl",
+                                        "--port", "8799", "--out", "{w}/o17"], "{w}/o17",
+     ["bad.jsonl"]),
+    ("proxy: out is a file", ["proxy", "--upstream", "replay:{w}/good.jsonl", "--port", "8799",
+                              "--out", "{w}/a_file.txt"], "{w}/a_file.txt", ["a_file.txt"]),
+    ("distill: unknown log format", ["check-experiment", "{w}/distill_fmt.toml"], None,
+     ["[logs] format", "csv"]),
 ]
 
 

@@ -58,10 +58,11 @@ from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.experiment.spec import (Criterion, Decision, ExperimentInfo, ExportSection,
-                                      Models, _criterion, _strings, as_json, field_defaults)
+                                      Models, as_json, field_defaults, preregistration_tables)
 from tracetune.experiment.stages import Context, Stage
 from tracetune.experiment.stages import export as export_stage
 from tracetune.experiment.stages import train as train_stage
+from tracetune.experiment.stages import write_results
 from tracetune.tomlconf import build, read_toml
 from tracetune.train.config import TrainConfig
 
@@ -197,19 +198,7 @@ def load_distill(path: Path) -> DistillExperiment:
     train_table = data.get("train", {})
     train_cfg = build(TrainConfig, train_table, f"{where} [train]")
     export = build(ExportSection, data.get("export", {}), f"{where} [export]")
-    raw_h = data.get("hypothesis", [])
-    if not isinstance(raw_h, list):
-        raise TracetuneError(f"{where}: hypotheses are [[hypothesis]] tables")
-    hyps = tuple(build(DistillHypothesis, h, f"{where} [[hypothesis]] #{i + 1}")
-                 for i, h in enumerate(raw_h))
-    raw_d = data.get("decision", {})
-    if not isinstance(raw_d, dict) or set(raw_d) - {"go", "abort"}:
-        raise TracetuneError(f"{where} [decision]: only the keys go and abort (lists of "
-                             "'METRIC OP NUMBER')")
-    decision = Decision(
-        go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
-        abort=tuple(_criterion(t, f"{where} [decision] abort")
-                    for t in _strings(raw_d, "abort", where)))
+    hyps, decision = preregistration_tables(data, DistillHypothesis, where)
     exp = DistillExperiment(path, info, logs, models, replay, train_table, train_cfg, export,
                             hyps, decision)
     # --- values and cross-references ------------------------------------------------------
@@ -339,12 +328,7 @@ def adapted_stage(ctx: Context) -> dict:
 
 
 def compare_stage(ctx: Context) -> dict:
-    results = analyze_distill(ctx.exp, ctx.layout)
-    ctx.layout.results.write_text(json.dumps(results, indent=2, default=str))
-    for v in results["hypotheses"]:
-        ctx.log(f"[compare] {v['id']}: {v['verdict']} ({v['detail']})")
-    ctx.log(f"[compare] decision: {results['decision']['outcome']}")
-    return {"decision": results["decision"]["outcome"]}
+    return write_results(ctx, analyze_distill(ctx.exp, ctx.layout))
 
 
 def report_stage(ctx: Context) -> dict:

@@ -344,19 +344,7 @@ def load_experiment(path: Path) -> Experiment:
     cap = _with_eval(CapabilitySection, data.get("capability", {}), CAPABILITY_EVAL,
                      f"{where} [capability]")
     control = build(ControlSection, data.get("control", {}), f"{where} [control]")
-    raw_h = data.get("hypothesis", [])
-    if not isinstance(raw_h, list):
-        raise TracetuneError(f"{where}: hypotheses are [[hypothesis]] tables")
-    hyps = tuple(build(Hypothesis, h, f"{where} [[hypothesis]] #{i + 1}")
-                 for i, h in enumerate(raw_h))
-    raw_d = data.get("decision", {})
-    if not isinstance(raw_d, dict) or set(raw_d) - {"go", "abort"}:
-        raise TracetuneError(f"{where} [decision]: only the keys go and abort (lists of "
-                             "'METRIC OP NUMBER')")
-    decision = Decision(
-        go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
-        abort=tuple(_criterion(t, f"{where} [decision] abort")
-                    for t in _strings(raw_d, "abort", where)))
+    hyps, decision = preregistration_tables(data, Hypothesis, where)
 
     # --- values and cross-references ------------------------------------------------------------
     for key, spec in [("base", models.base), ("train_base", models.train_base),
@@ -444,6 +432,26 @@ def load_experiment(path: Path) -> Experiment:
             raise TracetuneError(f"{where} [decision] {c.text!r}: no metric {c.metric!r}"
                                  f"{_suggest(c.metric, known)}")
     return exp
+
+
+def preregistration_tables(data: dict, hypothesis_cls: type,
+                           where: str) -> tuple[tuple, Decision]:
+    """An experiment file's [[hypothesis]] tables (as `hypothesis_cls`) and its [decision]
+    (go / abort criteria, checked for form only). Raises TracetuneError naming the table."""
+    raw_h = data.get("hypothesis", [])
+    if not isinstance(raw_h, list):
+        raise TracetuneError(f"{where}: hypotheses are [[hypothesis]] tables")
+    hyps = tuple(build(hypothesis_cls, h, f"{where} [[hypothesis]] #{i + 1}")
+                 for i, h in enumerate(raw_h))
+    raw_d = data.get("decision", {})
+    if not isinstance(raw_d, dict) or set(raw_d) - {"go", "abort"}:
+        raise TracetuneError(f"{where} [decision]: only the keys go and abort (lists of "
+                             "'METRIC OP NUMBER')")
+    decision = Decision(
+        go=tuple(_criterion(t, f"{where} [decision] go") for t in _strings(raw_d, "go", where)),
+        abort=tuple(_criterion(t, f"{where} [decision] abort")
+                    for t in _strings(raw_d, "abort", where)))
+    return hyps, decision
 
 
 def _split_table(table, loop_cls: type, where: str) -> tuple[dict, object]:

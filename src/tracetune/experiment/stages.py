@@ -221,7 +221,12 @@ def reference(ctx: Context) -> dict:
 def compare(ctx: Context) -> dict:
     from tracetune.experiment.analysis import analyze
 
-    results = analyze(ctx.exp, ctx.layout.root)
+    return write_results(ctx, analyze(ctx.exp, ctx.layout.root))
+
+
+def write_results(ctx: Context, results: dict) -> dict:
+    """Write RUN/results.json, log each hypothesis's verdict and the decision; the compare
+    stage's summary."""
     ctx.layout.results.write_text(json.dumps(results, indent=2, default=str))
     for v in results["hypotheses"]:
         ctx.log(f"[compare] {v['id']}: {v['verdict']} ({v['detail']})")

@@ -18,7 +18,8 @@ STATUSES = ("ok", "error")
 @dataclass(frozen=True)
 class Interaction:
     id: str
-    """Unique within a store: the source's own id where it has one, else a random UUID hex."""
+    """Unique within a store: the source's own id where it has one; else the proxy's random UUID hex,
+    or an importer's SHA-256 of the record (so a re-import skips it)."""
     started_at: float
     """When the request arrived (Unix seconds, UTC)."""
     messages: tuple[dict, ...]

@@ -61,6 +61,12 @@ class LogStore:
 
     def __init__(self, where: Path, *, create: bool = False) -> None:
         self.path = store_path(where)
+        for parent in (self.path.parent, *self.path.parent.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise TracetuneError(f"{parent} is a file, not a folder for an interaction "
+                                         "store")
+                break
         if not self.path.is_file():
             if not create:
                 raise TracetuneError(f"no interaction store at {self.path} (record one with "

@@ -11,8 +11,9 @@ from tracetune.tasks import Suite, Task
 def check_references(suite: Suite, sandbox: Sandbox) -> list[tuple[Task, str, SandboxResult]]:
     """(task, problem, verdict) for every task whose reference does not pass its acceptance
     tests, or whose buggy module (repair tasks) does not fail them."""
-    # a logged task without tests is judged against its logged answer: nothing to run
-    checks = [(t, "reference fails its tests", t.reference, "pass") for t in suite.tasks
+    # a logged task without tests is judged against its logged answer: nothing to run; one
+    # with tests holds the logged answer (prose and fences), whose code must pass them
+    checks = [(t, "reference fails its tests", _code(t), "pass") for t in suite.tasks
               if t.tests]
     checks += [(t, "buggy module does not fail its tests", t.buggy, "fail")
                for t in suite.tasks if t.is_repair]
@@ -20,6 +21,14 @@ def check_references(suite: Suite, sandbox: Sandbox) -> list[tuple[Task, str, Sa
                            for t, _, src, _ in checks])
     return [(t, problem, r) for (t, problem, _, want), r in zip(checks, results)
             if r.status != want]
+
+
+def _code(task: Task) -> str:
+    if not task.chat:
+        return task.reference
+    from tracetune.agents.extract import extract_code, sanitize
+
+    return sanitize(extract_code(task.reference, task.names))
 
 
 def require_valid(suite: Suite, sandbox: Sandbox) -> None:
