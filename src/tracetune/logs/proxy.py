@@ -10,7 +10,9 @@ Upstreams:
     openai:MODEL@URL   relayed over HTTP (keep-alive pool): the request body goes upstream with
                        `model` set to MODEL and the upstream's key (from the spec's api_key_env)
                        in the Authorization header; the client's own Authorization header is
-                       never forwarded nor stored. Streams are relayed event by event.
+                       never forwarded nor stored. Streams are relayed event by event. An
+                       upstream's HTTP error reaches the client with its status (streamed or
+                       not), an upstream that cannot be reached is a 502; both are recorded.
     any other spec     (embedded, gguf:, hf:, replay:) loaded in this process; a llama.cpp model
                        streams token by token, the others answer whole (one content event).
 
@@ -20,9 +22,11 @@ X-Agent-Name headers, X-Session-Id, status, error, latency, time to first token,
 secrets redacted (`logs.redact`; the upstream's key is always removed). The record is committed
 *before* the answer's last bytes are sent (the JSON body, or the stream's `data: [DONE]`), so a
 client that got a whole answer has its record, whatever happens to the proxy afterwards
-(`kill -9` included); a stream the proxy dies in leaves no record at all, never half of one. A
+(`kill -9` included); a stream the proxy dies in leaves no record, or (if it died between the
+commit and the last event) a whole one, never half of one. A
 stream the client abandons is recorded with status error ("client disconnected"). Requests the
-proxy refuses (not JSON, no messages) are answered 400 and not recorded.
+proxy refuses (not JSON, no messages, sampling parameters a local model cannot take) are
+answered 400 and not recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -315,7 +320,8 @@ async def _relay_events(up: HttpUpstream, resp, wants_usage: bool, base: dict, c
     try:
         buf = b""
         async for piece in resp.aiter_bytes():
-            buf += piece
+            # SSE lines may end in CRLF (a CR left at a piece's end joins the next piece's LF)
+            buf = (buf + piece).replace(b"\r\n", b"\n")
             while b"\n\n" in buf:
                 event, buf = buf.split(b"\n\n", 1)
                 data = event.strip()
@@ -420,7 +426,11 @@ async def _local_stream(up: ModelUpstream, req, body: dict, base: dict, clock0: 
             obj = {**obj, "choices": [], "usage": usage}
         return _sse(obj)
 
+    abandoned = threading.Event()
+
     def on_delta(piece: str) -> None:
+        if abandoned.is_set():  # the client went away: stop generating for nobody, which
+            raise _Abandoned    # frees the model (calls to it are serialised) for the others
         loop.call_soon_threadsafe(queue.put_nowait, piece)
 
     def run():
@@ -431,8 +441,13 @@ async def _local_stream(up: ModelUpstream, req, body: dict, base: dict, clock0: 
         on_delta(c.text)
         return c
 
+    def done(t: asyncio.Future) -> None:
+        if not t.cancelled():
+            t.exception()  # retrieved (an abandoned stream's result has nobody to read it)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
     task = asyncio.ensure_future(asyncio.to_thread(run))
-    task.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+    task.add_done_callback(done)
     text, ttft, finished = [], None, False
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -466,9 +481,14 @@ async def _local_stream(up: ModelUpstream, req, body: dict, base: dict, clock0: 
         yield b"data: [DONE]\n\n"
     finally:
         if not finished:
+            abandoned.set()
             save(_rec(base, response="".join(text), status="error",
                              error="client disconnected", ttft_s=ttft,
                              latency_s=time.perf_counter() - clock0))
+
+
+class _Abandoned(Exception):
+    """Raised in a local model's stream callback once its client has gone."""
 
 
 def serve(upstream_spec: str, out: Path, *, host: str = "127.0.0.1", port: int = 8100,
