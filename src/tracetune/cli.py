@@ -775,7 +775,8 @@ def loop_cmd(
 
         layout = RunLayout(out_dir)
         if layout.report_md.is_file():
-            out.print(f"report: {layout.report_md}  {layout.report_html}")
+            html = f"  {layout.report_html}" if layout.report_html.is_file() else ""
+            out.print(f"report: {layout.report_md}{html}")
 
 
 def _print_verdicts(results: dict) -> None:
@@ -792,13 +793,18 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A loop's run directory.
     were edited)."""
     import json
 
+    from tracetune.experiment.layout import RunLayout
     from tracetune.experiment.report import write_report
 
-    md, page = write_report(run_dir)
-    from tracetune.experiment.layout import RunLayout
+    results = RunLayout(run_dir).results
+    if results.is_file() and json.loads(results.read_text()).get("kind") == "distill":
+        from tracetune.experiment.distill import write_distill_report
 
-    _print_verdicts(json.loads(RunLayout(run_dir).results.read_text()))
-    out.print(f"report: {md}  {page}")
+        md, page = write_distill_report(run_dir), None
+    else:
+        md, page = write_report(run_dir)
+    _print_verdicts(json.loads(results.read_text()))
+    out.print(f"report: {md}" + (f"  {page}" if page else ""))
 
 
 @app.command("check-experiment")
@@ -850,6 +856,65 @@ def proxy_cmd(
 
     serve(upstream, out_dir, host=host, port=port,
           redactor=Redactor(redact, defaults=not no_redact), log=err.print)
+
+
+logs_app = typer.Typer(no_args_is_help=True, help="Production logs: baseline profile and "
+                       "per-role suites of an interaction store.")
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.command("baseline")
+def logs_baseline_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory holding interactions.sqlite."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the profile as "
+                                            "JSON here."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file."),
+) -> None:
+    """Seed 003's baseline: success rate, latency (mean with interval, median, min, max, p95),
+    time to first token, output length, tokens, provider and model mix; overall and per role."""
+    from tracetune.logs.profile import format_profile, load_profile
+    from tracetune.logs.store import store_path
+    from tracetune.staging import atomic_file, check_output_file
+
+    if json_out is not None:
+        check_output_file(json_out, force=force, option="--json",
+                          inputs=(store_path(run_dir),))
+    profile = load_profile(run_dir)
+    out.print(escape(format_profile(profile)), highlight=False)
+    if json_out is not None:
+        with atomic_file(json_out) as f:
+            f.write(json.dumps(profile, indent=2))
+
+
+@logs_app.command("suite")
+def logs_suite_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory holding interactions.sqlite."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the suites (ROLE.SPLIT.json, "
+                                 "suite.SPLIT.json, suites.json)."),
+    role: list[str] = typer.Option([], "--role", help="Build this role's suite (repeatable; "
+                                   "default: every role present)."),
+    split: str = typer.Option("80,10,10", "--split", help="Train, val and test shares in "
+                              "percent, in time order."),
+    dedup_threshold: float = typer.Option(0.8, "--dedup-threshold", help="Estimated Jaccard "
+                                          "similarity at which a later request is a "
+                                          "near-duplicate (1.0: exact copies only)."),
+    classify_model: Optional[str] = typer.Option(None, "--classify-model", help="A model spec "
+                                                 "that classifies what the rules leave at "
+                                                 "'other'."),
+) -> None:
+    """Classify roles, drop near-duplicates, split each role by time and write logged suites
+    (run them with `tracetune eval --suite DIR/suite.test.json --workflow replay`)."""
+    from tracetune.logs.suites import SuiteConfig, build_suites
+
+    try:
+        shares = tuple(int(x) for x in split.split(","))
+    except ValueError:
+        raise TracetuneError(f"--split {split!r}: three integers like 80,10,10") from None
+    build_suites(run_dir, out_dir, SuiteConfig(roles=tuple(role), split=shares,
+                                               dedup_threshold=dedup_threshold,
+                                               classify_model=classify_model),
+                 log=lambda text: out.print(escape(text), highlight=False))
+    out.print(f"suites written to {out_dir}")
 
 
 try:  # typer may carry its own copy of click, whose errors are not click's

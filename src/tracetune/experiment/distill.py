@@ -535,8 +535,9 @@ def write_distill_report(root: Path) -> Path:
                          f"{'-' if obs is None else f'{obs:.4g}'} -> "
                          f"{'holds' if c['holds'] else 'does not hold'}")
     lines += ["", "## Stages", "", "| stage | seconds | peak RAM (GB) |", "|---|---|---|"]
-    for stage, path in sorted(layout.markers().items()):
-        rec = json.loads(path.read_text())
+    markers = layout.markers()
+    for stage in [s.name for s in DISTILL_STAGES if s.name in markers]:
+        rec = json.loads(markers[stage].read_text())
         lines.append(f"| {stage} | {rec['seconds']:.0f} | {rec['peak_ram_gb']} |")
     md = layout.report_md
     md.write_text("\n".join(lines) + "\n")
