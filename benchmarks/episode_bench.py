@@ -1,6 +1,8 @@
 """Episode throughput: `tracetune eval` vs a naive serial harness, same funcs episodes, one run.
 
     python benchmarks/episode_bench.py [--tasks 24] [--trials 1] [--seed 0]
+    python benchmarks/episode_bench.py --device cuda --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
+        [--tasks 24] [--trials 2]
 
 Both sides run the `direct` workflow with one attempt per episode (pass@1 episodes) on the same
 tasks (a fixed, difficulty-stratified slice of `funcs`), the same prompts and the same derived
@@ -11,6 +13,14 @@ seeds, with the embedded SmolLM2-135M-Instruct weights:
   `subprocess.run([python, -m, pytest, ...])` per check, serially.
 * tracetune: `tracetune eval` (llama.cpp backend, generation stopped when the code block closes,
   checks in the warm sandbox overlapping with generation).
+
+With --device cuda both sides generate on the GPU in bf16 from the same checkpoint (the GGUF given
+by --gguf, dequantized by transformers, or with --shape a random-weight model of that shape):
+
+* naive: as above, `generate` one sample at a time on the GPU, one pytest subprocess per check.
+* tracetune: `tracetune eval` with the hf backend (`hf:DIR,device=cuda,dtype=bfloat16`), every
+  episode in flight at once (concurrency = episodes), so the backend generates the episodes'
+  sampled requests together in batches (each row with its own seed) while the warm sandbox checks.
 
 Code extraction is the same on both sides. Prints episodes/min for each, the ratio, and both pass
 rates with 95% Wilson intervals (they should agree within noise: the outputs differ, llama.cpp
@@ -45,16 +55,17 @@ def pick_tasks(n: int) -> list:
     return tasks[::step][:n]
 
 
-def naive(tasks, trials: int, seed: int) -> tuple[float, int, int]:
+def naive(tasks, trials: int, seed: int, args) -> tuple[float, int, int]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tracetune.models.hf import resolve_model_source
-
-    torch.set_num_threads(2)
-    source = resolve_model_source("embedded")
+    source = checkpoint(args)
     tok = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    if args.device == "cuda":
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).cuda().eval()
+    else:
+        torch.set_num_threads(2)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     passed = n = 0
     t0 = time.perf_counter()
     for trial in range(trials):
@@ -63,7 +74,7 @@ def naive(tasks, trials: int, seed: int) -> tuple[float, int, int]:
             attempt_seed = derive_seed(episode_seed, "impl", 1)
             messages = [{"role": "user", "content": IMPL_PROMPT.format(spec=task.spec)}]
             ids = tok.apply_chat_template(messages, add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
+                                          return_tensors="pt", return_dict=True).to(model.device)
             torch.manual_seed(attempt_seed)
             with torch.inference_mode():
                 out = model.generate(**ids, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P,
@@ -85,12 +96,32 @@ def naive(tasks, trials: int, seed: int) -> tuple[float, int, int]:
     return time.perf_counter() - t0, passed, n
 
 
-def ours(tasks, trials: int, seed: int) -> tuple[float, int, int]:
+def checkpoint(args) -> str:
+    """The transformers checkpoint both sides load (CPU: the embedded model's)."""
+    from tracetune.models.hf import resolve_model_source
+
+    if args.shape:
+        path = Path(tempfile.gettempdir()) / f"episode-bench-{args.shape}"
+        if not (path / "config.json").is_file():
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import synthetic
+
+            synthetic.make_model_dir(args.shape, path)
+        return str(path)
+    return resolve_model_source(args.gguf or "embedded")
+
+
+def ours(tasks, trials: int, seed: int, args) -> tuple[float, int, int]:
+    if args.device == "cuda":
+        model = f"hf:{checkpoint(args)},device=cuda,dtype=bfloat16"
+        concurrency = len(tasks) * trials
+    else:
+        model, concurrency = "embedded", 4
     with tempfile.TemporaryDirectory() as d:
-        config = EvalConfig(suite="funcs", workflow="direct,max_attempts=1", model="embedded",
+        config = EvalConfig(suite="funcs", workflow="direct,max_attempts=1", model=model,
                             trials=trials, seed=seed, temperature=TEMPERATURE, top_p=TOP_P,
                             max_tokens=MAX_TOKENS,
-                            tasks=tuple(t.id for t in tasks), concurrency=4)
+                            tasks=tuple(t.id for t in tasks), concurrency=concurrency)
         t0 = time.perf_counter()
         run_eval(config, Path(d) / "run")
         elapsed = time.perf_counter() - t0
@@ -103,9 +134,13 @@ def ours(tasks, trials: int, seed: int) -> tuple[float, int, int]:
 def side(name: str, args) -> tuple[float, int, int]:
     """Run one side in its own process: torch's and llama.cpp's CPU thread pools both spin when
     idle, so two engines in one process slow each other down."""
+    extra = ["--device", args.device] + (["--gguf", args.gguf] if args.gguf else []) + \
+        (["--shape", args.shape] if args.shape else [])
     out = subprocess.run([sys.executable, __file__, "--side", name, "--tasks", str(args.tasks),
-                          "--trials", str(args.trials), "--seed", str(args.seed)],
-                         capture_output=True, text=True, check=True)
+                          "--trials", str(args.trials), "--seed", str(args.seed), *extra],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{name} failed: {out.stderr.strip()[-2000:]}")
     secs, k, n = json.loads(out.stdout.strip().splitlines()[-1])
     return secs, k, n
 
@@ -115,15 +150,23 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=24)
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--gguf", default=None, help="GGUF file of the model (default: embedded)")
+    ap.add_argument("--shape", default=None, help="a random-weight model of this shape "
+                    "(benchmarks/synthetic.py) instead")
     ap.add_argument("--side", choices=["naive", "ours"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     tasks = pick_tasks(args.tasks)
     if args.side:
         fn = naive if args.side == "naive" else ours
-        print(json.dumps(fn(tasks, args.trials, args.seed)))
+        print(json.dumps(fn(tasks, args.trials, args.seed, args)))
         return
+    if args.device == "cuda":
+        checkpoint(args)  # dequantized or built once, before either side is timed
+    where = "the CPU" if args.device == "cpu" else "CUDA, bf16"
     print(f"{len(tasks)} funcs tasks x {args.trials} trial(s), direct workflow, 1 attempt, "
-          f"T={TEMPERATURE}, max_tokens={MAX_TOKENS}")
+          f"T={TEMPERATURE}, max_tokens={MAX_TOKENS}, {where}, model "
+          f"{args.shape or Path(args.gguf or 'embedded').name}")
     rows = {"naive serial harness": side("naive", args), "tracetune eval": side("ours", args)}
     print(f"{'':24}{'seconds':>9}{'episodes/min':>14}{'pass rate':>12}   95% CI")
     rate = {}

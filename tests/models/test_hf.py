@@ -89,3 +89,85 @@ def test_bad_inputs(tmp_path, monkeypatch):
         load_model("hf:no-such-org/no-such-model,device=cpu")
     with pytest.raises(ModelError, match="GGUF file not found"):
         load_model(f"hf:{tmp_path / 'x.gguf'}")
+
+
+def test_sampled_requests_are_batched_and_keep_their_own_seeds(model):
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=12)
+    reqs = [GenerationRequest(PROMPTS[i % 2], params, seed=s) for i, s in enumerate((3, 4, 5, 3))]
+    alone = [model._run([r])[0].text for r in reqs]
+    together = [c.text for c in model.generate_many(reqs)]
+    assert together == alone  # a row's sample does not depend on the rest of its batch
+    assert alone[0] != alone[2]  # same prompt, other seed
+
+
+def test_stop_strings_end_each_row_of_a_batch(model):
+    stop = SamplingParams(max_tokens=24, stop=("(",))
+    reqs = [GenerationRequest(PROMPTS[0], stop), GenerationRequest(PROMPTS[1], stop)]
+    plain = model.generate(GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=24)))
+    assert "(" in plain.text
+    cut = model.generate_many(reqs)
+    assert cut[0].text == plain.text[:plain.text.index("(")]
+    assert cut[0].finish_reason == "stop"
+    assert cut[0].usage.completion_tokens < plain.usage.completion_tokens
+
+
+def test_batch_size_is_the_specs_or_eight_on_the_cpu(model):
+    req = GenerationRequest(PROMPTS[0])
+    assert model.config.batch_size == 0 and model.batch_size([req]) == 8
+
+
+def test_the_batcher_gathers_concurrent_calls_and_routes_each_answer():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tracetune.models.hf import Batcher
+    from tracetune.types import Completion, Usage
+
+    sizes = []
+    go = threading.Barrier(6)
+
+    def run_many(requests):
+        sizes.append(len(requests))
+        return [Completion(f"answer {r.seed}", Usage(1, 1), 0.0, "stop") for r in requests]
+
+    batcher = Batcher(run_many, gather_s=0.2)
+
+    def call(seed):
+        go.wait()
+        return batcher.submit(GenerationRequest(PROMPTS[0], seed=seed)).text
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(call, range(6))) == [f"answer {s}" for s in range(6)]
+    assert sum(sizes) == 6 and len(sizes) <= 2  # gathered, not one call each
+
+    def broken(requests):
+        raise ModelError("engine failed")
+
+    failing = Batcher(broken)
+    with pytest.raises(ModelError, match="engine failed"):
+        failing.submit(GenerationRequest(PROMPTS[0]))
+    failing.close()
+    batcher.close()
+    with pytest.raises(ModelError, match="closed"):
+        batcher.submit(GenerationRequest(PROMPTS[0]))
+
+
+def test_stop_strings_with_a_tokenizer_transformers_cannot_match(tmp_path):
+    # transformers' StopStringCriteria probes the vocabulary with a prefix that a word-level
+    # tokenizer reads as one unknown token, and fails; the backend then cuts the text afterwards.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import synthetic
+
+    path = synthetic.make_model_dir("tiny", tmp_path / "model", dtype="float32")
+    m = load_model(f"hf:{path},device=cpu")
+    # Sampled: with random weights, greedy decoding repeats a special token (empty text).
+    sampled = SamplingParams(temperature=1.0, max_tokens=12)
+    full = m.generate(GenerationRequest(chat("w1 w2 w3"), sampled, seed=0)).text
+    word = full.split()[3]
+    cut = m.generate(GenerationRequest(chat("w1 w2 w3"), SamplingParams(
+        temperature=1.0, max_tokens=12, stop=(word,)), seed=0))
+    assert cut.text == full[:full.index(word)] and cut.finish_reason == "stop"
+    m.close()

@@ -64,7 +64,7 @@ def test_keys_outside_train_and_unknown_keys_are_refused_naming_them(tmp_path):
     assert str(info.value) == f"{path}: key(s) epochs outside [train] (put them under [train])"
     path.write_text("[train]\nepocs = 1\n")
     with pytest.raises(TracetuneError, match=re.escape(f"{path} [train]: unknown key(s) epocs "
-                                                       "(valid: alpha, batch_size,")):
+                                                       "(valid: alpha, attention, batch_size,")):
         load_config(path)
     path.write_text("r = 8\nepochs = 1\n")  # keys at the top level, no [train]: still read
     assert (load_config(path).r, load_config(path).epochs) == (8, 1.0)

@@ -42,8 +42,10 @@ class HFConfig:
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
     dtype: str = "auto"
     """float32, bfloat16, float16, or auto (bf16 on CUDA, fp32 on CPU)."""
-    batch_size: int = 8
-    """Greedy requests generated together in one padded batch."""
+    batch_size: int = 0
+    """Requests generated together in one left-padded batch (greedy and sampled alike); 0: on
+    CUDA as many as 80% of the free GPU memory holds (KV cache and logits of each row), on the
+    CPU 8."""
     trust_remote_code: bool = False
     """Allow model code from the hub (only for models you trust)."""
 
@@ -52,6 +54,8 @@ class HFConfig:
         # when the weights load.
         if self.dtype not in DTYPES:
             raise ModelSpecError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.batch_size < 0:
+            raise ModelSpecError(f"batch_size={self.batch_size} must be 0 (auto) or more")
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,11 @@ class HFModel:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        import threading
+
+        self._batcher: Batcher | None = None  # made at the first generate on CUDA
+        self._stops: dict = {}  # stop strings -> their StopStringCriteria (or None)
+        self._batcher_lock = threading.Lock()
 
     def _encode(self, requests: Sequence[GenerationRequest]):
         texts = [self.tokenizer.apply_chat_template([m.to_dict() for m in r.messages],
@@ -169,16 +174,26 @@ class HFModel:
                               add_special_tokens=False).to(self.device)
 
     def _run(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """Generate one padded batch; all requests share sampling params."""
+        """Generate one left-padded batch; all requests share sampling params, each keeps its
+        own seed. Generation is greedy over scores that `SeededSampling` turns into one sample
+        per row, so a row's tokens come from its own random stream whatever else is in the
+        batch."""
         torch = self._torch
+        from transformers import LogitsProcessorList
+
         p = requests[0].params
         enc = self._encode(requests)  # input_ids: (batch, prompt_len)
-        kwargs = {"max_new_tokens": p.max_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs = {"max_new_tokens": p.max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                  "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if p.temperature > 0:
-            kwargs.update(do_sample=True, temperature=p.temperature, top_p=p.top_p)
-            torch.manual_seed(requests[0].seed)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampling(
+                p.temperature, p.top_p, [r.seed for r in requests], self.device)])
+        stop = self._stop_criterion(p.stop)
+        if stop is not None:
+            # Each row stops at its first stop string; the batch runs until every row has.
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)  # (batch, prompt_len + new)
@@ -195,21 +210,72 @@ class HFModel:
             results.append(Completion(text, Usage(n_prompt, n_new), latency_s, finish))
         return results
 
+    def _stop_criterion(self, stop: tuple[str, ...]):
+        """transformers' StopStringCriteria for `stop` (built once per tuple), or None when there
+        is no stop string or the tokenizer's vocabulary cannot be matched against one (it
+        decodes every token after a probe prefix, which some word-level tokenizers map to an
+        unknown token); the text is still cut at the stop string afterwards (apply_stop), only
+        generation runs on to max_tokens or the end-of-turn token."""
+        stop = tuple(x for x in stop if x)
+        if not stop:
+            return None
+        if stop not in self._stops:
+            from transformers import StopStringCriteria
+
+            try:
+                self._stops[stop] = StopStringCriteria(self.tokenizer, list(stop))
+            except (ValueError, KeyError, IndexError):
+                self._stops[stop] = None
+        return self._stops[stop]
+
     def generate(self, request: GenerationRequest) -> Completion:
+        """One completion. On CUDA, calls made at the same time from several threads (the
+        episodes of `tracetune eval`) are generated together in batches."""
+        if self.device.startswith("cuda"):
+            if self._batcher is None:
+                with self._batcher_lock:
+                    if self._batcher is None:
+                        self._batcher = Batcher(self.generate_many)
+            return self._batcher.submit(request)
         return self._run([request])[0]
 
+    def batch_size(self, requests: Sequence[GenerationRequest]) -> int:
+        """Rows per generate call: the spec's batch_size when set; else on the CPU 8, on CUDA
+        as many rows as 80% of the free GPU memory holds, each row needing (prompt tokens +
+        max_tokens) x the KV cache per token (2 x layers x kv_heads x head_dim x dtype bytes),
+        prompt tokens x (4 x hidden + 2 x intermediate) x dtype bytes for the prompt's
+        activations in one layer, and 3 x vocab x 4 bytes for its float32 scores (the logits,
+        the sampler's probabilities and its noise). An estimate; the other 20% is the margin."""
+        if self.config.batch_size > 0:
+            return self.config.batch_size
+        if not self.device.startswith("cuda"):
+            return 8
+        torch = self._torch
+        cfg = self.model.config.get_text_config()
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        width = next(self.model.parameters()).element_size()
+        per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * width
+        prompt = max(len(self.tokenizer.apply_chat_template(
+            [m.to_dict() for m in r.messages], tokenize=False, add_generation_prompt=True))
+            for r in requests) // 2  # characters / 2: generous for tokens
+        tokens = prompt + max(r.params.max_tokens for r in requests)
+        inter = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
+        per_row = tokens * per_token + prompt * (4 * cfg.hidden_size + 2 * inter) * width + \
+            3 * cfg.vocab_size * 4
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        return max(1, int(0.8 * free) // per_row)
+
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """Greedy requests with equal params are batched; sampled ones run alone, each with its
-        own seed, so a sample does not depend on what else was in the batch."""
+        """Completions in request order. Requests with equal sampling params (greedy or
+        sampled) are generated together, `batch_size` rows at a time, each with its own seed."""
         results: list[Completion | None] = [None] * len(requests)
         groups: dict[object, list[int]] = {}
         for i, r in enumerate(requests):
-            if r.params.temperature > 0:
-                results[i] = self.generate(r)
-            else:
-                groups.setdefault(r.params, []).append(i)
-        bs = max(1, self.config.batch_size)
+            groups.setdefault(r.params, []).append(i)
         for idxs in groups.values():
+            bs = self.batch_size([requests[i] for i in idxs])
             for start in range(0, len(idxs), bs):
                 chunk = idxs[start:start + bs]
                 for i, c in zip(chunk, self._run([requests[i] for i in chunk])):
@@ -217,4 +283,96 @@ class HFModel:
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
         self.model = None
+
+
+class SeededSampling:
+    """A transformers logits processor that samples one token per row from that row's own
+    random stream, so a row's sample does not depend on the other rows of its batch (HF's
+    own sampling draws every row from one global generator).
+
+    scores: (rows, vocab). Temperature and top-p are transformers' own warpers; the sample is
+    argmax(p / E) with E ~ Exponential(1) drawn per row from a generator seeded with the row's
+    seed: the exponential race, an exact sample from p (P(argmax = i) = p_i / sum p; vLLM
+    samples seeded requests the same way). Returns scores that are 0 at the sampled token and
+    -inf elsewhere, so greedy search takes it."""
+
+    def __init__(self, temperature: float, top_p: float, seeds: Sequence[int], device: str):
+        import torch
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generators = [torch.Generator(device=device).manual_seed(int(s) % 2**63)
+                           for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)  # (rows, vocab)
+        noise = torch.empty_like(probs)
+        for row, gen in zip(noise, self.generators):  # one stream per row, one draw per step
+            row.exponential_(generator=gen)
+        token = (probs / noise).argmax(dim=-1, keepdim=True)  # (rows, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+class Batcher:
+    """Gathers single requests made at the same time from several threads into batches:
+    `submit` queues a request and waits; one worker thread takes everything queued (after
+    `gather_s` for the other threads' requests to arrive) and runs it through `run_many`.
+
+    Why written here: the libraries that batch this way (vLLM, TGI) are whole servers; this is
+    the twenty lines the hf backend needs to batch `tracetune eval`'s concurrent episodes."""
+
+    def __init__(self, run_many, gather_s: float = 0.01):
+        import threading
+
+        self._run_many = run_many
+        self._gather_s = gather_s
+        self._cond = threading.Condition()
+        self._queue: list = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="hf-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest) -> Completion:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise ModelError("the model was closed")
+            self._queue.append((request, future))
+            self._cond.notify()
+        return future.result()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue:
+                    return
+            time.sleep(self._gather_s)
+            with self._cond:
+                batch, self._queue = self._queue, []
+            try:
+                results = self._run_many([r for r, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - each waiting caller gets it
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=60)

@@ -18,6 +18,7 @@ from tracetune.tomlconf import build, read_toml
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEVICES = ("auto", "cpu", "cuda")
+ATTENTION = ("auto", "sdpa", "varlen")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,21 @@ class TrainConfig:
     """Dtype the base weights load in: float32, bfloat16, float16, or auto (bf16 on CUDA, fp32 on
     CPU); on CUDA, bf16/fp16 also turn on the trainer's mixed precision. The base spec's dtype=
     sets it too; the two must not name different dtypes."""
+    packing: bool | None = None
+    """SFT: padding-free batches. A step's rows are concatenated into one sequence whose
+    positions restart at each row and whose attention stays inside each row, so no pad token
+    is computed and no row sees another. Unset: on with CUDA, off on the CPU (there the
+    block-diagonal mask costs more than the padding it saves)."""
+    attention: str = "auto"
+    """Attention kernel: sdpa (PyTorch's scaled_dot_product_attention), varlen (FlashAttention
+    over the packed rows through torch.nn.attention.varlen; CUDA with packing only), or auto
+    (varlen where it can run, else sdpa)."""
+    liger: bool | None = None
+    """Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (the liger-kernel package, extra
+    `gpu`; CUDA only). Unset: on with CUDA when liger-kernel is installed."""
+    compile: bool = False
+    """torch.compile the model (CUDA only): fewer, fused kernels, after a compile of tens of
+    seconds at the first steps."""
 
     def validate(self) -> None:
         if self.method not in ("sft", "dpo"):
@@ -84,6 +100,15 @@ class TrainConfig:
                                  f"{self.device!r} (pick the GPU with CUDA_VISIBLE_DEVICES)")
         if self.dtype not in DTYPES:
             raise TracetuneError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        if self.attention not in ATTENTION:
+            raise TracetuneError(f"attention must be one of {', '.join(ATTENTION)}, not "
+                                 f"{self.attention!r}")
+        if self.method != "sft" and self.packing:
+            raise TracetuneError("packing applies to sft only (a DPO pair is scored as two "
+                                 "padded sequences)")
+        if self.attention == "varlen" and self.packing is False:
+            raise TracetuneError("attention = 'varlen' runs over packed rows: it needs packing "
+                                 "(leave packing unset or set it to true)")
 
 
 SECTION = "train"

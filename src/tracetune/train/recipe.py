@@ -3,7 +3,9 @@
 Top to bottom: setup (config, data, base model) -> train (TRL SFTTrainer or DPOTrainer) -> save
 (adapter, metadata, loss log and plot) -> cleanup. Runs on CPU for the embedded model (its GGUF
 dequantized once by transformers and cached as a plain checkpoint, which TRL accepts) and on CUDA
-for HF models, with QLoRA (4-bit NF4) when asked.
+for HF models, with QLoRA (4-bit NF4) when asked and the GPU path of train.fast (packing, varlen
+attention, Liger, compile). Launched as several processes (torchrun, accelerate launch), it trains
+one adapter with DDP: the main process stages, logs and saves.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.models.resolve import hf_source, weight_options
 from tracetune.staging import abandoned, check_output_dir, staging_dir
 from tracetune.train.config import TrainConfig
+from tracetune.train.fast import register_varlen_attention, resolve_kernels
 from tracetune.train.lengths import check_prepared, fit_rows, row_lengths
 
 META = "tracetune_adapter.json"
@@ -204,11 +209,17 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     the last logged training loss (None before the first): at the start, after each step, and
     a last time with step == total; the trainer's own progress bar is then off.
 
+    On CUDA the kernels come from `train.fast.resolve_kernels` (unset settings decided by the
+    device; on the CPU all stay off, so CPU results are what they were). Under a launcher with
+    WORLD_SIZE > 1 every process calls this; `batch_size` is per process, only the main process
+    writes (its staging directory is shared with the others) and the adapter is gathered from
+    all of them before it is checked and saved; the others return `out` once it is in place.
+
     Returns `out`. Raises TracetuneError (one line) for a bad config, base or dataset (naming
     the file and line of a damaged one), an `out` that is a file or under one, a non-empty
-    `out` without `resume`, no row within max_seq_len, a schedule that gives no update, or a
-    training that left every LoRA B matrix at zero (the adapter would not change the model);
-    nothing is written then."""
+    `out` without `resume`, no row within max_seq_len, a schedule that gives no update, a GPU
+    setting the device or the installed packages cannot honour, or a training that left every
+    LoRA B matrix at zero (the adapter would not change the model); nothing is written then."""
     config.validate()
     config = base_config(base, config)  # before any work: a bad base fails at once
     trust_remote_code = weight_options(base).trust_remote_code
@@ -234,6 +245,8 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
 
     check_reachable(source)  # offline with a hub name: one line now, not a minute of retries
     dtype = _torch_dtype(torch, config.dtype, cuda)
+    kernels = resolve_kernels(config, cuda)  # what is not installed fails before any load
+    world = _World.of(cuda)
 
     # --- setup ---------------------------------------------------------------------------------
     transformers.set_seed(config.seed)
@@ -252,6 +265,11 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     if warning and log is not None:
         log(warning)
     load_kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if kernels.attention == "varlen":
+        load_kwargs["attn_implementation"] = register_varlen_attention()
+    if config.qlora and world.size > 1:
+        # 4-bit weights go to this process's GPU, not all to the first one.
+        load_kwargs["device_map"] = {"": world.local_rank}
     if config.qlora:
         load_kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
@@ -275,7 +293,10 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     stamp = json.loads(json.dumps({  # as it reads back from the file
         "out": out.name, "dataset": str(Path(dataset).resolve()), "rows_sha256": _sha256(rows),
         "base": base, "config": dataclasses.asdict(config)}))
-    with _staged(out, stamp, resume) as work:
+    if log is not None and cuda and world.main:
+        log(f"training on {world.size} GPU{'s' * (world.size > 1)}: {kernels.describe()}")
+    with (_staged(out, stamp, resume) if world.main else contextlib.nullcontext(None)) as work:
+        work = world.share(work)  # every process writes its checkpoints in the main one's
         checkpoints = work / "checkpoints"
         common = dict(
             output_dir=str(checkpoints), num_train_epochs=config.epochs,
@@ -294,19 +315,35 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             max_length=None, dataloader_num_workers=0,
             disable_tqdm=on_progress is not None,  # the caller draws its own progress
         )
+        # The GPU path's settings go in only when on, so the CPU's arguments stay as they were.
+        if kernels.liger:
+            common["use_liger_kernel"] = True
+        if kernels.compile:
+            common["torch_compile"] = True
+        if world.size > 1:
+            # Every LoRA parameter gets a gradient at every step; DDP need not search for
+            # unused ones (a full pass over the graph per step).
+            common["ddp_find_unused_parameters"] = False
         train_ds = Dataset.from_list(fitted.rows)
-        callbacks = [_loss_callback(work / LOSS_LOG)]
-        if on_progress is not None:
+        callbacks = [_loss_callback(work / LOSS_LOG)] if world.main else []
+        if on_progress is not None and world.main:
             callbacks.append(_progress_callback(on_progress))
 
         # --- train -----------------------------------------------------------------------------
         if config.method == "sft":
             from trl import SFTConfig, SFTTrainer
 
-            args = SFTConfig(completion_only_loss=True, **common)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
-                                 processing_class=tokenizer, peft_config=peft_config,
-                                 callbacks=callbacks)
+            if kernels.packing:
+                common["padding_free"] = True
+            with warnings.catch_warnings():
+                # TRL deprecates use_liger_kernel in favour of kernels fetched from the Hub at
+                # run time; the installed package is what runs offline.
+                warnings.filterwarnings("ignore", message=".*use_liger_kernel.*",
+                                        category=FutureWarning)
+                args = SFTConfig(completion_only_loss=True, **common)
+                trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
+                                     processing_class=tokenizer, peft_config=peft_config,
+                                     callbacks=callbacks)
         else:
             from trl import DPOConfig, DPOTrainer
 
@@ -323,14 +360,27 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
         train_s = time.perf_counter() - t0
-        if _all_lora_b_zero(trainer.model):
+        # Under FSDP each process holds a shard: the whole adapter is gathered (a collective
+        # call, so every process makes it) before it is checked and saved. Saving the model
+        # object itself there writes an adapter of empty tensors.
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped) \
+            if world.size > 1 else None
+        zero = _all_lora_b_zero(trainer.model) if state is None else \
+            world.broadcast(world.main and _all_lora_b_zero_state(state))
+        if zero:
             raise TracetuneError(
                 f"training left every LoRA B matrix at zero after {trainer.state.global_step} "
                 "optimizer steps: the adapter would not change the model, so none is written; "
                 "raise learning_rate, lower warmup_steps or add rows or epochs")
+        if not world.main:
+            world.barrier()  # the main process renames the finished adapter into place
+            return out
 
         # --- save ------------------------------------------------------------------------------
-        trainer.model.save_pretrained(str(work))
+        if state is None:
+            trainer.model.save_pretrained(str(work))
+        else:
+            trainer.model.save_pretrained(str(work), state_dict=state)
         losses = [json.loads(x)["loss"] for x in (work / LOSS_LOG).read_text().splitlines()] \
             if (work / LOSS_LOG).is_file() else []
         meta = {"base": base, "base_source": source, "dataset": str(Path(dataset).resolve()),
@@ -340,12 +390,70 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                 "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None,
                 "versions": {m: _version(m) for m in ("torch", "transformers", "trl", "peft")}}
+        if cuda:
+            meta.update(kernels=kernels.describe(), processes=world.size,
+                        peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
         (work / META).write_text(json.dumps(meta, indent=2))
         _plot_loss(work / LOSS_LOG, work / "loss.png")
 
         # --- cleanup ---------------------------------------------------------------------------
         shutil.rmtree(checkpoints, ignore_errors=True)
+    world.barrier()
     return out
+
+
+@dataclass(frozen=True)
+class _World:
+    """The processes of one training (accelerate launch / torchrun set WORLD_SIZE, RANK and
+    LOCAL_RANK; a plain run is one process). The main one stages, logs and saves; the others
+    train beside it and return once it has renamed the adapter into place."""
+
+    size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @classmethod
+    def of(cls, cuda: bool) -> "_World":
+        """This process's place; with several, the process group is started here (NCCL on
+        CUDA, gloo on the CPU: accelerate's PartialState, which the trainer then shares)."""
+        env = os.environ
+        world = cls(int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")),
+                    int(env.get("LOCAL_RANK", "0")))
+        if world.size > 1:
+            from accelerate import PartialState
+
+            PartialState(cpu=not cuda)
+        return world
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, value):
+        """The main process's `value`, in every process (a collective call)."""
+        if self.size == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def share(self, work: Path | None) -> Path:
+        """The main process's staging directory, in every process."""
+        return Path(self.broadcast(str(work) if work is not None else None))
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+
+def _all_lora_b_zero_state(state: dict) -> bool:
+    """_all_lora_b_zero over a gathered state dict (name -> tensor)."""
+    found = [v for k, v in state.items() if "lora_B" in k]
+    return bool(found) and not any(v.detach().any() for v in found)
 
 
 @contextlib.contextmanager
