@@ -58,7 +58,8 @@ from pathlib import Path
 
 from tracetune.errors import TracetuneError
 from tracetune.experiment.spec import (Criterion, Decision, ExperimentInfo, ExportSection,
-                                      Models, as_json, field_defaults, preregistration_tables)
+                                      Models, as_json, field_defaults, preregistration_tables,
+                                      read_sections)
 from tracetune.experiment.stages import Context, Stage
 from tracetune.experiment.stages import export as export_stage
 from tracetune.experiment.stages import train as train_stage
@@ -185,12 +186,7 @@ def load_distill(path: Path) -> DistillExperiment:
     from tracetune.models import parse_spec
 
     path = Path(path)
-    data = read_toml(path)
-    where = str(path)
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise TracetuneError(f"{where}: unknown section(s) {', '.join(unknown)} "
-                             f"(valid: {', '.join(SECTIONS)})")
+    data, where = read_sections(path, SECTIONS)
     info = build(ExperimentInfo, data.get("experiment", {}), f"{where} [experiment]")
     logs = build(LogsSection, data.get("logs", {}), f"{where} [logs]")
     models = build(Models, data.get("models", {}), f"{where} [models]")

@@ -323,12 +323,7 @@ def load_experiment(path: Path) -> Experiment:
     from tracetune.models import parse_spec
     from tracetune.tasks import load_suite
     path = Path(path)
-    data = read_toml(path)
-    where = str(path)
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise TracetuneError(f"{where}: unknown section(s) {', '.join(unknown)} "
-                             f"(valid: {', '.join(SECTIONS)})")
+    data, where = read_sections(path, SECTIONS)
     info = build(ExperimentInfo, data.get("experiment", {}), f"{where} [experiment]")
     models = build(Models, data.get("models", {}), f"{where} [models]")
     eval_table, loop_eval = _split_table(data.get("eval", {}), LoopEval, f"{where} [eval]")
@@ -432,6 +427,18 @@ def load_experiment(path: Path) -> Experiment:
             raise TracetuneError(f"{where} [decision] {c.text!r}: no metric {c.metric!r}"
                                  f"{_suggest(c.metric, known)}")
     return exp
+
+
+def read_sections(path: Path, sections: tuple[str, ...]) -> tuple[dict, str]:
+    """An experiment file's tables and the name errors use for it. Raises TracetuneError for a
+    file that is not TOML or holds a section not in `sections`."""
+    data = read_toml(path)
+    where = str(path)
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise TracetuneError(f"{where}: unknown section(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(sections)})")
+    return data, where
 
 
 def preregistration_tables(data: dict, hypothesis_cls: type,

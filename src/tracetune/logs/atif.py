@@ -174,30 +174,9 @@ def export_atif(run_dir: Path, out: Path | None = None, *, force: bool = False) 
     Written beside `out` and renamed into place when complete. Raises TracetuneError when run_dir
     holds no readable store, when `out` is the store itself, a directory, or exists without
     `force` (checked before anything is opened for writing)."""
-    import sys
+    from tracetune.traces.export import export_jsonl
 
-    from tracetune.staging import atomic_file, check_output_file
-    from tracetune.traces.export import iter_episodes
-    from tracetune.traces.store import DB_NAME, Store
-
-    if out is not None:
-        db = Path(run_dir) / DB_NAME if Path(run_dir).is_dir() else Path(run_dir)
-        check_output_file(out, force=force, inputs=(db, Path(f"{db}-wal"), Path(f"{db}-shm")))
-    store = Store(run_dir)
-    n = 0
-    try:
-        if out is None:
-            for episode in iter_episodes(store):
-                sys.stdout.write(json.dumps(episode_to_atif(episode), ensure_ascii=False) + "\n")
-                n += 1
-            return n
-        with atomic_file(out) as stream:
-            for episode in iter_episodes(store):
-                stream.write(json.dumps(episode_to_atif(episode), ensure_ascii=False) + "\n")
-                n += 1
-    finally:
-        store.close()
-    return n
+    return export_jsonl(run_dir, out, force=force, line=episode_to_atif)
 
 
 # --- reading ---------------------------------------------------------------------------------------

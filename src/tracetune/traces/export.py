@@ -16,7 +16,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tracetune.traces.store import DB_NAME, Store
 
@@ -33,8 +33,11 @@ def iter_episodes(store: Store) -> Iterator[dict]:
                             for rid, a in store.attempt_records(ep["id"])]}
 
 
-def export_jsonl(run_dir: Path, out: Path | None = None, *, force: bool = False) -> int:
+def export_jsonl(run_dir: Path, out: Path | None = None, *, force: bool = False,
+                 line: Callable[[dict], dict] | None = None) -> int:
     """Write the run's episodes as JSONL to `out` (stdout when None); returns how many.
+    `line` turns each episode dict into the object written (e.g. an ATIF trajectory); default:
+    the episode as `iter_episodes` yields it.
 
     The file is written beside `out` and renamed into place when complete (a failed export
     leaves what was there). Raises TracetuneError when run_dir holds no readable store (see
@@ -45,17 +48,18 @@ def export_jsonl(run_dir: Path, out: Path | None = None, *, force: bool = False)
     if out is not None:
         db = Path(run_dir) / DB_NAME if Path(run_dir).is_dir() else Path(run_dir)
         check_output_file(out, force=force, inputs=(db, Path(f"{db}-wal"), Path(f"{db}-shm")))
+    shape = line or (lambda episode: episode)
     store = Store(run_dir)
     n = 0
     try:
         if out is None:
             for episode in iter_episodes(store):
-                sys.stdout.write(json.dumps(episode, ensure_ascii=False) + "\n")
+                sys.stdout.write(json.dumps(shape(episode), ensure_ascii=False) + "\n")
                 n += 1
             return n
         with atomic_file(out) as stream:
             for episode in iter_episodes(store):
-                stream.write(json.dumps(episode, ensure_ascii=False) + "\n")
+                stream.write(json.dumps(shape(episode), ensure_ascii=False) + "\n")
                 n += 1
     finally:
         store.close()
