@@ -27,7 +27,6 @@ near-duplicate by the same MinHash test).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -88,6 +87,9 @@ class SuiteReport:
     """role -> why no suite was written."""
     boundaries: dict[str, dict[str, float]] = field(default_factory=dict)
     """role -> {"train_until", "test_from"}: the split times (Unix seconds)."""
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
 
 
 # --- near-duplicates -----------------------------------------------------------------------------
@@ -220,15 +222,15 @@ def build_suites(store_dir: Path, out: Path, config: SuiteConfig | None = None, 
     items = []
     for r in records:
         if r.status != "ok":
-            report.dropped["error status"] = report.dropped.get("error status", 0) + 1
+            report.drop("error status")
         elif not r.response.strip():
-            report.dropped["no text answer"] = report.dropped.get("no text answer", 0) + 1
+            report.drop("no text answer")
         else:
             items.append(r)
     dups = near_duplicates([_key_text(list(r.messages)) for r in items], config.dedup_threshold)
     kept = [r for r, d in zip(items, dups) if d is None]
     if len(kept) < len(items):
-        report.dropped["near-duplicate"] = len(items) - len(kept)
+        report.drop("near-duplicate", len(items) - len(kept))
     roles = config.roles or tuple(r for r in ROLES if any(decisions[i.id].role == r for i in kept))
     by_role = {role: [r for r in kept if decisions[r.id].role == role] for role in roles}
 
@@ -249,8 +251,7 @@ def build_suites(store_dir: Path, out: Path, config: SuiteConfig | None = None, 
             if res.passed:
                 runnable[r.id] = (tests, code)
             else:
-                report.dropped["tests fail on the logged answer (judged instead)"] = \
-                    report.dropped.get("tests fail on the logged answer (judged instead)", 0) + 1
+                report.drop("tests fail on the logged answer (judged instead)")
 
     out.mkdir(parents=True, exist_ok=True)
     combined: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -382,8 +383,3 @@ def mine_logged(suites_dir: Path, out: Path, *, max_rows: int = 0, threshold: fl
     log(f"[mine] {len(rows)} SFT rows from logged answers of train items; no test request "
         "among them")
     return {"counts": {"sft": len(rows)}, "dropped": {}}
-
-
-def suite_digest(path: Path) -> str:
-    """sha256 of a suite file (what a replay ran on)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -91,7 +91,7 @@ class LlamaCppModel:
         t0 = time.perf_counter()
         if not self.config.prefix_cache:
             self._llm.reset()
-        pieces, finish, completion_tokens = [], None, 0
+        pieces, finish = [], None
         try:
             for chunk in self._llm.create_chat_completion(
                     messages=[m.to_dict() for m in request.messages], temperature=p.temperature,
@@ -101,7 +101,6 @@ class LlamaCppModel:
                 piece = choice.get("delta", {}).get("content")
                 if piece:
                     pieces.append(piece)
-                    completion_tokens += 1
                     on_delta(piece)
                 finish = choice.get("finish_reason") or finish
         except ValueError as exc:
@@ -109,9 +108,8 @@ class LlamaCppModel:
         text = "".join(pieces)
         # llama-cpp-python's stream carries no usage. The context then holds the prompt and
         # every generated token but the last (which was sampled, never evaluated).
-        if text:
-            completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False,
-                                                       special=True))
+        completion_tokens = len(self._llm.tokenize(text.encode(), add_bos=False,
+                                                   special=True)) if text else 0
         prompt_tokens = max(0, self._llm.n_tokens - max(0, completion_tokens - 1))
         return Completion(text=text, usage=Usage(prompt_tokens, completion_tokens),
                           latency_s=time.perf_counter() - t0,
