@@ -366,7 +366,7 @@ def workflows_cmd() -> None:
     for w in WORKFLOWS.values():
         helps, defaults = field_help(w.config_cls), field_defaults(w.config_cls)
         opts = "\n".join(f"{k} ({defaults[k]}): {helps.get(k, '')}" for k in defaults)
-        table.add_row(w.name, w.suite_kind, w.summary, opts)
+        table.add_row(w.name, ", ".join(w.suite_kinds), w.summary, opts)
     out.print(table)
 
 
@@ -405,7 +405,7 @@ def _run_failures(runs: list[Path], labels: list[str]) -> dict[str, dict[str, in
 
 def _print_run(run_dir: Path) -> None:
     from tracetune.eval.metrics import failure_kinds, summarize_run
-    from tracetune.report.tables import run_table
+    from tracetune.report.tables import run_table, testgen_table
     from tracetune.traces.store import Store
 
     store = Store(run_dir)
@@ -413,6 +413,8 @@ def _print_run(run_dir: Path) -> None:
     try:
         rows, overall = summarize_run(store.episodes())
         out.print(run_table(store.run(), rows, overall))
+        if overall.testgen is not None:
+            out.print(testgen_table(store.run(), rows, overall))
         kinds = failure_kinds(store)
         if kinds:
             out.print("failed episodes by last attempt: " + ", ".join(

@@ -75,3 +75,25 @@ class ReplayWorkflowConfig:
             from tracetune.models import parse_spec
 
             parse_spec(self.judge)
+
+
+@dataclass(frozen=True)
+class TestgenConfig:
+    __test__ = False  # not a pytest test class, despite its name
+    max_attempts: int = 3
+    """Attempts per episode; a file that fails on the reference goes back with its pytest log
+    (seed 001's stage C loop)."""
+    min_tests: int = 1
+    """Test functions the file must define to be run at all."""
+    max_mutants: int = 20
+    """Mutants of the reference the accepted file is scored against (a deterministic sample;
+    0: every mutant)."""
+    mutation: bool = True
+    """Score the accepted file's mutation score."""
+    coverage: bool = True
+    """Measure the accepted file's line and branch coverage of the reference."""
+
+    def validate(self) -> None:
+        _at_least_1(self, "max_attempts", "min_tests")
+        if self.max_mutants < 0:
+            raise TracetuneError(f"max_mutants must be 0 (all) or more, not {self.max_mutants}")

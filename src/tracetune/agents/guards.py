@@ -131,16 +131,18 @@ class TestSuiteGuard:
     __test__ = False  # not a pytest test class, despite its name
     min_tests: int = 3
     name: str = "test_suite"
+    module: str = MODULE
+    """The module the tests must import."""
 
     def check(self, code: str, ctx: StepContext) -> GuardResult:
         tree, problem = _parse(code)
         if tree is None:
             return GuardResult(self.name, False, problem)
-        if not imports_module(tree, MODULE):
-            names = ", ".join(ctx.task.names)
+        if not imports_module(tree, self.module):
+            names = ", ".join(ctx.task.names) or "..."
             return GuardResult(self.name, False,
                                f"The tests must import the code under test with "
-                               f"`from {MODULE} import {names}`.")
+                               f"`from {self.module} import {names}`.")
         skips = skipping_constructs(tree)
         if skips:
             return GuardResult(self.name, False,

@@ -4,6 +4,7 @@
     tdd[,max_attempts=N][,min_tests=N]
     repair[,max_iters=N][,test_policy=never|after_write|end][,max_loops=N][,max_context_chars=N]
     replay[,judge=similarity|MODEL_SPEC][,threshold=X]
+    testgen[,max_attempts=N][,min_tests=N][,max_mutants=N][,mutation=BOOL][,coverage=BOOL]
 
 What the rest of tracetune needs to know about a workflow (which suites it runs on, whether its
 episodes carry tool metrics) is a field of its registry entry, never a test of its name.
@@ -16,7 +17,7 @@ import importlib
 from dataclasses import dataclass
 
 from tracetune.agents.configs import (DirectConfig, RepairConfig, ReplayWorkflowConfig,
-                                     TDDConfig)
+                                     TDDConfig, TestgenConfig)
 from tracetune.errors import TracetuneError
 from tracetune.tomlconf import build_from_strings, split_options
 
@@ -27,8 +28,8 @@ class WorkflowInfo:
     import_path: str
     """module:function taking the config and returning a Workflow; imported lazily."""
     config_cls: type
-    suite_kind: str
-    """The kind of suite whose tasks it runs: functions or repair (tasks.KINDS)."""
+    suite_kinds: tuple[str, ...]
+    """The kinds of suite whose tasks it runs: functions, repair, logged (tasks.KINDS)."""
     agent_metrics: bool
     """Episodes record tool-use metrics (parse errors, writes, loops...: Summary.agent)."""
     summary: str
@@ -38,15 +39,19 @@ class WorkflowInfo:
 
 WORKFLOWS: dict[str, WorkflowInfo] = {
     "direct": WorkflowInfo("direct", "tracetune.agents.workflow:direct", DirectConfig,
-                           "functions", False, "spec -> implementation, checked by the hidden "
+                           ("functions",), False, "spec -> implementation, checked by the hidden "
                            "tests; retries get the failure"),
-    "tdd": WorkflowInfo("tdd", "tracetune.agents.workflow:tdd", TDDConfig, "functions", False,
+    "tdd": WorkflowInfo("tdd", "tracetune.agents.workflow:tdd", TDDConfig, ("functions",), False,
                         "spec -> pytest tests -> implementation that passes them",
                         writes_tests=True),
-    "repair": WorkflowInfo("repair", "tracetune.agents.repair:repair", RepairConfig, "repair",
+    "repair": WorkflowInfo("repair", "tracetune.agents.repair:repair", RepairConfig, ("repair",),
                            True, "JSON tool-calling agent that fixes a bug in a small repo"),
+    "testgen": WorkflowInfo("testgen", "tracetune.testgen.workflow:testgen", TestgenConfig,
+                            ("functions", "repair"), False, "code under test -> one pytest "
+                            "file, graded: valid, wrong tests, bug-revealing, mutation score, "
+                            "coverage", writes_tests=True),
     "replay": WorkflowInfo("replay", "tracetune.agents.logged:replay", ReplayWorkflowConfig,
-                           "logged", False, "a logged production request answered again, "
+                           ("logged",), False, "a logged production request answered again, "
                            "graded by its tests or against the logged answer"),
 }
 

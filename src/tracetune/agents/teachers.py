@@ -23,6 +23,7 @@ from tracetune.models import Model, load_model, parse_spec
 from tracetune.models.common import Scripted
 from tracetune.models.configs import OracleConfig
 from tracetune.tasks import Task
+from tracetune.testgen.prompt import TEMPLATE as _TESTGEN_TEMPLATE
 from tracetune.types import Completion, GenerationRequest
 
 
@@ -69,6 +70,10 @@ def oracle_step(task: Task, messages: list[dict]) -> dict:
     return {"type": "final", "message": f"Fixed the bug in {task.file}."}
 
 
+TESTGEN_HEAD = _TESTGEN_TEMPLATE.split("\n", 1)[0]
+"""The first line of the testgen prompt: the oracle answers it with the task's tests."""
+
+
 def canonical_json(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
@@ -98,11 +103,14 @@ class BoundOracle(Scripted):
 
     def _text(self, request: GenerationRequest) -> str:
         messages = [m.to_dict() for m in request.messages]
-        if self.task.is_repair:
+        if self.task.is_repair and not messages[0]["content"].startswith(TESTGEN_HEAD):
             return canonical_json(oracle_step(self.task, messages))
+        if len(messages) == 1 and messages[0]["content"].startswith(TESTGEN_HEAD):
+            return f"```python\n{self.task.tests.strip()}\n```"  # testgen: the reference tests
         if any(m["role"] == "assistant" for m in messages) or "pytest" in messages[-1]["content"]:
-            raise ModelError("the oracle writes reference implementations (workflow direct) "
-                             "and repairs (workflow repair); it does not write tests or retries")
+            raise ModelError("the oracle writes reference implementations (workflow direct), "
+                             "repairs (workflow repair) and the reference tests (workflow "
+                             "testgen); it does not write tdd tests or retries")
         return f"```python\n{self.task.reference.strip()}\n```"
 
 

@@ -34,6 +34,8 @@ class Summary:
     """tdd: episodes whose accepted generated tests fail on the reference (None: not tdd)."""
     agent: AgentSummary | None = None
     """Agent workflows (episodes that recorded metrics): the tool-use metrics."""
+    testgen: TestgenSummary | None = None
+    """The testgen workflow: Pass@k, wrong tests, mutation score and coverage."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,99 @@ class AgentSummary:
     avg_tool_errors: float
 
 
+@dataclass(frozen=True)
+class Mean:
+    """A mean over tasks (each task's mean over its episodes first) with a 95% t-interval over
+    tasks: trials of one task are correlated, so the tasks are the sample. n: tasks; the
+    interval is (mean, mean) for one task."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def text(self, scale: float = 100.0, digits: int = 1) -> str:
+        return (f"{scale * self.mean:.{digits}f} [{scale * self.ci_low:.{digits}f}, "
+                f"{scale * self.ci_high:.{digits}f}]")
+
+
+def task_mean(values: dict[str, list[float]]) -> Mean | None:
+    """`Mean` of {task: [value per episode]} (tasks without values are left out; None if none)."""
+    per_task = [fmean(v) for v in values.values() if v]
+    if not per_task:
+        return None
+    m = fmean(per_task)
+    if len(per_task) < 2 or len(set(per_task)) == 1:
+        return Mean(m, m, m, len(per_task))
+    from scipy import stats as st
+
+    lo, hi = st.t.interval(0.95, len(per_task) - 1, loc=m, scale=st.sem(per_task))
+    return Mean(m, max(0.0, float(lo)), min(1.0, float(hi)), len(per_task))
+
+
+@dataclass(frozen=True)
+class TestgenSummary:
+    """Seed 001's metrics of generated test files. Pass@k is the unbiased estimator of Chen et
+    al. (2021), `stats.pass_at_k`, per task over its n samples (defined for tasks with n >= k),
+    a sample passing when its file is valid and, where defined, bug-revealing; the others are
+    per-file values averaged per task, then over tasks (`Mean`)."""
+
+    __test__ = False  # not a pytest test class
+    pass_at: dict[int, Mean]
+    """k -> Pass@k (k = 1, 3)."""
+    valid_rate: float
+    """Share of episodes whose file is valid."""
+    wrong_test_rate: Mean | None
+    """Wrong tests / collected tests per file (files that collected tests)."""
+    mutation_score: Mean | None
+    """Killed / total mutants (valid files)."""
+    line_coverage: Mean | None
+    branch_coverage: Mean | None
+    bug_revealing: float | None
+    """Share of valid files that reveal the bug (tasks with a buggy version); None: none."""
+
+
+def summarize_testgen(episodes: list[dict]) -> TestgenSummary | None:
+    rows = [(e, e["metrics"]) for e in episodes if (e.get("metrics") or {}).get("testgen")]
+    if not rows or len(rows) != len(episodes):
+        return None
+    from tracetune.stats import pass_at_k
+
+    def per_task(key, keep=lambda m: True) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for e, m in rows:
+            v = m.get(key) if keep(m) else None
+            out.setdefault(e["task_id"], [])
+            if v is not None:
+                out[e["task_id"]].append(float(v))
+        return out
+
+    by_task: dict[str, list[bool]] = {}
+    for e, _ in rows:
+        by_task.setdefault(e["task_id"], []).append(bool(e["success"]))
+    pass_at = {}
+    for k in (1, 3):
+        vals = {t: [pass_at_k(len(v), sum(v), k)] for t, v in by_task.items() if len(v) >= k}
+        got = task_mean(vals)
+        if got is not None:
+            pass_at[k] = got
+    wrong: dict[str, list[float]] = {}
+    for e, m in rows:
+        if m.get("tests"):
+            wrong.setdefault(e["task_id"], []).append(m["wrong_tests"] / m["tests"])
+    revealing = [m["bug_revealing"] for _, m in rows if m.get("bug_revealing") is not None]
+    return TestgenSummary(
+        pass_at=pass_at, valid_rate=fmean(bool(m.get("valid")) for _, m in rows),
+        wrong_test_rate=task_mean(wrong),
+        mutation_score=task_mean(per_task("mutation_score", lambda m: m.get("valid"))),
+        line_coverage=task_mean(per_task("line_coverage")),
+        branch_coverage=task_mean(per_task("branch_coverage")),
+        bug_revealing=fmean(map(bool, revealing)) if revealing else None)
+
+
 def summarize_agent(episodes: list[dict]) -> AgentSummary | None:
-    rows = [e["metrics"] for e in episodes if e.get("metrics")]
+    rows = [e["metrics"] for e in episodes
+            if e.get("metrics") and not e["metrics"].get("testgen")]
     if not rows or len(rows) != len(episodes):
         return None
     return AgentSummary(
@@ -84,6 +177,7 @@ def summarize(name: str, episodes: list[dict]) -> Summary:
         if n else 0.0,
         wrong_tests=sum(map(bool, wrong)) if writes_tests else None,
         agent=summarize_agent(episodes),
+        testgen=summarize_testgen(episodes),
     )
 
 

@@ -58,11 +58,12 @@ def select_tasks(config: EvalConfig) -> list[Task]:
 
 def check_suite_kind(info, kind: str, suite: str) -> None:
     """A workflow runs only on the kind of suite it is made for (agents.spec.WorkflowInfo)."""
-    if kind != info.suite_kind:
+    if kind not in info.suite_kinds:
         from tracetune.agents.spec import WORKFLOWS
 
-        fits = [w.name for w in WORKFLOWS.values() if w.suite_kind == kind]
-        raise TracetuneError(f"workflow {info.name} runs on {info.suite_kind} suites, and "
+        fits = [w.name for w in WORKFLOWS.values() if kind in w.suite_kinds]
+        raise TracetuneError(f"workflow {info.name} runs on {' or '.join(info.suite_kinds)} "
+                             f"suites, and "
                              f"{suite} is a {kind} suite (use workflow "
                              f"{' or '.join(fits) or 'none'})")
 

@@ -20,6 +20,29 @@ def agent_cells(s: Summary) -> list[str]:
             f"{a.avg_loop_detections:.2f}", f"{a.avg_steps:.2f}"]
 
 
+def testgen_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
+    """The testgen workflow's metrics per task and overall: Pass@1, Pass@3, valid files, wrong-test
+    rate, mutation score, line and branch coverage (percent; overall with 95% intervals over
+    tasks)."""
+    table = Table(title=f"{run.suite} / {run.workflow} / {run.model_spec}: test files "
+                        f"({run.trials} sample{'s' if run.trials != 1 else ''} a task)")
+    for col in ("task", "Pass@1", "Pass@3", "valid", "wrong tests", "mutation score",
+                "line cov", "branch cov"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for i, s in enumerate(rows + [overall]):
+        t = s.testgen
+        if t is None:
+            continue
+        cell = (lambda m: "-" if m is None else m.text() if s is overall else
+                f"{100 * m.mean:.1f}")
+        table.add_row(s.name, cell(t.pass_at.get(1)), cell(t.pass_at.get(3)),
+                      f"{100 * t.valid_rate:.0f}%", cell(t.wrong_test_rate),
+                      cell(t.mutation_score), cell(t.line_coverage), cell(t.branch_coverage),
+                      end_section=(i == len(rows) - 1),
+                      style="bold" if s is overall else None)
+    return table
+
+
 def run_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
     tdd = overall.wrong_tests is not None
     agent = overall.agent is not None

@@ -104,6 +104,8 @@ class Job:
     kind: Literal["program", "pytest"] = "program"
     timeout_s: float | None = None
     """Overrides the sandbox's timeout for this job."""
+    select: tuple[str, ...] = ()
+    """pytest jobs: run only these node ids (`test_submission.py::test_x[1]`); empty: all."""
 
     @classmethod
     def program(cls, code: str, *, files: dict[str, str | bytes] | None = None,
@@ -112,13 +114,16 @@ class Job:
 
     @classmethod
     def tests(cls, test_code: str, *, module: str | None = None, module_name: str = "solution",
-              files: dict[str, str | bytes] | None = None, timeout_s: float | None = None) -> Job:
-        """A pytest file (test_code) against an optional module written as `module_name`.py."""
+              files: dict[str, str | bytes] | None = None, timeout_s: float | None = None,
+              select: tuple[str, ...] = ()) -> Job:
+        """A pytest file (test_code) against an optional module written as `module_name`.py;
+        `select`: only these test node ids (as `TestOutcome.nodeid` names them)."""
         all_files = dict(files or {})
         if module is not None:
             all_files[f"{module_name}.py"] = module
         all_files["test_submission.py"] = test_code
-        return cls(files=all_files, entry="test_submission.py", kind="pytest", timeout_s=timeout_s)
+        return cls(files=all_files, entry="test_submission.py", kind="pytest", timeout_s=timeout_s,
+                   select=tuple(select))
 
 
 @dataclass(frozen=True)
@@ -473,7 +478,7 @@ class Sandbox:
             timeout_s = job.timeout_s if job.timeout_s is not None else self.config.timeout_s
             cpu_s = self.config.cpu_s if self.config.cpu_s is not None else timeout_s + 1
             request = {"id": job_id, "dir": str(workdir), "kind": job.kind, "entry": job.entry,
-                       "timeout_s": timeout_s, "memory_mb": self.config.memory_mb,
+                       "select": list(job.select), "timeout_s": timeout_s, "memory_mb": self.config.memory_mb,
                        "cpu_s": max(1, int(cpu_s + 0.999)), "file_size_mb": self.config.file_size_mb,
                        "max_procs": self.config.max_procs,
                        "output_cap": self.config.output_cap_bytes, "uid": uid,
@@ -504,6 +509,9 @@ class Sandbox:
 def _validate(job: Job) -> None:
     if job.kind not in ("program", "pytest"):
         raise SandboxError(f"unknown job kind {job.kind!r} (expected 'program' or 'pytest')")
+    if job.select and (job.kind != "pytest" or any(
+            not isinstance(n, str) or not n.startswith(job.entry + "::") for n in job.select)):
+        raise SandboxError(f"select needs a pytest job and node ids of {job.entry!r}")
     if job.entry not in job.files:
         raise SandboxError(f"job entry {job.entry!r} is not among its files")
     for name in job.files:

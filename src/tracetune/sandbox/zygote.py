@@ -1,7 +1,7 @@
 """The sandbox's zygote: a warm interpreter that forks one process per check.
 
 Protocol (one JSON object per line on stdin, see `core.Sandbox._request`):
-  {"id", "dir", "kind": "program"|"pytest", "entry", "timeout_s", "memory_mb", "cpu_s",
+  {"id", "dir", "kind": "program"|"pytest", "entry", "select" (pytest node ids), "timeout_s", "memory_mb", "cpu_s",
    "file_size_mb", "max_procs", "output_cap", "uid" (int or null), "result" (path)}
 For each request the zygote forks a *monitor*; the monitor forks the *worker* that runs the code,
 reads its output, enforces the timeout, kills what it left behind, writes the result JSON to
@@ -173,7 +173,7 @@ def _worker(req: dict, out_w: int, err_w: int, rep_w: int, privileged: bool, in_
         if req["kind"] == "pytest":
             sys.argv = ["pytest", entry]
             code = int(pytest.main(
-                [entry, "-q", "-p", "no:cacheprovider", "--rootdir", req["dir"], "-c", os.devnull,
+                [*(req.get("select") or [entry]), "-q", "-p", "no:cacheprovider", "--rootdir", req["dir"], "-c", os.devnull,
                  "-o", "addopts=", "--no-header", "-rN", "--tb=short"],
                 plugins=[_Recorder()]))
         else:
