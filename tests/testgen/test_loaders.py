@@ -44,7 +44,7 @@ def test_kodcode_maps_solution_to_the_prompt_and_the_test_to_the_completion():
     assert first.kind == "sft" and first.step == "testgen" and first.tiers == []
     assert first.prompt == [{"role": "user",
                              "content": render(raw[0]["solution"], module="solution")}]
-    assert "from solution import ..." in first.prompt[0]["content"]
+    assert "from solution import running_total" in first.prompt[0]["content"]
     assert first.completion == {"role": "assistant", "content": raw[0]["test_code"]}
     assert first.code == raw[0]["test_code"]
     assert first.id == row_id("sft", first.prompt, first.completion)
@@ -219,7 +219,7 @@ def test_testgeneval_without_code_file_uses_module_solution(tmp_path):
            for r in jsonl(TESTGENEVAL / "dev.jsonl")]
     rows, _ = load_testgeneval(write_jsonl(tmp_path / "rows.jsonl", raw), split="dev")
     assert {r.provenance["module"] for r in rows} == {"solution"}
-    assert "from solution import ..." in rows[0].prompt[0]["content"]
+    assert "from solution import c_to_f, f_to_c" in rows[0].prompt[0]["content"]
 
 
 def test_testgeneval_missing_column_and_bad_split(tmp_path):

@@ -35,6 +35,8 @@ class WorkflowInfo:
     summary: str
     writes_tests: bool = False
     """Episodes write their own tests, checked against the reference (wrong tests counted)."""
+    test_metrics: bool = False
+    """Episodes grade a written test file (Pass@k, mutation score, coverage: Summary.testgen)."""
 
 
 WORKFLOWS: dict[str, WorkflowInfo] = {
@@ -49,7 +51,7 @@ WORKFLOWS: dict[str, WorkflowInfo] = {
     "testgen": WorkflowInfo("testgen", "tracetune.testgen.workflow:testgen", TestgenConfig,
                             ("functions", "repair"), False, "code under test -> one pytest "
                             "file, graded: valid, wrong tests, bug-revealing, mutation score, "
-                            "coverage", writes_tests=True),
+                            "coverage", writes_tests=True, test_metrics=True),
     "replay": WorkflowInfo("replay", "tracetune.agents.logged:replay", ReplayWorkflowConfig,
                            ("logged",), False, "a logged production request answered again, "
                            "graded by its tests or against the logged answer"),

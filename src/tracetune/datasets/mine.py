@@ -43,8 +43,9 @@ from tracetune.errors import TracetuneError
 from tracetune.traces.store import Store
 from tracetune.types import Attempt
 
-TIERS = ("first_attempt", "validated", "workflow", "tool_ok")
+TIERS = ("first_attempt", "validated", "workflow", "tool_ok", "kills_mutants")
 DEFAULT_TIERS = {"impl": ("workflow",), "g_test": ("first_attempt", "validated"),
+                 "testgen": ("workflow", "kills_mutants"),
                  "g_impl": ("workflow",), "repair": ("tool_ok", "workflow")}
 VALID_KINDS = ("tool_call", "final")
 """Agent step kinds that are valid protocol messages (the others: parse_error, loop)."""
@@ -186,7 +187,15 @@ def _tiers(a: Attempt, ep: EpisodeContext) -> tuple[str, ...]:
         tiers.append("workflow")
         if a.step == "g_test" and ep.wrong_tests is False:
             tiers.append("validated")
+    if a.passed and (mutation_score(a) or 0) > 0:
+        tiers.append("kills_mutants")
     return tuple(tiers)
+
+
+def mutation_score(a: Attempt) -> float | None:
+    """A testgen attempt's mutation score (its `grade` guard record), None when not graded."""
+    grade = next((g for g in a.guards if g.get("guard") == "grade"), None)
+    return None if grade is None else (grade.get("details") or {}).get("mutation_score")
 
 
 def _provenance(m: MinedAttempt) -> dict:
@@ -289,6 +298,7 @@ def dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
         (good if m.attempt.passed else bad).append(m)
     for (task, step, _), (good, bad) in groups.items():
         good, bad = _unique_by_code(good), _unique_by_code(bad)
+        rows += _mutation_pairs(task, step, good, max_pairs_per_task)
         if not good or not bad:
             continue
         # Pair i takes the i-th passing and i-th failing answer (cycling the shorter list), so
@@ -301,6 +311,28 @@ def dpo_rows(attempts: list[MinedAttempt], max_pairs_per_task: int = 8,
                             task=task, tiers=list(g.tiers), prompt=g.prompt, chosen=chosen,
                             rejected=rejected, code=g.attempt.code,
                             provenance={**_provenance(g), "rejected": _provenance(b)}))
+    return rows
+
+
+def _mutation_pairs(task: str, step: str, good: list[MinedAttempt], limit: int) -> list[Row]:
+    """Test files, both valid (passing): the one that kills more mutants preferred (graded
+    testgen attempts only; equal scores make no pair). The highest-scoring files are paired with
+    the lowest, in order, at most `limit` pairs."""
+    graded = sorted((m for m in good if mutation_score(m.attempt) is not None),
+                    key=lambda m: -mutation_score(m.attempt))
+    rows = []
+    for hi, lo in zip(graded, reversed(graded)):
+        if len(rows) >= limit or mutation_score(hi.attempt) <= mutation_score(lo.attempt):
+            break
+        chosen = {"role": "assistant", "content": fenced(hi.attempt.code)}
+        rejected = {"role": "assistant", "content": fenced(lo.attempt.code)}
+        rows.append(Row(id=row_id("dpo", hi.prompt, chosen, rejected), kind="dpo", step=step,
+                        task=task, tiers=list(hi.tiers), prompt=hi.prompt, chosen=chosen,
+                        rejected=rejected, code=hi.attempt.code,
+                        provenance={**_provenance(hi), "rejected": _provenance(lo),
+                                    "preferred_for": "mutation_score",
+                                    "scores": [mutation_score(hi.attempt),
+                                               mutation_score(lo.attempt)]}))
     return rows
 
 

@@ -36,6 +36,10 @@ AGENT_METRICS = {"parse_errors": "avg_parse_errors", "wrote": "write_rate",
                  "loop_detections": "avg_loop_detections", "steps": "avg_steps",
                  "tool_errors": "avg_tool_errors"}
 """Agent workflows (repair) add these, from the episodes' tool metrics (Summary.agent)."""
+TESTGEN_METRICS = {"pass_at_3": lambda t: t.pass_at[3].mean,
+                   "mutation_score": lambda t: t.mutation_score_all.mean}
+"""The testgen workflow adds these per-task means (Summary.testgen): Pass@3 (tasks with at least
+3 samples) and the mutation score of every file (an invalid one scoring 0)."""
 BINARY_METRICS = {"wrote": lambda e: e["metrics"]["wrote"]}
 """Metrics that are the share of a 0/1 value per episode -> that value (their interval is the
 clustered difference of proportions, not the t interval)."""
@@ -182,13 +186,22 @@ def _mean(eps: list[dict], metric: str) -> float:
     summary = summarize("", eps)
     if metric in AGENT_METRICS:
         return getattr(summary.agent, AGENT_METRICS[metric])
+    if metric in TESTGEN_METRICS:
+        return TESTGEN_METRICS[metric](summary.testgen)
     return getattr(summary, METRICS[metric])
 
 
 def metric_names(a: dict[str, list[dict]], b: dict[str, list[dict]]) -> list[str]:
-    """The per-task-mean metrics both runs have (agent metrics only when every episode has)."""
-    agent = all(e.get("metrics") for side in (a, b) for eps in side.values() for e in eps)
-    return list(METRICS) + (list(AGENT_METRICS) if agent else [])
+    """The per-task-mean metrics both runs have (agent metrics only when every episode has;
+    testgen metrics when every episode is a testgen one, Pass@3 when every task has 3 samples)."""
+    eps = [e for side in (a, b) for task in side.values() for e in task]
+    testgen = all((e.get("metrics") or {}).get("testgen") for e in eps)
+    agent = not testgen and all(e.get("metrics") for e in eps)
+    extra = list(AGENT_METRICS) if agent else []
+    if testgen:
+        enough = all(len(task) >= 3 for side in (a, b) for task in side.values())
+        extra = [m for m in TESTGEN_METRICS if enough or m != "pass_at_3"]
+    return list(METRICS) + extra
 
 
 def _row(model: str, task: str, a: list[dict], b: list[dict]) -> ComparisonResult:

@@ -100,6 +100,9 @@ class TestgenSummary:
     branch_coverage: Mean | None
     bug_revealing: float | None
     """Share of valid files that reveal the bug (tasks with a buggy version); None: none."""
+    mutation_score_all: Mean | None = None
+    """Mutation score of every file, an invalid one scoring 0 (what comparisons use: a model
+    that writes fewer valid files is not rewarded for the few it writes)."""
 
 
 def summarize_testgen(episodes: list[dict]) -> TestgenSummary | None:
@@ -137,7 +140,9 @@ def summarize_testgen(episodes: list[dict]) -> TestgenSummary | None:
         mutation_score=task_mean(per_task("mutation_score", lambda m: m.get("valid"))),
         line_coverage=task_mean(per_task("line_coverage")),
         branch_coverage=task_mean(per_task("branch_coverage")),
-        bug_revealing=fmean(map(bool, revealing)) if revealing else None)
+        bug_revealing=fmean(map(bool, revealing)) if revealing else None,
+        mutation_score_all=task_mean({t: [m.get("mutation_score") or 0.0 for e, m in rows
+                                          if e["task_id"] == t] for t in by_task}))
 
 
 def summarize_agent(episodes: list[dict]) -> AgentSummary | None:

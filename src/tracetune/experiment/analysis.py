@@ -44,10 +44,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from statistics import median
 
-from tracetune.eval.compare import AGENT_METRICS, Comparison, compare
+from tracetune.eval.compare import AGENT_METRICS, TESTGEN_METRICS, Comparison, compare
 from tracetune.eval.metrics import failure_kinds, summarize
 from tracetune.experiment.layout import RunLayout
-from tracetune.experiment.spec import AGENT_STATS, STATS, Experiment, Hypothesis
+from tracetune.experiment.spec import (AGENT_STATS, STATS, TESTGEN_STATS, Experiment,
+                                       Hypothesis)
 from tracetune.tasks.splits import in_train
 
 REPORT_KEYS = ("arms", "datasets", "adapter", "loss_curves")
@@ -55,7 +56,8 @@ REPORT_KEYS = ("arms", "datasets", "adapter", "loss_curves")
 
 STAT_TO_METRIC = {"avg_attempts": "attempts", "avg_duration_s": "duration_s",
                   "median_duration_s": "duration_s", "avg_tokens": "tokens",
-                  **{stat: metric for metric, stat in AGENT_METRICS.items()}}
+                  **{stat: metric for metric, stat in AGENT_METRICS.items()},
+                  **{stat: stat for stat in TESTGEN_METRICS}}
 """A hypothesis's STAT -> the per-task-mean metric its paired tests (Wilcoxon, t) use."""
 
 
@@ -84,6 +86,12 @@ def stat_values(episodes: list[dict]) -> dict[str, float]:
               "avg_tokens": summary.avg_tokens, "n": summary.n}
     if summary.agent is not None:
         values.update({stat: getattr(summary.agent, stat) for stat in AGENT_STATS})
+    if summary.testgen is not None:
+        for stat in TESTGEN_STATS:
+            try:
+                values[stat] = TESTGEN_METRICS[stat](summary.testgen)
+            except KeyError:  # Pass@3 of a task with fewer than 3 samples
+                pass
     return values
 
 
@@ -121,7 +129,7 @@ def analyze(exp: Experiment, out: Path) -> dict:
             for stat, value in stat_values(eps).items():
                 metrics[f"{arm}.capability.{stat}"] = value
     for name in comparisons:
-        for stat in STATS + AGENT_STATS:
+        for stat in STATS + AGENT_STATS + TESTGEN_STATS:
             a, b = metrics.get(f"adapted.{name}.{stat}"), metrics.get(f"base.{name}.{stat}")
             if a is not None and b is not None:
                 metrics[f"delta.{name}.{stat}"] = a - b

@@ -57,6 +57,8 @@ STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", 
 AGENT_STATS = ("avg_parse_errors", "write_rate", "avg_loop_detections", "avg_steps",
                "avg_tool_errors")
 """Per-episode tool metrics of agent workflows (repair): Summary.agent."""
+TESTGEN_STATS = ("pass_at_3", "mutation_score")
+"""The testgen workflow's per-task means (Summary.testgen; eval.compare.TESTGEN_METRICS)."""
 EVAL_ON = ("all", "heldout")
 TRAIN_STATS = ("peak_ram_gb", "seconds", "rows", "final_loss")
 TESTS = ("fisher", "mcnemar", "paired_permutation", "wilcoxon", "paired_t", "none")
@@ -547,8 +549,11 @@ def evals_of(exp: Experiment) -> list[str]:
 
 
 def stats_of(exp: Experiment, evaluation: str) -> tuple[str, ...]:
-    agent = exp.eval.workflow_spec().info.agent_metrics and evaluation != "capability"
-    return STATS + (AGENT_STATS if agent else ())
+    info = exp.eval.workflow_spec().info
+    if evaluation == "capability":
+        return STATS
+    return STATS + (AGENT_STATS if info.agent_metrics else ()) + \
+        (TESTGEN_STATS if info.test_metrics else ())
 
 
 def metric_names(exp: Experiment) -> set[str]:
@@ -616,7 +621,7 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
     if not h.id or not h.claim:
         raise TracetuneError(f"{where}: id and claim must not be empty")
     parts = h.metric.split(".")
-    stats = STATS + AGENT_STATS
+    stats = STATS + AGENT_STATS + TESTGEN_STATS
     if len(parts) != 2 or parts[0] not in EVALS or parts[1] not in stats:
         raise TracetuneError(f"{where} metric: {h.metric!r} does not exist (EVAL.STAT with EVAL "
                              f"in {', '.join(EVALS)} and STAT in {', '.join(stats)})")
@@ -629,6 +634,11 @@ def _check_hypothesis(exp: Experiment, h: Hypothesis, where: str) -> None:
                                     or parts[0] == "capability"):
         raise TracetuneError(f"{where} metric: {parts[1]} is a tool metric of agent workflows "
                              "(repair), not of the capability check or workflow "
+                             f"{exp.eval.workflow_spec().name}")
+    if parts[1] in TESTGEN_STATS and (not exp.eval.workflow_spec().info.test_metrics
+                                      or parts[0] == "capability"):
+        raise TracetuneError(f"{where} metric: {parts[1]} is a metric of test-writing workflows "
+                             "(testgen), not of the capability check or workflow "
                              f"{exp.eval.workflow_spec().name}")
     if parts[0] == "capability" and not exp.capability.enabled:
         raise TracetuneError(f"{where} metric: {h.metric!r} needs [capability] enabled")

@@ -3,7 +3,8 @@
 One step, `testgen`, with up to `max_attempts` attempts:
   1. the model gets seed 001's tests-only prompt (`tracetune.testgen.prompt`) holding the task's
      reference module (for repair tasks: the fixed module, under its own module name);
-  2. the answer's test file is extracted (a raw file or a fenced one) and checked statically:
+  2. the answer's test file is extracted (a raw file or a fenced one), stripped of any copy of
+     the code under test it defines itself (`own_copies_removed`), and checked statically:
      it parses, imports the module, defines at least `min_tests` tests and skips none;
   3. it runs against the reference in the sandbox, together and each test alone
      (`grade.run_on_reference`); a file with wrong tests goes back with its pytest log.
@@ -21,7 +22,7 @@ from typing import Callable
 
 from tracetune.agents.configs import TestgenConfig
 from tracetune.agents.extract import extract_code
-from tracetune.agents.guards import GuardResult, StepContext, TestSuiteGuard
+from tracetune.agents.guards import GuardResult, StepContext, TestSuiteGuard, imports_module
 from tracetune.agents.workflow import FENCE_END, MAX_OUTPUT_CHARS
 from tracetune.sandbox import Sandbox
 from tracetune.tasks import Task
@@ -43,6 +44,33 @@ def grade_metrics(g: Grade) -> dict:
             "branch_coverage": g.branch_coverage}
 
 
+def own_copies_removed(tests: str, module: str, names: tuple[str, ...]) -> str:
+    """The test file without its own top-level definitions of the code under test (`names`),
+    importing them from `module` instead (added when missing).
+
+    Small models often paste the function into the test file and test that copy, which tests
+    nothing of the module; with the copy removed the same tests run against the real code. A file
+    that does not parse, or defines none of the names, is returned unchanged."""
+    import ast
+
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError):
+        return tests
+    copies = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                       ast.ClassDef)) and n.name in names]
+    if not copies:
+        return tests
+    lines = tests.splitlines(keepends=True)
+    for node in reversed(copies):
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+        del lines[start:node.end_lineno]
+    text = "".join(lines)
+    if not imports_module(ast.parse(text), module):
+        text = f"from {module} import {', '.join(names)}\n" + text
+    return text
+
+
 class TestgenWorkflow:
     __test__ = False  # not a pytest test class
     name = STEP
@@ -55,7 +83,7 @@ class TestgenWorkflow:
         t0 = time.perf_counter()
         module = task.module
         ctx = StepContext(task, sandbox, {})
-        first = Message("user", render(task.reference, module=module))
+        first = Message("user", render(task.reference, module=module, names=task.names))
         messages = [first]
         params = dataclasses.replace(params, stop=tuple(params.stop) + (FENCE_END,))
         records: list[Attempt] = []
@@ -65,7 +93,7 @@ class TestgenWorkflow:
             attempt_seed = derive_seed(seed, STEP, attempt)
             c = model.generate(GenerationRequest(tuple(messages), params, attempt_seed))
             raw = c.text[:MAX_OUTPUT_CHARS].encode("utf-8", "replace").decode("utf-8")
-            code = extract_code(raw, (), tests=True)
+            code = own_copies_removed(extract_code(raw, (), tests=True), module, task.names)
             last_code = code
             t_check = time.perf_counter()
             results = [TestSuiteGuard(self.config.min_tests, module=module).check(code, ctx)]
