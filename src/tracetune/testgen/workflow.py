@@ -130,7 +130,9 @@ class TestgenWorkflow:
         if accepted is None:
             final = self._grade(last_code, task, sandbox, module) if last_code.strip() else \
                 Grade("error", 0, 0, log="no test file in the answer")
-        success = final.success()
+        # A file no attempt accepted (it failed the static checks: no import of the module, no
+        # test, a skip) is graded for the record, but it is not a pass.
+        success = accepted is not None and final.success()
         return EpisodeOutcome(success, None if success else STEP,
                               None if final.collected == 0 else bool(final.wrong), records,
                               time.perf_counter() - t0, final.to_dict(), grade_metrics(final))
