@@ -35,6 +35,10 @@ def work(tmp_path_factory):
         SUITE.replace('spec = "Write add(a, b) returning a + b."', "spec = 42"))
     (root / "extra_section.toml").write_text(SUITE + "\n[suit]\nname = 'x'\n")
     (root / "a_file.txt").write_text("keep me\n")
+    (root / "logged.json").write_text(json.dumps({
+        "suite": {"name": "logged", "kind": "logged"},
+        "task": [{"id": "l/1", "spec": "hi", "reference": "hello",
+                  "chat": json.dumps([{"role": "user", "content": "hi"}])}]}))
     run_eval(EvalConfig(suite=str(root / "suite.toml"), model="oracle"), root / "run")
     (root / "changed.toml").write_text(SUITE)
     run_eval(EvalConfig(suite=str(root / "changed.toml"), model="oracle"), root / "run2")
@@ -78,6 +82,12 @@ CASES = [
     ("unknown workflow option", ["eval", "--suite", "{w}/suite.toml", "--model", "oracle",
                                  "--workflow", "direct,max_atempts=2", "--out", "{w}/o8"],
      "{w}/o8", ["max_atempts"]),
+    ("negative max_mutants", ["eval", "--suite", "{w}/suite.toml", "--model", "oracle",
+                              "--workflow", "testgen,max_mutants=-1", "--out", "{w}/o8"],
+     "{w}/o8", ["max_mutants"]),
+    ("testgen on a logged suite", ["eval", "--suite", "{w}/logged.json", "--model", "oracle",
+                                   "--workflow", "testgen", "--out", "{w}/o8"],
+     "{w}/o8", ["testgen", "logged"]),
     ("unknown experiment section", ["check-experiment", "{w}/exp_section.toml"], None,
      ["trian"]),
     ("unknown experiment key", ["check-experiment", "{w}/exp_key.toml"], None, ["epochz"]),

@@ -26,6 +26,8 @@ def testgen_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
     tasks)."""
     table = Table(title=f"{run.suite} / {run.workflow} / {run.model_spec}: test files "
                         f"({run.trials} sample{'s' if run.trials != 1 else ''} a task)")
+    if overall.testgen is not None and 3 not in overall.testgen.pass_at:
+        table.caption = "Pass@3 needs at least 3 samples a task (--trials 3)"
     for col in ("task", "Pass@1", "Pass@3", "valid", "wrong tests", "mutation score",
                 "line cov", "branch cov"):
         table.add_column(col, justify="left" if col == "task" else "right")

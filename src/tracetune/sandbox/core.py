@@ -149,6 +149,9 @@ class SandboxResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     tests: tuple[TestOutcome, ...] = field(default_factory=tuple)
+    collected: tuple[str, ...] = ()
+    """pytest jobs: the node ids collected to run, reported before the first test runs (so a
+    run that dies midway still names the tests it never reported)."""
 
     @property
     def passed(self) -> bool:
@@ -564,7 +567,7 @@ def _verdict(job: Job, raw: dict, cap: int) -> SandboxResult:
         status=status, reason=reason, exit_code=code, duration_s=raw["duration_s"],
         stdout=raw["stdout"], stderr=raw["stderr"],
         stdout_truncated=raw["stdout_bytes"] > cap, stderr_truncated=raw["stderr_bytes"] > cap,
-        tests=tests)
+        tests=tests, collected=tuple(report.get("collected", ())))
 
 
 def _exception_name(crash: str) -> str:

@@ -94,6 +94,11 @@ class _Recorder:
         elif report.skipped:  # a module-level pytest.skip(): its tests never run
             self.collect_skips.append(f"{report.nodeid}: {str(report.longrepr)[-500:]}")
 
+    def pytest_collection_finish(self, session):
+        # Sent before any test runs: a test that ends the process (os._exit) cannot hide the
+        # tests after it.
+        _report({"collected": [item.nodeid for item in session.items]})
+
     def pytest_deselected(self, items):
         self.deselected += len(items)
 

@@ -123,21 +123,23 @@ def run_on_reference(tests: str, reference: str, sandbox: Sandbox, *, module: st
     together = sandbox.run(Job.tests(tests, module=reference, module_name=module))
     outcomes = _outcomes(together)
     log = _log(together)
-    if not outcomes:
+    if not outcomes and not together.collected:
         try:
             ast.parse(tests)
         except (SyntaxError, ValueError):
             return Grade("error", 0, 0, log=log), outcomes
-        status = "error" if together.status in ("error", "timeout") or \
-            "error" in together.reason.lower() else "no_tests"
+        # pytest's exit code 5: the file ran and held no test; anything else did not run.
+        status = "no_tests" if together.exit_code == 5 else "error"
         return Grade(status, 0, 0, log=log), outcomes
-    ids = list(outcomes)
+    # The collected tests, in order: those the run together never reported (it died or timed
+    # out before them) are run alone like the others.
+    ids = list(dict.fromkeys([*together.collected, *outcomes]))
     alone = dict(zip(ids[:alone_max], sandbox.map(
         [Job.tests(tests, module=reference, module_name=module, select=(n,))
          for n in ids[:alone_max]])))
     wrong, skipped, passed = [], 0, 0
     for n in ids:
-        seen = [outcomes[n]]
+        seen = [outcomes.get(n, "missing")]
         if n in alone:
             seen.append(_outcomes(alone[n]).get(n, "missing"))
         if all(o == "skipped" for o in seen):
