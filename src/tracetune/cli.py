@@ -834,6 +834,43 @@ def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment
         out.print(f"  abort if {c.text}")
 
 
+@app.command("stages")
+def stages_cmd(
+    stage_file: Path = typer.Argument(..., help="Stage file (.toml): a stages table, a train "
+                                      "table and one stage table per stage."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Directory of the stages "
+                                           "(OUT/NAME/data, adapter, stage.json); a rerun "
+                                           "skips finished stages."),
+    check: bool = typer.Option(False, "--check", help="Validate the file and check its local "
+                               "data sources exist; train nothing."),
+) -> None:
+    """Multi-stage training, seed 001's A -> B -> C: each stage builds its data (KodCode,
+    TestGenEval, or failure -> fix rows mined from runs) and trains a LoRA adapter that starts
+    from the previous stage's adapter. Finished, unchanged stages are skipped."""
+    from tracetune.testgen.stages import check_sources, load_stages, plan, run_stages
+
+    spec = load_stages(stage_file)
+    if check:
+        lines = check_sources(spec)
+        status = plan(spec, out_dir) if out_dir is not None else {}
+        out.print(escape(f"ok {spec.info.name}: stages "
+                         f"{' -> '.join(s.name for s in spec.stages)} (base {spec.info.base})"),
+                  highlight=False)
+        for s, line in zip(spec.stages, lines):
+            note = f" [{status[s.name]}]" if status else ""
+            out.print(escape(f"  {line}{note}"), highlight=False)
+        return
+    if out_dir is None:
+        raise TracetuneError("stages needs --out DIR (or --check to only validate the file)")
+    results = run_stages(spec, out_dir,
+                         log=lambda line: err.print(escape(line), highlight=False))
+    for r in results:
+        loss = r.marker.get("final_loss")
+        out.print(escape(f"{r.name}: {r.adapter} ({r.marker.get('rows')} rows"
+                         + (f", final loss {loss:.4f}" if loss is not None else "")
+                         + (", skipped" if r.skipped else "") + ")"), highlight=False)
+
+
 # --- production logs -----------------------------------------------------------------------------
 
 @app.command("proxy")

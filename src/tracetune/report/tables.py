@@ -28,8 +28,9 @@ def testgen_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
                         f"({run.trials} sample{'s' if run.trials != 1 else ''} a task)")
     if overall.testgen is not None and 3 not in overall.testgen.pass_at:
         table.caption = "Pass@3 needs at least 3 samples a task (--trials 3)"
+    bugs = overall.testgen is not None and overall.testgen.bug_revealing is not None
     for col in ("task", "Pass@1", "Pass@3", "valid", "wrong tests", "mutation score",
-                "line cov", "branch cov"):
+                "line cov", "branch cov") + (("bug-revealing",) if bugs else ()):
         table.add_column(col, justify="left" if col == "task" else "right")
     for i, s in enumerate(rows + [overall]):
         t = s.testgen
@@ -40,9 +41,14 @@ def testgen_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
         table.add_row(s.name, cell(t.pass_at.get(1)), cell(t.pass_at.get(3)),
                       f"{100 * t.valid_rate:.0f}%", cell(t.wrong_test_rate),
                       cell(t.mutation_score), cell(t.line_coverage), cell(t.branch_coverage),
+                      *([_share(t.bug_revealing)] if bugs else []),
                       end_section=(i == len(rows) - 1),
                       style="bold" if s is overall else None)
     return table
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def run_table(run: RunInfo, rows: list[Summary], overall: Summary) -> Table:
