@@ -117,9 +117,10 @@ def coverage_of(tests: str, reference: str, sandbox: Sandbox, *, module: str = "
 
 
 def run_on_reference(tests: str, reference: str, sandbox: Sandbox, *, module: str = "solution",
-                     alone_max: int = ALONE_MAX) -> tuple[Grade, dict[str, str]]:
+                     alone_max: int = ALONE_MAX) -> tuple[Grade, SandboxResult]:
     """The validity part of the grade: the file together, then each collected test alone.
-    Returns (grade without bug/mutation/coverage, outcome by node id of the run together)."""
+    Returns (grade without bug/mutation/coverage, the run together), which `grade` takes back
+    as `reference_run` instead of running them again."""
     together = sandbox.run(Job.tests(tests, module=reference, module_name=module))
     outcomes = _outcomes(together)
     log = _log(together)
@@ -127,10 +128,10 @@ def run_on_reference(tests: str, reference: str, sandbox: Sandbox, *, module: st
         try:
             ast.parse(tests)
         except (SyntaxError, ValueError):
-            return Grade("error", 0, 0, log=log), outcomes
+            return Grade("error", 0, 0, log=log), together
         # pytest's exit code 5: the file ran and held no test; anything else did not run.
         status = "no_tests" if together.exit_code == 5 else "error"
-        return Grade(status, 0, 0, log=log), outcomes
+        return Grade(status, 0, 0, log=log), together
     # The collected tests, in order: those the run together never reported (it died or timed
     # out before them) are run alone like the others.
     ids = list(dict.fromkeys([*together.collected, *outcomes]))
@@ -152,7 +153,7 @@ def run_on_reference(tests: str, reference: str, sandbox: Sandbox, *, module: st
         status = "wrong_tests"
     else:
         status = "wrong_tests" if wrong else "skipped" if skipped else "valid"
-    return Grade(status, len(ids), passed, wrong, skipped, log=log), outcomes
+    return Grade(status, len(ids), passed, wrong, skipped, log=log), together
 
 
 def reveals_bug(tests: str, buggy: str, passing: set[str], sandbox: Sandbox, *,
@@ -168,7 +169,8 @@ def reveals_bug(tests: str, buggy: str, passing: set[str], sandbox: Sandbox, *,
 
 def grade(tests: str, reference: str, sandbox: Sandbox, *, module: str = "solution",
           buggy: str | None = None, mutation: bool = True, max_mutants: int | None = 20,
-          coverage: bool = True, alone_max: int = ALONE_MAX) -> Grade:
+          coverage: bool = True, alone_max: int = ALONE_MAX,
+          reference_run: tuple[Grade, SandboxResult] | None = None) -> Grade:
     """Grade one test file against the reference module (and its buggy version, if any).
 
     Args:
@@ -178,20 +180,21 @@ def grade(tests: str, reference: str, sandbox: Sandbox, *, module: str = "soluti
         mutation: score the file against mutants of the reference (valid files only).
         max_mutants: a deterministic sample of at most this many mutants (None: all).
         coverage: measure line and branch coverage of the reference.
+        reference_run: `run_on_reference`'s result for these tests, when the caller has it.
     Returns a `Grade`. Raises nothing for bad test files (they become the grade's status);
     sandbox errors propagate.
     """
-    base, outcomes = run_on_reference(tests, reference, sandbox, module=module,
-                                      alone_max=alone_max)
+    base, together = reference_run or run_on_reference(tests, reference, sandbox, module=module,
+                                                       alone_max=alone_max)
     updates: dict = {}
     if base.valid and buggy is not None:
-        passing = {n for n, o in outcomes.items() if o == "passed"}
+        passing = {n for n, o in _outcomes(together).items() if o == "passed"}
         updates["bug_revealing"] = reveals_bug(tests, buggy, passing, sandbox, module=module)
     if base.valid and mutation:
         from tracetune.testgen.mutation import score
 
         updates["mutation"] = score(tests, reference, sandbox, module_name=module,
-                                    max_mutants=max_mutants).to_dict()
+                                    max_mutants=max_mutants, clean=together).to_dict()
     if coverage and base.collected:
         updates["line_coverage"], updates["branch_coverage"] = coverage_of(
             tests, reference, sandbox, module=module)

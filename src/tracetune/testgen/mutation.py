@@ -242,11 +242,13 @@ def _positive(name: str, value: float) -> None:
 
 def score(tests: str, reference: str, sandbox: Sandbox, *, module_name: str = "solution",
           mutants: Sequence[Mutant] | None = None, max_mutants: int | None = 40,
-          timeout_factor: float = 5.0, min_timeout_s: float = 1.0) -> MutationResult:
+          timeout_factor: float = 5.0, min_timeout_s: float = 1.0,
+          clean: SandboxResult | None = None) -> MutationResult:
     """Mutation score of the pytest file `tests` on the module `reference` (written as
     `{module_name}.py` next to the tests, which import from it).
 
-    1. Clean run: the tests against the unmodified reference, under the sandbox's own timeout.
+    1. Clean run: the tests against the unmodified reference, under the sandbox's own timeout
+       (or `clean`, that run already made by the caller).
        When no test passes there (none collected, all fail or skip, a collection error or a
        timeout) the result has status "invalid", no mutant runs and score is None.
     2. Per-mutant wall-clock limit, seconds: max(min_timeout_s, timeout_factor x the clean run's
@@ -278,8 +280,9 @@ def score(tests: str, reference: str, sandbox: Sandbox, *, module_name: str = "s
             raise TracetuneError("mutant ids must be unique: "
                                  f"{sorted({i for i in ids if ids.count(i) > 1})}")
 
-    clean_job = Job.tests(tests, module=reference, module_name=module_name)
-    clean = _settle(sandbox, clean_job, sandbox.run(clean_job))
+    if clean is None:  # a caller that already ran the tests on the reference passes that run
+        clean_job = Job.tests(tests, module=reference, module_name=module_name)
+        clean = _settle(sandbox, clean_job, sandbox.run(clean_job))
     baseline = tuple(t.nodeid for t in clean.tests if t.outcome == "passed")
 
     def result(status: Status, reason: str, **kw) -> MutationResult:

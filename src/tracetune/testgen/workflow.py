@@ -98,7 +98,8 @@ class TestgenWorkflow:
             t_check = time.perf_counter()
             results = [TestSuiteGuard(self.config.min_tests, module=module).check(code, ctx)]
             if results[0].passed:
-                g, _ = run_on_reference(code, task.reference, sandbox, module=module)
+                checked = run_on_reference(code, task.reference, sandbox, module=module)
+                g = checked[0]
                 feedback = "" if g.valid else FIX_TEMPLATE.format(
                     log=_failure_summary(g))
                 results.append(GuardResult("reference", g.valid, feedback,
@@ -116,7 +117,7 @@ class TestgenWorkflow:
                              c.usage.prompt_tokens, c.usage.completion_tokens, c.latency_s,
                              time.perf_counter() - t_check, finish_reason=c.finish_reason)
             if passed:  # the full grade rides on the accepted attempt, for the miner
-                final = self._grade(accepted, task, sandbox, module)
+                final = self._grade(accepted, task, sandbox, module, checked)
                 record = dataclasses.replace(record, guards=[
                     *record.guards, {"guard": "grade", "passed": final.success(),
                                      "feedback": "", "details": final.to_dict()}])
@@ -137,10 +138,11 @@ class TestgenWorkflow:
                               None if final.collected == 0 else bool(final.wrong), records,
                               time.perf_counter() - t0, final.to_dict(), grade_metrics(final))
 
-    def _grade(self, code: str, task: Task, sandbox: Sandbox, module: str) -> Grade:
+    def _grade(self, code: str, task: Task, sandbox: Sandbox, module: str,
+               reference_run=None) -> Grade:
         return grade(code, task.reference, sandbox, module=module, buggy=task.buggy or None,
                      mutation=self.config.mutation, coverage=self.config.coverage,
-                     max_mutants=self.config.max_mutants or None)
+                     max_mutants=self.config.max_mutants or None, reference_run=reference_run)
 
 
 def _failure_summary(g: Grade) -> str:
