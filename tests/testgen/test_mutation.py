@@ -214,6 +214,11 @@ def test_a_hanging_mutant_times_out_counts_as_killed_and_leaves_no_process(sb):
     assert r.verdicts == {hang.id: "timeout", wrong.id: "killed", survivor.id: "survived"}
     assert (r.killed, r.timed_out, r.survived, r.score) == (2, 1, 1, 2 / 3)
     assert r.timeout_s >= 1.0 and elapsed < r.timeout_s + 15
+    # The hung worker is killed and reaped before its monitor answers; the monitor itself exits
+    # just after writing its answer, so it may still be alive for a moment: wait for it.
+    deadline = time.monotonic() + 5
+    while _descendants(sb._proc.pid) != before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert _descendants(sb._proc.pid) == before  # the hung worker and its monitor are gone
     assert COUNT_DOWN == reference_before
     assert not list(sb._root.glob("job-*"))  # every job directory was removed
