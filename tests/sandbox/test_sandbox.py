@@ -235,3 +235,32 @@ def test_string_hash_order_is_the_same_in_every_sandbox():
             assert r.status == "pass", r.reason
             orders.append(r.stdout)
     assert orders[0] == orders[1]
+
+
+@pytest.mark.parametrize("isolation", ["process", "auto"])
+def test_a_conftest_above_the_job_directory_is_never_loaded(tmp_path, monkeypatch, isolation):
+    # The sandbox's directory is made under the temp dir: a conftest.py there (another user's
+    # leftovers, or a planted one) must not run inside every pytest check, and pytest must not
+    # walk the directories above the job's (in process mode the host's /tmp: slow).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    marker = tmp_path / "conftest_ran"
+    (tmp_path / "conftest.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "def pytest_collection_modifyitems(items):\n    raise SystemExit(3)\n")
+    with Sandbox(SandboxConfig(isolation=isolation, timeout_s=20)) as s:
+        r = s.run(Job.tests("def test_ok():\n    assert True\n"))
+    assert r.status == "pass", r.reason
+    assert not marker.exists()
+
+
+def test_exitfirst_stops_at_the_first_failed_test_and_still_names_every_collected_one(sb):
+    tests = ("def test_a():\n    assert True\n\ndef test_b():\n    assert False\n\n"
+             "def test_c():\n    assert False\n")
+    full = sb.run(Job.tests(tests))
+    first = sb.run(Job.tests(tests, exitfirst=True))
+    assert [t.outcome for t in full.tests] == ["passed", "failed", "failed"]
+    assert [(t.nodeid.split("::")[1], t.outcome) for t in first.tests] == \
+        [("test_a", "passed"), ("test_b", "failed")]
+    assert first.status == "fail" and len(first.collected) == 3
+    with pytest.raises(SandboxError, match="exitfirst needs a pytest job"):
+        sb.run(Job(files={"main.py": "pass"}, entry="main.py", exitfirst=True))

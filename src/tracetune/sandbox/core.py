@@ -106,6 +106,9 @@ class Job:
     """Overrides the sandbox's timeout for this job."""
     select: tuple[str, ...] = ()
     """pytest jobs: run only these node ids (`test_submission.py::test_x[1]`); empty: all."""
+    exitfirst: bool = False
+    """pytest jobs: stop at the first failed test (pytest's `-x`); the tests after it are not
+    run and not reported (they stay in `SandboxResult.collected`)."""
 
     @classmethod
     def program(cls, code: str, *, files: dict[str, str | bytes] | None = None,
@@ -115,15 +118,16 @@ class Job:
     @classmethod
     def tests(cls, test_code: str, *, module: str | None = None, module_name: str = "solution",
               files: dict[str, str | bytes] | None = None, timeout_s: float | None = None,
-              select: tuple[str, ...] = ()) -> Job:
+              select: tuple[str, ...] = (), exitfirst: bool = False) -> Job:
         """A pytest file (test_code) against an optional module written as `module_name`.py;
-        `select`: only these test node ids (as `TestOutcome.nodeid` names them)."""
+        `select`: only these test node ids (as `TestOutcome.nodeid` names them); `exitfirst`:
+        stop at the first failed test."""
         all_files = dict(files or {})
         if module is not None:
             all_files[f"{module_name}.py"] = module
         all_files["test_submission.py"] = test_code
         return cls(files=all_files, entry="test_submission.py", kind="pytest", timeout_s=timeout_s,
-                   select=tuple(select))
+                   select=tuple(select), exitfirst=bool(exitfirst))
 
 
 @dataclass(frozen=True)
@@ -481,7 +485,8 @@ class Sandbox:
             timeout_s = job.timeout_s if job.timeout_s is not None else self.config.timeout_s
             cpu_s = self.config.cpu_s if self.config.cpu_s is not None else timeout_s + 1
             request = {"id": job_id, "dir": str(workdir), "kind": job.kind, "entry": job.entry,
-                       "select": list(job.select), "timeout_s": timeout_s, "memory_mb": self.config.memory_mb,
+                       "select": list(job.select), "exitfirst": job.exitfirst,
+                       "timeout_s": timeout_s, "memory_mb": self.config.memory_mb,
                        "cpu_s": max(1, int(cpu_s + 0.999)), "file_size_mb": self.config.file_size_mb,
                        "max_procs": self.config.max_procs,
                        "output_cap": self.config.output_cap_bytes, "uid": uid,
@@ -515,6 +520,8 @@ def _validate(job: Job) -> None:
     if job.select and (job.kind != "pytest" or any(
             not isinstance(n, str) or not n.startswith(job.entry + "::") for n in job.select)):
         raise SandboxError(f"select needs a pytest job and node ids of {job.entry!r}")
+    if job.exitfirst and job.kind != "pytest":
+        raise SandboxError("exitfirst needs a pytest job")
     if job.entry not in job.files:
         raise SandboxError(f"job entry {job.entry!r} is not among its files")
     for name in job.files:

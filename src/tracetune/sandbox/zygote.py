@@ -14,6 +14,7 @@ the sandbox, where nothing should be imported lazily after privileges are droppe
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -179,7 +180,11 @@ def _worker(req: dict, out_w: int, err_w: int, rep_w: int, privileged: bool, in_
         if req["kind"] == "pytest":
             sys.argv = ["pytest", entry]
             code = int(pytest.main(
-                [*(req.get("select") or [entry]), "-q", "-p", "no:cacheprovider", "--rootdir", req["dir"], "-c", os.devnull,
+                [*(req.get("select") or [entry]), *(["-x"] if req.get("exitfirst") else []),
+                 "-q", "-p", "no:cacheprovider", "--rootdir", req["dir"], "-c", os.devnull,
+                 # No conftest.py above the job directory is loaded, and pytest does not walk the
+                 # directories above it (in process mode that is the host's /tmp: slow).
+                 "--confcutdir", req["dir"],
                  "-o", "addopts=", "--no-header", "-rN", "--tb=short"],
                 plugins=[_Recorder()]))
         else:
@@ -411,6 +416,7 @@ def _warm_pytest() -> None:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         pytest.main([path, "-q", "-p", "no:cacheprovider", "--rootdir", work, "-c", os.devnull,
+                     "--confcutdir", work,
                      "-o", "addopts=", "--no-header", "-rN", "--tb=short"])
     except BaseException:  # noqa: BLE001 - warming is an optimisation; never fatal
         pass
@@ -429,6 +435,12 @@ def main() -> None:
     privileged = os.geteuid() == 0 and os.environ.get("TRACETUNE_SANDBOX_PRIVILEGED", "1") == "1"
     in_bwrap = os.environ.get("TRACETUNE_SANDBOX_BWRAP") == "1"
     _warm_pytest()
+    # Every object alive now is shared with the forked checks: move them out of the cyclic
+    # collector's reach (gc.freeze, Python >= 3.7, made for pre-fork servers), so a collection in
+    # a check (pytest runs one at the end of every session) neither walks them nor writes to
+    # their headers, which would copy their pages into the check.
+    gc.collect()
+    gc.freeze()
     _serve(privileged, in_bwrap)
 
 

@@ -259,7 +259,8 @@ def score(tests: str, reference: str, sandbox: Sandbox, *, module_name: str = "s
        job runs past `timeout_s`, and a timeout counts as killed, as in cosmic-ray, whose
        `cosmic_ray.testing.run_tests` reports a test command that outlives its timeout as
        TestOutcome.KILLED (output "timeout"). Skipped tests never kill; a test that failed or was
-       skipped on the clean run cannot kill. Tests are matched by pytest node id.
+       skipped on the clean run cannot kill. Tests are matched by pytest node id. When every
+       test passed on the clean run, a mutant's run stops at its first failed test (pytest -x).
     4. Jobs go through `sandbox.submit`, so up to the sandbox's `workers` mutants run at once
        (`Sandbox` is thread-safe: a slot queue, one lock on the zygote's pipe).
 
@@ -301,8 +302,13 @@ def score(tests: str, reference: str, sandbox: Sandbox, *, module_name: str = "s
                       "or none was given)", timeout_s=timeout_s)
 
     passing = frozenset(baseline)
-    jobs = [Job.tests(tests, module=m.source, module_name=module_name, timeout_s=timeout_s)
-            for m in todo]
+    # When every test passed on the clean run, the first failure decides the verdict: stop there
+    # (pytest -x, as cosmic-ray's documented test command does). Otherwise a test that already
+    # failed on the reference could stop the run before a baseline test fails, so all tests run.
+    all_passed = all(t.outcome == "passed" for t in clean.tests) and \
+        set(clean.collected) <= passing
+    jobs = [Job.tests(tests, module=m.source, module_name=module_name, timeout_s=timeout_s,
+                      exitfirst=all_passed) for m in todo]
     futures = [sandbox.submit(job) for job in jobs]
     verdicts: dict[str, Verdict] = {}
     for mutant, job, future in zip(todo, jobs, futures):
