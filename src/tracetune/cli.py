@@ -871,6 +871,56 @@ def stages_cmd(
                          + (", skipped" if r.skipped else "") + ")"), highlight=False)
 
 
+@app.command("continual")
+def continual_cmd(
+    experiment: Path = typer.Argument(..., help="Continual experiment file (.toml): a stream "
+                                      "table (the sessions) and a continual table."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (created; an "
+                                           "existing one is continued: finished units are "
+                                           "reused)."),
+    check: bool = typer.Option(False, "--check", help="Validate the file and print the "
+                               "stream's sessions; run nothing."),
+) -> None:
+    """Continual learning on a task stream (seed 004): after every K sessions, mine the current
+    model's trajectories of the new sessions, consolidate an adapter with each strategy
+    (sequential, full_replay, partial_replay, ewc), export it and evaluate it on every
+    session's tasks and the capability suite; then the accuracy matrix, CL metrics with
+    intervals and report.md."""
+    from tracetune.experiment.continual import load_continual, run_continual
+
+    exp = load_continual(experiment)
+    if check:
+        for ordering, stream in exp.streams.items():
+            out.print(escape(f"ok {exp.info.name}: ordering {ordering}, "
+                             f"{len(stream.sessions)} sessions, "
+                             f"{exp.rounds(len(stream.sessions))} rounds, strategies "
+                             f"{', '.join(exp.continual.strategies)}"), highlight=False)
+            for j, s in enumerate(stream.sessions):
+                out.print(escape(f"  {j + 1}. {s.name}: {len(s.tasks)} tasks"),
+                          highlight=False)
+        return
+    if out_dir is None:
+        raise TracetuneError("continual needs --out DIR (or --check to only validate the file)")
+    from tracetune.experiment.progress import ProgressLines
+
+    lines = ProgressLines()
+
+    def on_progress(stage: str, done: int, total: int, note: str = "") -> None:
+        line = lines.line(stage, done, total, note)
+        if line:
+            err.print(escape(line), highlight=False)
+
+    results = run_continual(experiment, out_dir,
+                            log=lambda msg: err.print(escape(msg), highlight=False),
+                            progress=on_progress)
+    for run in results["runs"]:
+        m = run["metrics"]
+        out.print(escape(f"{run['ordering']} {run['strategy']}: ACC {m['acc']['value']}, "
+                         f"FT {m['forward_transfer']['value']}, F {m['forgetting']['value']}, "
+                         f"train {run['cost']['train_seconds']} s"), highlight=False)
+    out.print(escape(f"report: {Path(out_dir) / 'report.md'}"), highlight=False)
+
+
 # --- production logs -----------------------------------------------------------------------------
 
 @app.command("proxy")

@@ -313,14 +313,31 @@ def _formats(rows: dict[str, list[Row]]) -> dict[str, list[dict]]:
 
 
 def _write(out: Path, runs: list[Path], config: MineConfig, report: MineReport) -> None:
+    write_dataset(out, report.rows, {
+        "sources": [str(Path(r).resolve()) for r in runs],
+        "config": {**asdict(config), "tiers": {k: list(v) for k, v in config.tiers.items()}},
+        "dropped": report.dropped, "dropped_examples": report.dropped_examples,
+    }, prefix="mine")
+
+
+def write_dataset(out: Path, rows: dict[str, list[Row]], manifest: dict, *,
+                  prefix: str = "data") -> Path:
+    """Write `rows` (kind -> rows) as a dataset directory at `out` (the layout of the module
+    docstring: rows/{kind}.jsonl, formats/, hf/{kind}/, manifest.json) and return `out`.
+
+    `manifest` holds the manifest's "sources", "config", "dropped" and "dropped_examples";
+    "schema_version", "created_at" and "counts" are filled in here. The directory is built in
+    a staging directory beside `out` (named after `prefix`) and appears whole or not at all;
+    the caller checks beforehand that `out` is absent or empty."""
     import datasets
 
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(out.parent, "mine")
+    tmp = staging_dir(out.parent, prefix)
     try:
         for sub in (ROWS_DIR, FORMATS_DIR, HF_DIR):
             (tmp / sub).mkdir()
-        for kind, items in report.rows.items():
+        for kind, items in rows.items():
             dicts = [r.to_dict() for r in items]
             _jsonl(rows_path(tmp, kind), dicts)
             if dicts:
@@ -330,21 +347,18 @@ def _write(out: Path, runs: list[Path], config: MineConfig, report: MineReport) 
                          **{k: json.dumps(d[k]) for k in ("completion", "chosen", "rejected")
                             if k in d}} for d in dicts]
                 datasets.Dataset.from_list(flat).save_to_disk(str(tmp / HF_DIR / kind))
-        for name, items in _formats(report.rows).items():
+        for name, items in _formats(rows).items():
             _jsonl(format_path(tmp, name), items)
-        manifest = {
-            "schema_version": SCHEMA_VERSION, "created_at": time.time(),
-            "sources": [str(Path(r).resolve()) for r in runs],
-            "config": {**asdict(config), "tiers": {k: list(v) for k, v in config.tiers.items()}},
-            "counts": {k: len(v) for k, v in report.rows.items()},
-            "dropped": report.dropped, "dropped_examples": report.dropped_examples,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        full = {"sources": [], "config": {}, "dropped": {}, "dropped_examples": {}, **manifest,
+                "schema_version": SCHEMA_VERSION, "created_at": time.time(),
+                "counts": {k: len(v) for k, v in rows.items()}}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
         if out.exists():
-            out.rmdir()  # empty (checked above)
+            out.rmdir()  # empty (checked by the caller)
         os.replace(tmp, out)  # the dataset appears whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _jsonl(path: Path, items: list[dict]) -> None:

@@ -129,7 +129,15 @@ def task_fingerprints(tasks: list[Task]) -> dict[str, str]:
     resumed run checks, so its episodes all come from the same tasks."""
     import hashlib
 
-    return {t.id: hashlib.sha256(json.dumps(dataclasses.asdict(t), sort_keys=True,
+    # Fields added to Task later are hashed only when set, so runs recorded before they
+    # existed still resume (their tasks' fingerprints are unchanged).
+    later = {"order": None, "created_at": ""}
+
+    def fields(t: Task) -> dict:
+        return {k: v for k, v in dataclasses.asdict(t).items()
+                if not (k in later and v == later[k])}
+
+    return {t.id: hashlib.sha256(json.dumps(fields(t), sort_keys=True,
                                             default=str).encode()).hexdigest() for t in tasks}
 
 

@@ -3,7 +3,8 @@
 A suite file has a [suite] table (name, version, description; optional kind and train_pct) and
 [[task]] entries with: id, spec (the text the model sees), names (what the solution must define),
 reference (a solution), tests (a pytest file that imports the solution from `solution`), optional
-tags and difficulty.
+tags and difficulty, and optional `order` (an integer) and `created_at` (ISO 8601 text) that a
+continual-learning stream may sort by (tasks.streams, `by = "field"`).
 
 Repair suites (`kind = "repair"`, e.g. `bugs`) add to each task `file` (the module under repair,
 e.g. quicksort.py) and `buggy` (its buggy source); `reference` is the fixed module and the tests
@@ -24,7 +25,7 @@ from pathlib import Path
 from tracetune.errors import TracetuneError
 
 _REQUIRED = ("id", "spec", "names", "reference", "tests")
-_OPTIONAL = ("tags", "difficulty", "file", "buggy", "chat")
+_OPTIONAL = ("tags", "difficulty", "file", "buggy", "chat", "order", "created_at")
 _LOGGED_REQUIRED = ("id", "spec", "reference", "chat")
 """A logged task (kind = "logged") needs no names or tests: without tests it is judged."""
 from tracetune.tasks.schema import KINDS, LOGGED, REPAIR, Suite, Task
@@ -96,7 +97,8 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 _TASK_TYPES = {"id": str, "spec": str, "names": "names", "reference": str, "tests": str,
-               "tags": "names", "difficulty": "tier", "file": str, "buggy": str, "chat": str}
+               "tags": "names", "difficulty": "tier", "file": str, "buggy": str, "chat": str,
+               "order": int, "created_at": str}
 _SUITE_TYPES = {"name": str, "version": int, "description": str, "kind": str,
                 "train_pct": int}
 _TYPE_NAMES = {str: "a string", int: "an integer", "names": "a list of strings",
@@ -196,7 +198,8 @@ def suite_from_tables(data: dict, origin: str) -> Suite:
                           names=tuple(raw.get("names", ())), chat=raw.get("chat", ""),
                           reference=raw["reference"], tests=raw.get("tests", ""),
                           tags=tuple(raw.get("tags", ())), difficulty=int(raw.get("difficulty", 1)),
-                          file=raw.get("file", ""), buggy=raw.get("buggy", "")))
+                          file=raw.get("file", ""), buggy=raw.get("buggy", ""),
+                          order=raw.get("order"), created_at=raw.get("created_at", "")))
     if not tasks:
         raise TracetuneError(f"{origin}: the suite has no [[task]] entries")
     return Suite(name=head["name"], version=int(head.get("version", 1)),

@@ -26,6 +26,11 @@ class Task:
     chat: str = ""
     """Logged tasks: the request's chat messages as JSON text ([{"role", "content"}, ...]);
     `reference` is the logged answer, and `tests` (optional) the tests its code must pass."""
+    order: int | None = None
+    """Streams (`by = "field"`): the task's place in a stated order (None: not stated)."""
+    created_at: str = ""
+    """Streams (`by = "field"`): when the task arose, ISO 8601 text; compared as text, so one
+    format and time zone across a suite."""
 
     @property
     def module(self) -> str:

@@ -295,12 +295,8 @@ def write_dataset(rows: Sequence[Row], out_dir: str | Path, *,
 
     Raises TracetuneError when there is no row, or `out_dir` is a file or a non-empty
     directory."""
-    import os
-    import shutil
-
     from tracetune.datasets import build
-    from tracetune.datasets.rows import SCHEMA_VERSION
-    from tracetune.staging import check_output_dir, staging_dir
+    from tracetune.staging import check_output_dir
 
     out = Path(out_dir)
     if not rows:
@@ -318,39 +314,10 @@ def write_dataset(rows: Sequence[Row], out_dir: str | Path, *,
             dropped[k] = dropped.get(k, 0) + v
         for k, v in rep.dropped_examples.items():
             examples.setdefault(k, []).extend(f"{rep.dataset} {e}" for e in v)
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "created_at": time.time(),
-        "sources": [rep.to_dict() for rep in reports],
-        "config": {"loader": __name__},
-        "counts": {k: len(v) for k, v in by_kind.items()},
+    return build.write_dataset(out, by_kind, {
+        "sources": [rep.to_dict() for rep in reports], "config": {"loader": __name__},
         "dropped": dropped, "dropped_examples": {k: v[:5] for k, v in examples.items()},
-    }
-    import datasets
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(out.parent, "testgen-data")
-    try:
-        for sub in (build.ROWS_DIR, build.FORMATS_DIR, build.HF_DIR):
-            (tmp / sub).mkdir()
-        for kind, items in by_kind.items():
-            dicts = [r.to_dict() for r in items]
-            build._jsonl(build.rows_path(tmp, kind), dicts)
-            # Arrow wants one type per column: nested messages and provenance go as JSON text
-            # (as `tracetune mine` writes them).
-            flat = [{**d, "prompt": json.dumps(d["prompt"]),
-                     "provenance": json.dumps(d["provenance"]),
-                     **{k: json.dumps(d[k]) for k in ("completion", "chosen", "rejected")
-                        if k in d}} for d in dicts]
-            datasets.Dataset.from_list(flat).save_to_disk(str(tmp / build.HF_DIR / kind))
-        for name, items in build._formats(by_kind).items():
-            build._jsonl(build.format_path(tmp, name), items)
-        (tmp / build.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    }, prefix="testgen-data")
 
 
 # --- rows and filters -------------------------------------------------------------------------

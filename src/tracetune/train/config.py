@@ -19,6 +19,7 @@ from tracetune.tomlconf import build, read_toml
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION = ("auto", "sdpa", "varlen")
+EWC_ACCUMULATE = ("replace", "average")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model (CUDA only): fewer, fused kernels, after a compile of tens of
     seconds at the first steps."""
+    ewc_lambda: float = 0.0
+    """EWC penalty strength (train.ewc, seed 004 experiment 4): the loss is the task loss +
+    ewc_lambda * sum_i F_i (theta_i - theta*_i)^2 over the LoRA parameters; 0: no pull."""
+    ewc_state: str | None = None
+    """EWC state of the previous round (its adapter's ewc_state.safetensors: the anchors
+    theta* and the diagonal Fisher F) that the penalty pulls towards; needs init_adapter."""
+    ewc_fisher_samples: int = 0
+    """After training, estimate the diagonal Fisher on this many of this round's rows (the
+    first ones) and write the new EWC state into the adapter as ewc_state.safetensors; 0: not."""
+    ewc_accumulate: str = "average"
+    """How the new state's Fisher uses ewc_state's: replace (this round's only) or average
+    (online EWC: a running mean with every round weighted equally); the anchors are always
+    the new adapter's parameters."""
 
     def validate(self) -> None:
         if self.method not in ("sft", "dpo"):
@@ -109,6 +123,21 @@ class TrainConfig:
         if self.attention == "varlen" and self.packing is False:
             raise TracetuneError("attention = 'varlen' runs over packed rows: it needs packing "
                                  "(leave packing unset or set it to true)")
+        if not 0 <= self.ewc_lambda < float("inf"):  # also refuses nan
+            raise TracetuneError(f"ewc_lambda must be a finite number >= 0, not "
+                                 f"{self.ewc_lambda}")
+        if self.ewc_lambda > 0 and not self.ewc_state:
+            raise TracetuneError(f"ewc_lambda = {self.ewc_lambda:g} needs ewc_state (the "
+                                 "previous round's ewc_state.safetensors) to pull towards")
+        if self.ewc_state and not self.init_adapter:
+            raise TracetuneError("ewc_state needs init_adapter: the penalty keeps the adapter "
+                                 "near the previous round's, so training must start from it")
+        if self.ewc_fisher_samples < 0:
+            raise TracetuneError(f"ewc_fisher_samples must be 0 or more, not "
+                                 f"{self.ewc_fisher_samples}")
+        if self.ewc_accumulate not in EWC_ACCUMULATE:
+            raise TracetuneError(f"ewc_accumulate must be one of {', '.join(EWC_ACCUMULATE)}, "
+                                 f"not {self.ewc_accumulate!r}")
 
 
 SECTION = "train"

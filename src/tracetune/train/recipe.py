@@ -26,6 +26,7 @@ from pathlib import Path
 from tracetune.errors import TracetuneError
 from tracetune.models.resolve import hf_source, weight_options
 from tracetune.staging import abandoned, check_output_dir, staging_dir
+from tracetune.train import ewc
 from tracetune.train.config import TrainConfig
 from tracetune.train.fast import register_varlen_attention, resolve_kernels
 from tracetune.train.lengths import check_prepared, fit_rows, row_lengths
@@ -209,6 +210,13 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     the last logged training loss (None before the first): at the start, after each step, and
     a last time with step == total; the trainer's own progress bar is then off.
 
+    EWC (train.ewc): with `config.ewc_state` the trainer minimises task loss + ewc_lambda *
+    sum_i F_i (theta_i - theta*_i)^2, and every loss-log line carries task_loss and
+    ewc_penalty; with `config.ewc_fisher_samples` the diagonal Fisher of the first rows is
+    estimated after training and the next round's state written as ewc_state.safetensors in
+    `out`. `log` gets a warning line when every logged task loss is exactly 0.0, or when a
+    logged penalty exceeds 100x the task loss (ewc.loss_warnings).
+
     On CUDA the kernels come from `train.fast.resolve_kernels` (unset settings decided by the
     device; on the CPU all stay off, so CPU results are what they were). Under a launcher with
     WORLD_SIZE > 1 every process calls this; `batch_size` is per process, only the main process
@@ -290,6 +298,13 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                                  lora_dropout=config.dropout,
                                  target_modules=list(config.target_modules),
                                  task_type="CAUSAL_LM")
+    previous = None  # the EWC state the penalty pulls towards (config.ewc_state)
+    if config.ewc_state:
+        previous = ewc.load_state(Path(config.ewc_state), model)
+        gap = ewc.anchor_gap(model, previous)
+        if gap > 0 and log is not None and world.main:
+            log(f"warning: init_adapter's parameters are not ewc_state's anchors (up to {gap:.3g} "
+                "apart): the penalty pulls towards another adapter's parameters")
     stamp = json.loads(json.dumps({  # as it reads back from the file
         "out": out.name, "dataset": str(Path(dataset).resolve()), "rows_sha256": _sha256(rows),
         "base": base, "config": dataclasses.asdict(config)}))
@@ -333,6 +348,8 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         if config.method == "sft":
             from trl import SFTConfig, SFTTrainer
 
+            trainer_cls = SFTTrainer if previous is None else \
+                ewc.penalized(SFTTrainer, previous, config.ewc_lambda)
             if kernels.packing:
                 common["padding_free"] = True
             with warnings.catch_warnings():
@@ -341,16 +358,18 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                 warnings.filterwarnings("ignore", message=".*use_liger_kernel.*",
                                         category=FutureWarning)
                 args = SFTConfig(completion_only_loss=True, **common)
-                trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
-                                     processing_class=tokenizer, peft_config=peft_config,
-                                     callbacks=callbacks)
+                trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
+                                      processing_class=tokenizer, peft_config=peft_config,
+                                      callbacks=callbacks)
         else:
             from trl import DPOConfig, DPOTrainer
 
+            trainer_cls = DPOTrainer if previous is None else \
+                ewc.penalized(DPOTrainer, previous, config.ewc_lambda)
             args = DPOConfig(beta=config.dpo_beta, **common)
-            trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds,
-                                 processing_class=tokenizer, peft_config=peft_config,
-                                 callbacks=callbacks)
+            trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
+                                  processing_class=tokenizer, peft_config=peft_config,
+                                  callbacks=callbacks)
         check_prepared(trainer.train_dataset, config.method, config.max_seq_len,
                        len(fitted.rows))
         if on_progress is not None:
@@ -381,8 +400,23 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             trainer.model.save_pretrained(str(work))
         else:
             trainer.model.save_pretrained(str(work), state_dict=state)
-        losses = [json.loads(x)["loss"] for x in (work / LOSS_LOG).read_text().splitlines()] \
+        fisher_rows, fisher_s = [], None
+        if config.ewc_fisher_samples > 0:  # the next round's EWC state, from this round's rows
+            t0 = time.perf_counter()
+            bare = trainer.accelerator.unwrap_model(trainer.model)  # names as the next round's
+            fisher_rows = ewc.fisher_rows(trainer.train_dataset, config.method,
+                                          config.ewc_fisher_samples)
+            fisher = ewc.fisher_diagonal(bare, fisher_rows)
+            fisher_s = time.perf_counter() - t0
+            ewc.save_state(ewc.combine(previous, ewc.trainable(bare), fisher, len(fisher_rows),
+                                       config.ewc_accumulate), work / ewc.STATE_FILE)
+        points = [json.loads(x) for x in (work / LOSS_LOG).read_text().splitlines()] \
             if (work / LOSS_LOG).is_file() else []
+        losses = [p["loss"] for p in points]
+        warned = ewc.loss_warnings(points)  # seed 004's failures: a 0.0 loss, a drowning penalty
+        if log is not None:
+            for line in warned:
+                log(line)
         meta = {"base": base, "base_source": source, "dataset": str(Path(dataset).resolve()),
                 "rows": len(fitted.rows), "rows_too_long": fitted.dropped,
                 "longest_row_tokens": fitted.longest, "config": dataclasses.asdict(config),
@@ -390,6 +424,14 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                 "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
                 "last_loss": losses[-1] if losses else None,
                 "versions": {m: _version(m) for m in ("torch", "transformers", "trl", "peft")}}
+        if previous is not None or config.ewc_fisher_samples > 0:
+            penalties = [p["ewc_penalty"] for p in points if "ewc_penalty" in p]
+            meta["ewc"] = {"lambda": config.ewc_lambda,
+                           "first_penalty": penalties[0] if penalties else None,
+                           "last_penalty": penalties[-1] if penalties else None,
+                           "fisher_samples": len(fisher_rows),
+                           "fisher_seconds": None if fisher_s is None else round(fisher_s, 2),
+                           "accumulate": config.ewc_accumulate, "warnings": warned}
         if cuda:
             meta.update(kernels=kernels.describe(), processes=world.size,
                         peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))

@@ -1,0 +1,191 @@
+"""`tracetune continual`: the experiment file is checked before any work; a miniature stream
+runs every strategy for real on the embedded model (two sessions of the demo suite), shares the
+units two strategies have in common, resumes without redoing anything, and its matrix holds
+every (strategy, round, session, task) cell the metrics are computed from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracetune.errors import TracetuneError
+from tracetune.experiment.continual import load_continual, run_continual
+
+CLI = [sys.executable, "-m", "tracetune.cli"]
+
+MINI = """
+[experiment]
+name = "mini"
+description = "every strategy on two sessions of the demo suite"
+seed = 0
+
+[models]
+base = "embedded"
+
+[stream]
+by = "explicit"
+suite = "demo"
+sessions = [{name = "strings", tasks = ["demo/reverse_string", "demo/count_vowels"]},
+            {name = "math", tasks = ["demo/is_even", "demo/factorial"]}]
+
+[eval]
+workflow = "direct,max_attempts=1"
+trials = 2
+temperature = 0.8
+max_tokens = 160
+concurrency = 2
+
+[mine]
+kinds = ["sft"]
+tiers = { impl = ["workflow"] }
+max_seq_len = 512
+
+[train]
+r = 4
+alpha = 8
+epochs = 1
+batch_size = 2
+warmup_steps = 0
+save_steps = 1
+
+[export]
+target = "gguf-lora"
+
+[capability]
+suite = "humaneval"
+limit = 1
+max_tokens = 160
+
+[continual]
+strategies = ["sequential", "full_replay", "partial_replay", "ewc"]
+bootstrap = 200
+
+[continual.partial_replay]
+buffer_size = 2
+priority = "recency"
+ratio = "1:1"
+
+[continual.ewc]
+lambda = 10.0
+fisher_samples = 2
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cl.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (('sessions = [{name = "strings", tasks = ["demo/reverse_string", "demo/count_vowels"]},',
+      'sessions = [{name = "strings", tasks = []},'), "strings"),
+    (('tasks = ["demo/is_even", "demo/factorial"]', 'tasks = ["demo/is_even", "demo/count_vowels"]'),
+     "demo/count_vowels"),
+    (("[continual.ewc]\nlambda = 10.0", "[continual.sequential]\nlambda = 10.0\n[continual.ewc]"),
+     "sequential strategy takes no settings"),
+    (("buffer_size = 2", "buffer_size = 2\nlambda = 3"), "lambda"),
+    (('strategies = ["sequential", "full_replay", "partial_replay", "ewc"]',
+      'strategies = ["sequential", "full_replay"]'), "which strategies does not list"),
+    (('strategies = ["sequential"', 'strategies = ["naive"'), "naive"),
+    (("bootstrap = 200", 'bootstrap = 200\norderings = ["Z"]'), "orderings"),
+    (("save_steps = 1", 'save_steps = 1\ninit_adapter = "x"'), "set by the strategy"),
+    (("priority = \"recency\"", "priority = \"loudest\""), "loudest"),
+    (("[eval]\n", "[eval]\nsuite = \"funcs\"\n"), "suite"),
+])
+def test_a_bad_file_is_one_message_before_any_work(tmp_path, change, message):
+    old, new = change
+    assert old in MINI
+    with pytest.raises(TracetuneError, match=message):
+        load_continual(_write(tmp_path, MINI.replace(old, new)))
+
+
+def test_check_prints_the_sessions(tmp_path):
+    proc = subprocess.run(CLI + ["continual", str(_write(tmp_path, MINI)), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 sessions, 2 rounds" in proc.stdout and "1. strings: 2 tasks" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cl")
+    path = _write(d, MINI)
+    out = d / "run"
+    lines: list[str] = []
+    results = run_continual(path, out, log=lines.append)
+    return path, out, results, lines
+
+
+def test_every_strategy_runs_and_the_matrix_holds_every_cell(mini_run):
+    path, out, results, _ = mini_run
+    rows = [json.loads(x) for x in (out / "matrix.jsonl").read_text().splitlines()]
+    strategies = ("sequential", "full_replay", "partial_replay", "ewc")
+    cells = {(r["strategy"], r["round"], r["session"], r["task"]) for r in rows}
+    tasks = {0: ("demo/reverse_string", "demo/count_vowels"), 1: ("demo/is_even", "demo/factorial")}
+    assert cells == {(s, i, j, t) for s in strategies for i in (0, 1, 2) for j in (0, 1)
+                     for t in tasks[j]}
+    assert all(r["trials"] == 2 and 0 <= r["passes"] <= 2 for r in rows)
+    assert {r["strategy"] for r in results["runs"]} == set(strategies)
+    for run in results["runs"]:
+        assert len(run["matrix"]) == 3 and len(run["matrix"][0]) == 2
+        assert set(run["metrics"]) >= {"acc", "forward_transfer", "forgetting", "bwt"}
+    assert (out / "report.md").is_file()
+    report = (out / "report.md").read_text()
+    assert "sequential" in report and "![sequential accuracy matrix]" in report
+
+
+def test_the_zero_shot_row_is_one_evaluation_shared_by_every_strategy(mini_run):
+    _, out, _, _ = mini_run
+    rows = [json.loads(x) for x in (out / "matrix.jsonl").read_text().splitlines()]
+    zero = {}
+    for r in rows:
+        if r["round"] == 0:
+            zero.setdefault((r["task"]), set()).add((r["trials"], r["passes"]))
+    assert all(len(v) == 1 for v in zero.values())  # one run, the same numbers everywhere
+    evals = [u for u in (out / "units").iterdir() if u.name.startswith("eval-")]
+    base_evals = [u for u in evals
+                  if json.loads((u / "identity.json").read_text())["model"] == {"base": "embedded"}]
+    assert len(base_evals) == 2  # two sessions, evaluated once for all four strategies
+
+
+def test_a_rerun_redoes_nothing(mini_run):
+    path, out, results, _ = mini_run
+    before = {u.name: (u / "unit.json").stat().st_mtime_ns for u in (out / "units").iterdir()}
+    lines: list[str] = []
+    again = run_continual(path, out, log=lines.append)
+    after = {u.name: (u / "unit.json").stat().st_mtime_ns for u in (out / "units").iterdir()}
+    assert before == after
+    assert not [x for x in lines if "running" in x]
+    assert again["runs"] == results["runs"]
+
+
+def test_ewc_round_two_trains_with_the_penalty_and_logs_it(mini_run):
+    _, out, results, _ = mini_run
+    ewc = next(r for r in results["runs"] if r["strategy"] == "ewc")
+    r2 = ewc["rounds"][2]
+    if r2["skipped"]:
+        pytest.skip(f"the model passed nothing to learn from in round 2: {r2['skipped']}")
+    assert r2["ewc"]["lambda"] == 10.0
+
+
+def test_mined_rows_of_an_unseen_session_are_refused(mini_run, tmp_path):
+    from tracetune.experiment.continual import _mine_unit
+
+    _, out, _, _ = mini_run
+    exp = load_continual(mini_run[0])
+    run = next(u for u in (out / "units").iterdir() if u.name.startswith("eval-")
+               and json.loads((u / "unit.json").read_text())["summary"]["tasks"]
+               and any(p for _, p in json.loads((u / "unit.json").read_text())
+                       ["summary"]["tasks"].values()))
+
+    class Channel:
+        def put(self, msg):
+            pass
+
+    with pytest.raises(TracetuneError, match="leak"):
+        _mine_unit([str(run / "run")], exp.mine, [], "test", str(tmp_path / "m"), Channel())
