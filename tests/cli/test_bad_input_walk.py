@@ -55,6 +55,14 @@ def work(tmp_path_factory):
         'source = "../examples/logs/agents.jsonl"',
         f'source = "{Path(__file__).parents[2] / "examples" / "logs" / "agents.jsonl"}"').replace(
         'format = "openai-jsonl"', 'format = "csv"'))
+    cl = (Path(__file__).parents[2] / "experiments" / "continual_quick.toml").read_text()
+    explicit = ('[stream]\nby = "explicit"\nsuite = "demo"\nsessions = [{name = "a", tasks = '
+                '["demo/is_even"]}, {name = "b", tasks = [%s]}]\n\n[eval]')
+    stream = cl[cl.index("[stream]"):cl.index("[eval]") + len("[eval]")]
+    (root / "cl_ok.toml").write_text(cl)
+    (root / "cl_empty.toml").write_text(cl.replace(stream, explicit % ""))
+    (root / "cl_twice.toml").write_text(cl.replace(stream, explicit % '"demo/is_even"'))
+    (root / "cl_setting.toml").write_text(cl + "\n[continual.sequential]\nbuffer_size = 3\n")
     return root
 
 
@@ -88,6 +96,15 @@ CASES = [
     ("testgen on a logged suite", ["eval", "--suite", "{w}/logged.json", "--model", "oracle",
                                    "--workflow", "testgen", "--out", "{w}/o8"],
      "{w}/o8", ["testgen", "logged"]),
+    ("continual: empty session", ["continual", "{w}/cl_empty.toml", "--out", "{w}/o18"],
+     "{w}/o18", ["cl_empty.toml", "b", "empty"]),
+    ("continual: a task in two sessions", ["continual", "{w}/cl_twice.toml", "--out",
+                                           "{w}/o18"], "{w}/o18", ["demo/is_even"]),
+    ("continual: a setting sequential does not take", ["continual", "{w}/cl_setting.toml",
+                                                       "--out", "{w}/o18"], "{w}/o18",
+     ["sequential", "no settings"]),
+    ("continual: out is a file", ["continual", "{w}/cl_ok.toml", "--out", "{w}/a_file.txt"],
+     "{w}/a_file.txt", ["a_file.txt"]),
     ("unknown experiment section", ["check-experiment", "{w}/exp_section.toml"], None,
      ["trian"]),
     ("unknown experiment key", ["check-experiment", "{w}/exp_key.toml"], None, ["epochz"]),

@@ -285,6 +285,9 @@ def test_mix_is_shuffled_by_seed_and_skips_replaying_a_new_row():
     a[0]["id"] = "changed"  # the rows are copies
     assert "changed" not in {e.row["id"] for e in [*fresh, *buffer.examples]}
     # A new example the buffer already holds is trained on once, not also replayed.
+    # Nothing to replay (an empty buffer): the new rows, in their order.
+    assert [r["id"] for r in mix(fresh, ReplayBuffer(4, "recency"), "1:1", seed=3)] == \
+        [e.row["id"] for e in fresh]
     small = ReplayBuffer(2, "recency")
     small.add([fresh[0], ex(50)])
     rows = mix(fresh[:2], small, "1:1", seed=0)

@@ -224,9 +224,16 @@ def load_continual(path: Path) -> ContinualExperiment:
             check()
         except TracetuneError as exc:
             raise TracetuneError(f"{where} [{name}]: {exc}") from None
-    if train_cfg.init_adapter or getattr(train_cfg, "ewc_state", None):
-        raise TracetuneError(f"{where} [train]: init_adapter and ewc_state are set by the "
-                             "strategy of each round, not in the file")
+    set_by_strategy = sorted(k for k in train_table if k == "init_adapter" or
+                             k.startswith("ewc_"))
+    if set_by_strategy:
+        raise TracetuneError(f"{where} [train] {', '.join(set_by_strategy)}: set by the "
+                             "strategy of each round ([continual.ewc] for EWC), not here")
+    if train_cfg.method != "sft" or "sft" not in mine.kinds:
+        raise TracetuneError(f"{where} [train] method / [mine] kinds: the strategies train on "
+                             "SFT rows (method = \"sft\", \"sft\" in kinds)")
+    if loop_mine.min_rows < 0:
+        raise TracetuneError(f"{where} [mine] min_rows: must be 0 or more")
     if export.target not in EXPORT_TARGETS:
         raise TracetuneError(f"{where} [export] target: {export.target!r} is not one of "
                              f"{', '.join(EXPORT_TARGETS)}")
@@ -235,6 +242,28 @@ def load_continual(path: Path) -> ContinualExperiment:
             load_suite(cap.suite)
         except TracetuneError as exc:
             raise TracetuneError(f"{where} [capability] suite: {exc}") from None
+        if _same_suite(cap.suite, stream.suite, path.parent):
+            raise TracetuneError(f"{where} [capability] suite: {cap.suite!r} is the stream's "
+                                 "own suite: the capability check would score tasks the "
+                                 "rounds train on; name another suite")
+        # rows whose code is a capability problem's answer are dropped when mined
+        if cap.suite not in mine.leakage_suites:
+            mine = dataclasses.replace(mine, leakage_suites=(*mine.leakage_suites, cap.suite))
+    if any(_same_suite(s, stream.suite, path.parent) for s in mine.leakage_suites):
+        raise TracetuneError(f"{where} [mine] leakage_suites: it holds the stream's suite "
+                             f"{stream.suite!r}, so every mined row would be dropped")
+    n_sessions = len(stream.sessions)
+    if continual.sessions_per_round >= n_sessions:
+        raise TracetuneError(f"{where} [continual] sessions_per_round: "
+                             f"{continual.sessions_per_round} with {n_sessions} sessions is "
+                             "one round; forward transfer and forgetting need two or more")
+    orders: dict[tuple, str] = {}
+    for o, st in streams.items():
+        key = tuple(s.name for s in st.sessions)
+        if key in orders:
+            raise TracetuneError(f"{where} [continual] orderings: {orders[key]} and {o} give "
+                                 "the same session order here; list one of them")
+        orders[key] = o
     exp = ContinualExperiment(path, info, models, data["stream"], streams, ev, mine, loop_mine,
                               train_table, train_cfg, export, cap, continual)
     try:
@@ -245,6 +274,15 @@ def load_continual(path: Path) -> ContinualExperiment:
     except TracetuneError as exc:
         raise TracetuneError(f"{where} [export]: {exc}") from None
     return exp
+
+
+def _same_suite(a: str, b: str, base_dir: Path) -> bool:
+    """Whether two suite names (built-in names or file paths) name the same suite."""
+    def norm(x: str) -> str:
+        p = Path(x)
+        return str((base_dir / p).resolve()) if p.suffix in (".toml", ".json") else x
+
+    return norm(a) == norm(b)
 
 
 def _continual_section(table, where: str) -> ContinualSection:
@@ -540,7 +578,7 @@ class Protocol:
     # one evaluation of `model` on `tasks`
     def evaluate(self, model: Model, tasks: tuple[str, ...], label: str) -> dict:
         config = dataclasses.replace(self.exp.eval, model=model.spec, tasks=tuple(tasks))
-        identity = {"model": model.key, "eval": config.settings(), "tasks": sorted(tasks)}
+        identity = {"model": model.key, "eval": _eval_identity(config), "tasks": sorted(tasks)}
         return self.units.run("eval", identity, _eval_unit, (config, label), label)
 
     def capability(self, model: Model, label: str) -> dict:
@@ -548,7 +586,7 @@ class Protocol:
         config = dataclasses.replace(
             self.exp.eval, model=model.spec, suite=cap.suite, workflow="direct,max_attempts=1",
             trials=1, tasks=(), max_difficulty=0, limit=cap.limit, **cap.eval)
-        identity = {"model": model.key, "capability": config.settings()}
+        identity = {"model": model.key, "capability": _eval_identity(config)}
         return self.units.run("capability", identity, _eval_unit, (config, label), label)
 
     def row_of(self, model: Model, stream, tag: str) -> dict[int, dict]:
@@ -558,11 +596,15 @@ class Protocol:
                 for j, s in enumerate(stream.sessions)}
 
     def adapted(self, adapter_record: dict, export_record: dict | None) -> Model:
+        from tracetune.experiment.layout import RunLayout
         from tracetune.models.resolve import adapted_spec
 
         adapter = self.units.root / "units" / adapter_record["key"] / "adapter"
-        artifact = Path(export_record["summary"]["artifact"]) if export_record else \
-            adapter / "none"
+        # the artifact's path from its unit's directory (not as stored): a run directory that
+        # moved, or is named by another path, still finds it
+        artifact = RunLayout.export_file(
+            self.units.root / "units" / export_record["key"] / "export", self.exp.export.target) \
+            if export_record else adapter / "none"
         spec = adapted_spec(self.exp.models.base, target=self.exp.export.target,
                             artifact=artifact, adapter_dir=adapter,
                             train_base=self.exp.train_base)
@@ -636,7 +678,8 @@ class Protocol:
             plan = self.consolidation(strategy, i, model, new_rows, seen_data, buffer_json, tag,
                                       rec, stream, conf)
             if plan is None:
-                rec.skipped = "no new rows" if not new_rows else "nothing to train"
+                rec.skipped = "no new rows" if not new_rows else \
+                    f"{len(new_rows)} new rows, fewer than [mine] min_rows"
             else:
                 train_rows, init, ewc = plan
                 model = self.train_round(train_rows, init, ewc, tag, rec)
@@ -655,10 +698,12 @@ class Protocol:
         """(training rows, init adapter, ewc settings) of round i, or None to keep `model`."""
         exp = self.exp
         init = model.adapter
-        if strategy == "full_replay":
-            return (list(seen_data), None, None) if seen_data else None
-        if not new_rows:
+        if len(new_rows) < max(exp.loop_mine.min_rows, 1):
+            # nothing new (or fewer rows than [mine] min_rows): the model stays as it is; full
+            # replay too, which would retrain on exactly the data of its current adapter
             return None
+        if strategy == "full_replay":
+            return list(seen_data), None, None
         if strategy == "sequential":
             return new_rows, init, None
         if strategy == "ewc":
@@ -745,6 +790,14 @@ class Protocol:
         return self.adapted(trained, exported)
 
 
+def _eval_identity(config) -> dict:
+    """What defines an evaluation's results, for its unit key: its settings less the model
+    (keyed by Model.key, free of paths) and the concurrency (how many episodes run at once does
+    not change any episode: each has its own seed)."""
+    settings = config.settings()
+    return {k: v for k, v in settings.items() if k not in ("model", "concurrency")}
+
+
 def _set_capability(rec: Round, cap: dict) -> None:
     tasks = cap["summary"]["tasks"]
     rec.capability_n = sum(t[0] for t in tasks.values())
@@ -780,9 +833,12 @@ def run_continual(path: Path, out: Path, *, log=print, progress=None) -> dict:
     """Load and validate the experiment, run (or continue) every unit into `out`, then write
     results.json and report.md; returns the results."""
     from tracetune.experiment.continual_report import analyze, write_report
+    from tracetune.staging import check_output_dir
 
     exp = load_continual(path)
     out = Path(out)
+    check_output_dir(out)
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = {"experiment": str(Path(path).resolve()),
             "streams": {o: [{"name": s.name, "tasks": [t.id for t in s.tasks]}

@@ -3,8 +3,8 @@ and OUT/rounds.jsonl, compute every strategy's CL metrics with bootstrap interva
 over orderings, test strategies against sequential, and write OUT/report.md with the accuracy
 matrices as heatmaps (OUT/report_files/).
 
-Every figure is computed from the two files: `tracetune continual --report-only` (or deleting
-results.json and rerunning) recomputes them without any evaluation.
+Every figure is computed from the two files; rerunning `tracetune continual` on a finished run
+directory reuses every unit and only recomputes them.
 """
 
 from __future__ import annotations
@@ -110,21 +110,28 @@ def _final_per_task(rows, ordering: str, strategy: str) -> dict[str, float]:
 
 
 def _paired_tests(rows, exp) -> list[dict]:
-    """Each strategy against sequential, per task (pooled over orderings, each (ordering, task)
-    one pair): mean difference of final accuracy, paired t and Wilcoxon signed-rank p-values
-    (scipy)."""
+    """Each strategy against sequential, paired by task: each task's final accuracy averaged
+    over the orderings first (a task is one unit however many orderings ran it), then the mean
+    difference, paired t and Wilcoxon signed-rank p-values over tasks (scipy)."""
     from scipy import stats
 
     if "sequential" not in exp.continual.strategies:
         return []
+
+    def per_task(strategy: str) -> dict[str, float]:
+        values: dict[str, list[float]] = {}
+        for o in exp.streams:
+            for t, v in _final_per_task(rows, o, strategy).items():
+                values.setdefault(t, []).append(v)
+        return {t: sum(v) / len(v) for t, v in values.items()}
+
+    ref = per_task("sequential")
     out = []
     for s in exp.continual.strategies:
         if s == "sequential":
             continue
-        diffs = []
-        for o in exp.streams:
-            ref, other = _final_per_task(rows, o, "sequential"), _final_per_task(rows, o, s)
-            diffs += [other[t] - ref[t] for t in sorted(set(ref) & set(other))]
+        other = per_task(s)
+        diffs = [other[t] - ref[t] for t in sorted(set(ref) & set(other))]
         entry = {"strategy": s, "versus": "sequential", "metric": "final per-task accuracy",
                  "pairs": len(diffs),
                  "mean_diff": round(sum(diffs) / len(diffs), 4) if diffs else None,
@@ -138,18 +145,19 @@ def _paired_tests(rows, exp) -> list[dict]:
 
 def _anova(rows, exp) -> dict | None:
     """Two-way ANOVA (statsmodels OLS, type II sums of squares) of final per-task accuracy on
-    ordering x strategy; None with fewer than two of either."""
+    ordering x strategy, with the task as a block (every cell holds the same tasks, so tasks
+    are not independent replicates across cells); None with fewer than two of either."""
     if len(exp.streams) < 2 or len(exp.continual.strategies) < 2:
         return None
     import pandas as pd
     import statsmodels.api as sm
     from statsmodels.formula.api import ols
 
-    data = [{"ordering": o, "strategy": s, "acc": v}
+    data = [{"ordering": o, "strategy": s, "task": t, "acc": v}
             for o in exp.streams for s in exp.continual.strategies
-            for v in _final_per_task(rows, o, s).values()]
+            for t, v in _final_per_task(rows, o, s).items()]
     frame = pd.DataFrame(data)
-    model = ols("acc ~ C(ordering) * C(strategy)", data=frame).fit()
+    model = ols("acc ~ C(ordering) * C(strategy) + C(task)", data=frame).fit()
     table = sm.stats.anova_lm(model, typ=2)
     return {str(idx): {"F": _num(row["F"]), "p": _num(row["PR(>F)"]),
                        "df": _num(row["df"])} for idx, row in table.iterrows()}
@@ -186,8 +194,9 @@ def _heatmap(matrix: list[list], sessions: list[str], title: str, path: Path) ->
     plt.close(fig)
 
 
-def _retention(runs: list[dict], ordering: str, path: Path) -> None:
-    """Mean accuracy over the sessions seen so far, after each round, one line per strategy."""
+def _retention(runs: list[dict], ordering: str, k: int, path: Path) -> None:
+    """Mean accuracy over the sessions seen so far (the first i*k after round i), after each
+    round, one line per strategy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +207,6 @@ def _retention(runs: list[dict], ordering: str, path: Path) -> None:
         if run["ordering"] != ordering:
             continue
         m = run["matrix"]
-        k = max(1, math.ceil(len(m[0]) / max(len(m) - 1, 1)))
         ys = []
         for i in range(1, len(m)):
             seen = [x for j, x in enumerate(m[i][:min(i * k, len(m[i]))]) if x is not None]
@@ -259,7 +267,7 @@ def write_report(exp, out: Path, results: dict) -> Path:
             if skipped:
                 lines.append(f"{run['strategy']}: " + "; ".join(skipped) + ".")
         png = files / f"retention_{ordering}.png"
-        _retention(results["runs"], ordering, png)
+        _retention(results["runs"], ordering, results["sessions_per_round"], png)
         lines += ["", f"![retention]({files.name}/{png.name})", ""]
     if len(exp.streams) > 1:
         lines += ["## Over orderings", "", ("| strategy | orderings | FT > 0 in | mean FT | "

@@ -287,7 +287,9 @@ def parse_ratio(ratio: str) -> tuple[int, int]:
 
 def mix(new: list[Example], replay: ReplayBuffer, ratio: str, seed: int) -> list[dict]:
     """A round's training rows: every new example's row plus round(len(new) * r / n) rows
-    sampled from `replay` (ratio "n:r", rounded half up), shuffled by `seed`.
+    sampled from `replay` (ratio "n:r", rounded half up), shuffled by `seed` (in their given
+    order when no row is replayed, e.g. at the first round, so that round trains what
+    continuing on the new rows alone trains).
 
     The replay part is smaller when the buffer holds fewer examples than that (all of them are
     taken then): e.g. at the first round, with an empty buffer, the rows are the new ones only.
@@ -299,7 +301,8 @@ def mix(new: list[Example], replay: ReplayBuffer, ratio: str, seed: int) -> list
     candidates = [e for e in replay.examples if e.key not in fresh]
     replayed = _draw(candidates, wanted, f"{replay.seed}/{seed}")
     rows = [copy.deepcopy(e.row) for e in [*new, *replayed]]
-    random.Random(f"mix/{seed}").shuffle(rows)
+    if replayed:  # with nothing replayed the new rows keep their order: what sequential trains
+        random.Random(f"mix/{seed}").shuffle(rows)
     return rows
 
 
