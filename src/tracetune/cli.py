@@ -918,6 +918,10 @@ def continual_cmd(
         out.print(escape(f"{run['ordering']} {run['strategy']}: ACC {m['acc']['value']}, "
                          f"FT {m['forward_transfer']['value']}, F {m['forgetting']['value']}, "
                          f"train {run['cost']['train_seconds']} s"), highlight=False)
+    for v in results.get("hypotheses", []):
+        color = "green" if v["verdict"] == "SUPPORTED" else "red"
+        out.print(f"[bold]{escape(v['id'])}[/] [{color}]{v['verdict']}[/]: {escape(v['claim'])}"
+                  f"\n    {escape(v['detail'])}")
     out.print(escape(f"report: {Path(out_dir) / 'report.md'}"), highlight=False)
 
 

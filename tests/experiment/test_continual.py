@@ -189,3 +189,84 @@ def test_mined_rows_of_an_unseen_session_are_refused(mini_run, tmp_path):
 
     with pytest.raises(TracetuneError, match="leak"):
         _mine_unit([str(run / "run")], exp.mine, [], "test", str(tmp_path / "m"), Channel())
+
+
+def _run(strategy, ordering="A", *, acc=(0.5, 0.4, 0.6), cost=10.0, caps=(0.1, 0.1)):
+    value, low, high = acc
+    metric = {"value": value, "low": low, "high": high}
+    return {"ordering": ordering, "strategy": strategy,
+            "metrics": {"acc": metric, "forward_transfer": metric},
+            "cost": {"train_seconds": cost, "extra_seconds": 0.0, "tokens": 1, "rows": 1,
+                     "peak_ram_gb": 1.0},
+            "rounds": [{"capability": c} for c in caps]}
+
+
+@pytest.mark.parametrize("acc, verdict", [
+    ((0.5, 0.42, 0.58), "SUPPORTED"),       # the whole interval is above 0.4
+    ((0.5, 0.30, 0.70), "INCONCLUSIVE"),    # the point is, the interval is not
+    ((0.3, 0.20, 0.40), "NOT SUPPORTED"),
+])
+def test_a_one_ordering_claim_needs_its_whole_interval(acc, verdict):
+    from tracetune.experiment.continual import ClHypothesis
+    from tracetune.experiment.continual_report import judge
+
+    h = ClHypothesis(id="H", claim="c", metric="sequential.acc", op=">=", value=0.4)
+    assert judge(h, [_run("sequential", acc=acc)])["verdict"] == verdict
+
+
+def test_ratio_difference_orderings_and_capability_claims():
+    from tracetune.experiment.continual import ClHypothesis
+    from tracetune.experiment.continual_report import judge
+
+    runs = [_run("full_replay", o, acc=(0.6, 0.5, 0.7), cost=100.0, caps=(0.10, 0.05))
+            for o in "AB"] + [_run("partial_replay", o, acc=(a, a - 0.1, a + 0.1), cost=20.0)
+                              for o, a in (("A", 0.5), ("B", 0.4))]
+    ratio = judge(ClHypothesis(id="R", claim="c", metric="partial_replay.acc",
+                               versus="full_replay.acc", op=">=", value=0.8), runs)
+    assert ratio["observed"] == pytest.approx(0.45 / 0.6, abs=1e-4)
+    assert ratio["verdict"] == "NOT SUPPORTED"  # 0.75 < 0.8
+    cost = judge(ClHypothesis(id="C", claim="c", metric="partial_replay.cost_seconds",
+                              versus="full_replay.cost_seconds", op="<", value=0.3), runs)
+    assert cost["observed"] == pytest.approx(0.2) and cost["verdict"] == "SUPPORTED"
+    diff = judge(ClHypothesis(id="D", claim="c", metric="partial_replay.acc",
+                              versus="full_replay.acc", compare="difference", op=">=",
+                              value=-0.1), runs)
+    assert diff["observed"] == pytest.approx(-0.15) and diff["verdict"] == "NOT SUPPORTED"
+    count = judge(ClHypothesis(id="O", claim="c", metric="partial_replay.forward_transfer",
+                               op=">", value=0.45, orderings_at_least=1), runs)
+    assert count["observed"] == 1 and count["verdict"] == "SUPPORTED"
+    drop = judge(ClHypothesis(id="K", claim="c", metric="full_replay.capability_drop",
+                              op="<", value=0.02), runs)
+    assert drop["observed"] == pytest.approx(0.05) and drop["verdict"] == "NOT SUPPORTED"
+
+
+HYP = '\n[[hypothesis]]\nid = "H1"\nclaim = "c"\nmetric = "sequential.acc"\nvalue = 0.1\n'
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('metric = "sequential.acc"', 'metric = "naive.acc"', "naive"),
+    ('metric = "sequential.acc"', 'metric = "sequential.accuracy"', "accuracy"),
+    ("value = 0.1", 'value = 0.1\nop = "=>"', "=>"),
+    ("value = 0.1", 'value = 0.1\nversus = "ewc.acc"\norderings_at_least = 1', "versus"),
+    ("value = 0.1", "value = 0.1\norderings_at_least = 2", "orderings_at_least"),
+])
+def test_a_bad_hypothesis_is_one_message(tmp_path, old, new, message):
+    with pytest.raises(TracetuneError, match=message):
+        load_continual(_write(tmp_path, MINI + HYP.replace(old, new)))
+
+
+def test_hypotheses_are_frozen_at_the_first_run(tmp_path):
+    from tracetune.experiment.continual import _preregister
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _preregister(load_continual(_write(tmp_path, MINI + HYP)), out)
+    assert (out / "preregistration.json").is_file()
+    _preregister(load_continual(_write(tmp_path, MINI + HYP)), out)  # the same: fine
+    with pytest.raises(TracetuneError, match="differ from those pre-registered"):
+        _preregister(load_continual(_write(tmp_path, MINI + HYP.replace("0.1", "0.2"))), out)
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "matrix.jsonl").write_text("")
+    with pytest.raises(TracetuneError, match="not pre-registered"):
+        _preregister(load_continual(_write(tmp_path, MINI + HYP)), late)

@@ -81,7 +81,16 @@ from tracetune.tomlconf import build
 from tracetune.train.config import TrainConfig
 
 SECTIONS = ("experiment", "models", "stream", "eval", "mine", "train", "export", "capability",
-            "continual")
+            "continual", "hypothesis")
+CL_METRICS = ("acc", "forward_transfer", "forgetting", "bwt", "aulc", "cl_plasticity",
+              "cl_stability", "cl_f1")
+"""eval.continual.cl_metrics' names (each with a bootstrap interval per ordering)."""
+COST_METRICS = ("train_seconds", "extra_seconds", "cost_seconds", "tokens", "rows",
+                "peak_ram_gb")
+"""A strategy's training cost over all rounds (cost_seconds = train + extra seconds)."""
+OTHER_METRICS = ("capability_drop",)
+"""Base capability minus capability after the last round (success rate)."""
+HYPOTHESIS_OPS = (">=", "<=", ">", "<")
 STRATEGIES = ("sequential", "full_replay", "partial_replay", "ewc")
 EVAL_FIXED = ("model", "seed", "split", "suite", "tasks", "train_pct", "max_difficulty",
               "limit")
@@ -136,6 +145,30 @@ class ContinualSection:
 
 
 @dataclass(frozen=True)
+class ClHypothesis:
+    """[[hypothesis]] of a continual experiment: a pre-registered claim about one strategy's
+    metric, or about it against another strategy's (seed 004's success criteria, e.g. "partial
+    replay keeps >= 80% of full replay's retention at < 30% of its training cost" as two)."""
+
+    id: str
+    claim: str
+    metric: str
+    """STRATEGY.NAME, NAME one of CL_METRICS, COST_METRICS or OTHER_METRICS; its value is the
+    mean over orderings."""
+    op: str = ">="
+    """>=, <=, > or <: metric OP value (or the comparison with `versus` OP value)."""
+    value: float = 0.0
+    versus: str | None = None
+    """STRATEGY.NAME: compare metric / versus (compare = "ratio") or metric - versus
+    ("difference") with `value` instead of the metric alone."""
+    compare: str = "ratio"
+    """ratio or difference (with versus)."""
+    orderings_at_least: int = 0
+    """> 0: the claim holds in at least this many orderings, each judged on its own value
+    (seed 004 phase 2: "FT > 0 in 4 of 5 splits")."""
+
+
+@dataclass(frozen=True)
 class ContinualExperiment:
     path: Path
     info: ExperimentInfo
@@ -153,6 +186,12 @@ class ContinualExperiment:
     export: ExportSection
     capability: CapabilitySection
     continual: ContinualSection
+    hypotheses: tuple[ClHypothesis, ...] = ()
+
+    def preregistered(self) -> dict:
+        """What is frozen into OUT/preregistration.json before any result exists."""
+        return {"hypotheses": [asdict(h) for h in self.hypotheses],
+                "decision": {"go": [], "abort": []}}
 
     @property
     def train_base(self) -> str:
@@ -264,8 +303,9 @@ def load_continual(path: Path) -> ContinualExperiment:
             raise TracetuneError(f"{where} [continual] orderings: {orders[key]} and {o} give "
                                  "the same session order here; list one of them")
         orders[key] = o
+    hyps = _hypotheses(data.get("hypothesis", []), continual, cap.enabled, where)
     exp = ContinualExperiment(path, info, models, data["stream"], streams, ev, mine, loop_mine,
-                              train_table, train_cfg, export, cap, continual)
+                              train_table, train_cfg, export, cap, continual, hyps)
     try:
         from tracetune.models.resolve import adapted_spec
 
@@ -274,6 +314,43 @@ def load_continual(path: Path) -> ContinualExperiment:
     except TracetuneError as exc:
         raise TracetuneError(f"{where} [export]: {exc}") from None
     return exp
+
+
+def _hypotheses(raw, continual: ContinualSection, capability: bool,
+                where: str) -> tuple[ClHypothesis, ...]:
+    if not isinstance(raw, list):
+        raise TracetuneError(f"{where}: hypotheses are [[hypothesis]] tables")
+    out, ids = [], set()
+    for i, table in enumerate(raw):
+        h = build(ClHypothesis, table, f"{where} [[hypothesis]] #{i + 1}")
+        at = f"{where} [[hypothesis]] {h.id or '#' + str(i + 1)}"
+        if not h.id or h.id in ids:
+            raise TracetuneError(f"{at}: each hypothesis needs its own id")
+        ids.add(h.id)
+        for key, name in (("metric", h.metric), ("versus", h.versus)):
+            if name is None:
+                continue
+            strategy, _, metric = name.partition(".")
+            if strategy not in continual.strategies:
+                raise TracetuneError(f"{at} {key}: {strategy!r} is not one of the strategies "
+                                     f"({', '.join(continual.strategies)})")
+            if metric not in CL_METRICS + COST_METRICS + OTHER_METRICS:
+                raise TracetuneError(f"{at} {key}: no metric {metric!r} (valid: "
+                                     f"{', '.join(CL_METRICS + COST_METRICS + OTHER_METRICS)})")
+            if metric == "capability_drop" and not capability:
+                raise TracetuneError(f"{at} {key}: capability_drop needs [capability]")
+        if h.op not in HYPOTHESIS_OPS:
+            raise TracetuneError(f"{at} op: {h.op!r} (valid: {', '.join(HYPOTHESIS_OPS)})")
+        if h.compare not in ("ratio", "difference"):
+            raise TracetuneError(f"{at} compare: ratio or difference, not {h.compare!r}")
+        if h.orderings_at_least < 0 or h.orderings_at_least > len(continual.orderings):
+            raise TracetuneError(f"{at} orderings_at_least: 0..{len(continual.orderings)} "
+                                 "(the orderings the experiment runs)")
+        if h.orderings_at_least and h.versus:
+            raise TracetuneError(f"{at}: orderings_at_least judges one metric per ordering; "
+                                 "it does not take versus")
+        out.append(h)
+    return tuple(out)
 
 
 def _same_suite(a: str, b: str, base_dir: Path) -> bool:
@@ -829,6 +906,27 @@ def _write_jsonl(path: Path, items: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _preregister(exp: ContinualExperiment, out: Path) -> None:
+    """Freeze the hypotheses into OUT/preregistration.json on the first run; on later runs
+    refuse a file whose hypotheses differ from the frozen ones (results were judged, or will be,
+    against those)."""
+    from tracetune.experiment.prereg import freeze, load
+
+    record = load(out)
+    if record is None:
+        if (out / "matrix.jsonl").is_file() and exp.hypotheses:
+            raise TracetuneError(f"{out} holds results but no pre-registration: hypotheses "
+                                 "added after the results exist are not pre-registered; "
+                                 "start a new run directory to test them")
+        freeze(exp, out)
+        return
+    now = json.loads(json.dumps(exp.preregistered()))
+    if record["content"] != now:
+        raise TracetuneError(f"the hypotheses in {exp.path} differ from those pre-registered in "
+                             f"{out} at {record['frozen_at']}; start a new run directory to "
+                             "test new hypotheses")
+
+
 def run_continual(path: Path, out: Path, *, log=print, progress=None) -> dict:
     """Load and validate the experiment, run (or continue) every unit into `out`, then write
     results.json and report.md; returns the results."""
@@ -840,6 +938,7 @@ def run_continual(path: Path, out: Path, *, log=print, progress=None) -> dict:
     check_output_dir(out)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    _preregister(exp, out)
     plan = {"experiment": str(Path(path).resolve()),
             "streams": {o: [{"name": s.name, "tasks": [t.id for t in s.tasks]}
                             for s in st.sessions] for o, st in exp.streams.items()}}

@@ -72,7 +72,86 @@ def analyze(exp, out: Path) -> dict:
                "strategies": _aggregate(runs, exp.continual.strategies),
                "tests": _paired_tests(rows, exp),
                "anova": _anova(rows, exp)}
+    results["hypotheses"] = [judge(h, runs) for h in exp.hypotheses]
     return results
+
+
+def _value(run: dict, name: str) -> tuple[float | None, float | None, float | None]:
+    """(value, low, high) of one metric of one (ordering, strategy) run; no interval for costs
+    and capability."""
+    if name in run["metrics"]:
+        m = run["metrics"][name]
+        return m["value"], m["low"], m["high"]
+    if name == "cost_seconds":
+        return run["cost"]["train_seconds"] + run["cost"]["extra_seconds"], None, None
+    if name in run["cost"]:
+        return run["cost"][name], None, None
+    if name == "capability_drop":
+        caps = [r["capability"] for r in run["rounds"]]
+        if caps and caps[0] is not None and caps[-1] is not None:
+            return round(caps[0] - caps[-1], 4), None, None
+    return None, None, None
+
+
+def judge(h, runs: list[dict]) -> dict:
+    """A hypothesis's verdict: SUPPORTED, NOT SUPPORTED or INCONCLUSIVE, with what was observed.
+
+    One metric: its mean over orderings against the bound; with one ordering and a bootstrap
+    interval, SUPPORTED only when the whole 95% interval is on the claimed side (INCONCLUSIVE
+    when the point is but the interval is not). Against another strategy (versus): the ratio or
+    difference of the two means, judged on the point estimates (no interval: said so).
+    orderings_at_least: SUPPORTED when that many orderings satisfy the bound on their own."""
+    from tracetune.experiment.spec import OPS
+
+    holds = OPS[h.op]
+
+    def per_ordering(name: str) -> list[tuple[float | None, float | None, float | None]]:
+        strategy, _, metric = name.partition(".")
+        return [_value(r, metric) for r in runs if r["strategy"] == strategy]
+
+    out = {"id": h.id, "claim": h.claim, "metric": h.metric, "op": h.op, "value": h.value,
+           "versus": h.versus}
+    mine = per_ordering(h.metric)
+    points = [v for v, _, _ in mine if v is not None]
+    if not points:
+        return {**out, "verdict": "INCONCLUSIVE", "observed": None,
+                "detail": f"{h.metric} is undefined here (e.g. FT with a single round)"}
+    if h.orderings_at_least:
+        n = sum(1 for v in points if holds(v, h.value))
+        return {**out, "observed": n,
+                "verdict": "SUPPORTED" if n >= h.orderings_at_least else "NOT SUPPORTED",
+                "detail": f"{h.metric} {h.op} {h.value} in {n} of {len(mine)} orderings "
+                          f"(needs {h.orderings_at_least})"}
+    mean = sum(points) / len(points)
+    if h.versus:
+        other = [v for v, _, _ in per_ordering(h.versus) if v is not None]
+        if not other:
+            return {**out, "verdict": "INCONCLUSIVE", "observed": None,
+                    "detail": f"{h.versus} is undefined here"}
+        ref = sum(other) / len(other)
+        if h.compare == "ratio":
+            if ref == 0:
+                return {**out, "verdict": "INCONCLUSIVE", "observed": None,
+                        "detail": f"{h.versus} is 0: no ratio"}
+            observed = mean / ref
+        else:
+            observed = mean - ref
+        return {**out, "observed": round(observed, 4),
+                "verdict": "SUPPORTED" if holds(observed, h.value) else "NOT SUPPORTED",
+                "detail": f"{h.metric} {mean:.4g} {'/' if h.compare == 'ratio' else '-'} "
+                          f"{h.versus} {ref:.4g} = {observed:.4g} {h.op} {h.value}? "
+                          "(point estimates, no interval)"}
+    detail = f"{h.metric} = {mean:.4g} {h.op} {h.value}?"
+    if len(mine) == 1 and mine[0][1] is not None:
+        low, high = mine[0][1], mine[0][2]
+        bound = low if h.op in (">=", ">") else high
+        detail += f" 95% interval [{low:.4g}, {high:.4g}]"
+        verdict = "SUPPORTED" if holds(bound, h.value) else \
+            "INCONCLUSIVE" if holds(mean, h.value) else "NOT SUPPORTED"
+    else:
+        verdict = "SUPPORTED" if holds(mean, h.value) else "NOT SUPPORTED"
+        detail += f" (mean over {len(points)} orderings)"
+    return {**out, "observed": round(mean, 4), "verdict": verdict, "detail": detail}
 
 
 def _num(x) -> float | None:
@@ -291,6 +370,12 @@ def write_report(exp, out: Path, results: dict) -> Path:
                   "| term | F | p | df |", "|---|---|---|---|"]
         for term, row in results["anova"].items():
             lines.append(f"| {term} | {row['F']} | {row['p']} | {row['df']} |")
+        lines.append("")
+    if results.get("hypotheses"):
+        lines += ["## Pre-registered hypotheses", "",
+                  "| id | claim | verdict | detail |", "|---|---|---|---|"]
+        for v in results["hypotheses"]:
+            lines.append(f"| {v['id']} | {v['claim']} | **{v['verdict']}** | {v['detail']} |")
         lines.append("")
     md = out / "report.md"
     md.write_text("\n".join(lines) + "\n")
