@@ -134,6 +134,10 @@ def test_every_strategy_runs_and_the_matrix_holds_every_cell(mini_run):
     for run in results["runs"]:
         assert len(run["matrix"]) == 3 and len(run["matrix"][0]) == 2
         assert set(run["metrics"]) >= {"acc", "forward_transfer", "forgetting", "bwt"}
+    for run in results["runs"]:  # direct workflow: one attempt per episode, no tool use
+        eff = run["efficiency"]
+        assert eff["steps"]["base"]["value"] == eff["steps"]["last"]["value"] == 1.0
+        assert eff["tokens"]["last"]["value"] > 0 and "tool_efficiency" not in eff
     assert (out / "report.md").is_file()
     report = (out / "report.md").read_text()
     assert "sequential" in report and "![sequential accuracy matrix]" in report
@@ -270,3 +274,16 @@ def test_hypotheses_are_frozen_at_the_first_run(tmp_path):
     (late / "matrix.jsonl").write_text("")
     with pytest.raises(TracetuneError, match="not pre-registered"):
         _preregister(load_continual(_write(tmp_path, MINI + HYP)), late)
+
+
+def test_repair_episodes_give_steps_tokens_and_tool_use_efficiency(tmp_path):
+    from tracetune.eval.config import EvalConfig
+    from tracetune.eval.runner import run_eval
+    from tracetune.experiment.continual import _efficiency
+
+    run_eval(EvalConfig(suite="bugs", workflow="repair", model="oracle", limit=2), tmp_path / "r")
+    figures = dict(_efficiency(tmp_path / "r"))
+    assert len(figures) == 2
+    for values in figures.values():
+        assert values["steps"] >= 2  # the oracle reads, edits and answers
+        assert values["tool_efficiency"] == 1.0  # its calls are all well-formed and succeed

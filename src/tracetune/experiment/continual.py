@@ -651,6 +651,8 @@ class Protocol:
         self.exp, self.out = exp, Path(out)
         self.units = Units(self.out, log=log, progress=progress or (lambda *a: None))
         self.log = log
+        self.efficiency: list[dict] = []
+        """Per (ordering, strategy, round, session, task): seed 004's efficiency figures."""
 
     # one evaluation of `model` on `tasks`
     def evaluate(self, model: Model, tasks: tuple[str, ...], label: str) -> dict:
@@ -708,6 +710,7 @@ class Protocol:
                 rounds += rounds_here
         _write_jsonl(self.out / "matrix.jsonl", [r.to_dict() for r in matrix])
         _write_jsonl(self.out / "rounds.jsonl", [asdict(r) for r in rounds])
+        _write_jsonl(self.out / "efficiency.jsonl", self.efficiency)
         return [asdict(r) for r in rounds]
 
     def trajectory(self, ordering: str, stream, strategy: str, base: Model, zero: dict,
@@ -725,6 +728,9 @@ class Protocol:
                     rows.append(MatrixRow(stream=stream.name, ordering=ordering,
                                           strategy=strategy, seed=exp.info.seed, round=i,
                                           session=j, task=task, trials=trials, passes=passes))
+                for task, values in _efficiency(self.units.root / "units" / rec["key"] / "run"):
+                    self.efficiency.append({"ordering": ordering, "strategy": strategy,
+                                            "round": i, "session": j, "task": task, **values})
 
         add_row(0, zero)
         r0 = Round(ordering, strategy, 0)
@@ -865,6 +871,37 @@ class Protocol:
                 _export_unit, (str(adapter_dir), exp.export.target, exp.models.base,
                                f"{tag} export"), f"{tag} export")
         return self.adapted(trained, exported)
+
+
+def _efficiency(run: Path) -> list[tuple[str, dict]]:
+    """Seed 004's efficiency figures of one evaluation, per task (means over its trials):
+    tokens (prompt + completion, every call of the episode), steps (the repair agent's tool
+    calls; attempts for the other workflows: steps to completion), and, for agent workflows,
+    tool-use efficiency: the share of actions that were well-formed and ran without a tool
+    error or a repeated call (each message is a step: agents.repair). The seed defines the last
+    as successful action time over total time; episodes do not time each action, so this
+    counts actions instead."""
+    from statistics import fmean
+
+    from tracetune.eval.compare import load_episodes
+
+    by_task: dict[str, list[dict]] = {}
+    for ep in load_episodes(run):
+        by_task.setdefault(ep["task_id"], []).append(ep)
+    out = []
+    for task, eps in sorted(by_task.items()):
+        agent = [e["metrics"] for e in eps if (e.get("metrics") or {}).get("steps") is not None]
+        steps = [m["steps"] for m in agent] if len(agent) == len(eps) else \
+            [e["n_attempts"] for e in eps]
+        values = {"tokens": fmean(e["prompt_tokens"] + e["completion_tokens"] for e in eps),
+                  "steps": fmean(steps), "tool_efficiency": None}
+        if agent and len(agent) == len(eps):
+            good = [max(m["steps"] - m.get("tool_errors", 0) - m.get("parse_errors", 0)
+                        - m.get("loop_detections", 0), 0) / m["steps"]
+                    for m in agent if m["steps"]]
+            values["tool_efficiency"] = fmean(good) if good else None
+        out.append((task, values))
+    return out
 
 
 def _eval_identity(config) -> dict:

@@ -73,7 +73,42 @@ def analyze(exp, out: Path) -> dict:
                "tests": _paired_tests(rows, exp),
                "anova": _anova(rows, exp)}
     results["hypotheses"] = [judge(h, runs) for h in exp.hypotheses]
+    eff_path = Path(out) / "efficiency.jsonl"
+    if eff_path.is_file():
+        eff = _read_jsonl(eff_path)
+        for run in runs:
+            run["efficiency"] = _efficiency(eff, run, exp.continual.bootstrap, exp.info.seed)
     return results
+
+
+EFFICIENCY = ("steps", "tokens", "tool_efficiency")
+
+
+def _efficiency(eff: list[dict], run: dict, n_boot: int, seed: int) -> dict:
+    """Seed 004's efficiency figures of one (ordering, strategy) run, before (round 0) and after
+    the last round: the mean over tasks of each task's mean, with a 95% percentile bootstrap
+    interval over tasks (numpy; resampling tasks with replacement)."""
+    import numpy as np
+
+    mine = [e for e in eff if e["ordering"] == run["ordering"] and
+            e["strategy"] == run["strategy"]]
+    if not mine:
+        return {}
+    last = max(e["round"] for e in mine)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = {}
+    for name in EFFICIENCY:
+        for label, rnd in (("base", 0), ("last", last)):
+            values = np.array([e[name] for e in mine if e["round"] == rnd and
+                               e[name] is not None], dtype=float)
+            if not len(values):
+                continue
+            means = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(axis=1)
+            lo, hi = np.percentile(means, [2.5, 97.5])
+            out.setdefault(name, {})[label] = {"value": round(float(values.mean()), 4),
+                                               "low": round(float(lo), 4),
+                                               "high": round(float(hi), 4)}
+    return out
 
 
 def _value(run: dict, name: str) -> tuple[float | None, float | None, float | None]:
@@ -335,6 +370,22 @@ def write_report(exp, out: Path, results: dict) -> Path:
                          f"{c['train_seconds']} | {c['extra_seconds']} | {c['peak_ram_gb']} | "
                          f"{caps} |")
         lines.append("")
+        eff_runs = [r for r in results["runs"] if r["ordering"] == ordering and r.get("efficiency")]
+        if eff_runs:
+            names = [n for n in EFFICIENCY if any(n in r["efficiency"] for r in eff_runs)]
+            lines += [("Resolve rate is ACC above. Per task, base -> after the last round (95% "
+                      "bootstrap intervals over tasks):"), "",
+                      "| strategy | " + " | ".join(names) + " |",
+                      "|---|" + "---|" * len(names)]
+            for run in eff_runs:
+                cells = []
+                for n in names:
+                    e = run["efficiency"].get(n, {})
+                    cells.append(" → ".join(
+                        f"{e[k]['value']:.3g} [{e[k]['low']:.3g}, {e[k]['high']:.3g}]"
+                        for k in ("base", "last") if k in e) or "n/a")
+                lines.append(f"| {run['strategy']} | " + " | ".join(cells) + " |")
+            lines.append("")
         for run in results["runs"]:
             if run["ordering"] != ordering:
                 continue
