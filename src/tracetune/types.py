@@ -54,6 +54,11 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
     """Per-request seed: the same request and seed give the same text on the same backend."""
+    json_schema: dict | None = field(default=None, hash=False)
+    """Decode only JSON valid under this schema (constrained decoding): llamacpp through a GBNF
+    grammar, openai through `response_format`, hf through outlines. A backend that cannot honour
+    it raises ModelError; the scripted ones (replay, oracle) ignore it. None: unconstrained.
+    Left out of the hash (a dict has none), kept in equality."""
 
 
 @dataclass(frozen=True)

@@ -342,6 +342,34 @@ def test_an_abandoned_local_stream_stops_the_model_and_is_recorded(serve_app, tm
     assert recs[0].error == "client disconnected" and recs[0].response.startswith("x x")
 
 
+class _SchemaEcho:
+    """A local model that answers with the JSON schema it was asked to decode to."""
+
+    def generate(self, request) -> Completion:
+        return Completion(json.dumps(request.json_schema), Usage(1, 1), 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_local_model_gets_the_response_format_schema(serve_app, tmp_path):
+    upstream = Upstream("echo", "echo", "test")
+    upstream.model_obj = _SchemaEcho()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    with LogStore(tmp_path, create=True) as store:
+        client = openai.OpenAI(base_url=serve_app(create_app(upstream, store)), api_key="x",
+                               max_retries=0, timeout=CLIENT_TIMEOUT_S)
+        ask = {"model": "echo", "messages": [{"role": "user", "content": "go"}]}
+        answers = [json.loads(client.chat.completions.create(**ask, **extra).choices[0]
+                              .message.content) for extra in (
+            {}, {"response_format": {"type": "json_object"}},
+            {"response_format": {"type": "json_schema",
+                                 "json_schema": {"name": "a", "schema": schema}}})]
+        assert answers == [None, {"type": "object"}, schema]
+        with pytest.raises(openai.BadRequestError, match="response_format"):
+            client.chat.completions.create(**ask, response_format={"type": "grammar"})
+
+
 # --- the embedded model -------------------------------------------------------------------------
 
 ROLES = ["coder", "tester", None, "wizard", None]  # "wizard" is no role: stored as other

@@ -48,9 +48,13 @@ class RepairConfig:
     episode."""
     max_context_chars: int = 9000
     """Above this many characters, the oldest tool results are elided from the conversation."""
+    constrained: bool = False
+    """Decode only valid tool calls (the protocol's JSON schema -> the backend's grammar)."""
 
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
+        if not isinstance(self.constrained, bool):
+            raise TracetuneError(f"constrained must be true or false, not {self.constrained!r}")
         if self.test_policy not in TEST_POLICIES:
             raise TracetuneError(f"test_policy {self.test_policy!r} is not one of "
                                  f"{', '.join(TEST_POLICIES)}")

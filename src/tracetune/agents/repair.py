@@ -19,6 +19,10 @@ it saw, its raw text, its canonical JSON (`code`), whether it was a valid protoc
 tool did not fail (`passed`), the protocol guard's verdict, and in `facts` the kind (tool_call,
 final, parse_error, loop), the tool, whether the tool succeeded and the test result.
 
+With `constrained` on, every request carries the protocol's JSON schema (`tool_call_schema`), and
+the backend decodes only valid protocol messages (a grammar, a structured-output request); the
+episode is driven and counted exactly as without it, so the two compare metric for metric.
+
 The driver is a short loop over `_Episode.step`: each message is handled by the function for its
 kind, which returns the reply to the model; ending the episode is an exception (`_Stop`), raised
 after the message is recorded like any other.
@@ -36,7 +40,7 @@ from typing import Callable
 
 from tracetune.agents.configs import TEST_POLICIES, RepairConfig
 from tracetune.agents.tools import (WRITE_TOOLS, Parsed, ToolError, Workspace, describe_tools,
-                                    parse_message)
+                                    parse_message, tool_call_schema)
 from tracetune.errors import TracetuneError
 from tracetune.models import Model
 from tracetune.sandbox import Job, Sandbox, SandboxResult
@@ -172,16 +176,21 @@ class _Episode:
               on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
         messages = [Message("system", system_prompt(self.config.test_policy)),
                     Message("user", GOAL_PROMPT.format(spec=self.task.spec))]
-        # A protocol message is one line of JSON; a blank line ends it (and the prose small
-        # models append after it, which would otherwise cost tokens and make a valid call a
-        # parse error).
-        params = dataclasses.replace(params, stop=tuple(params.stop) + (STOP,))
+        schema = tool_call_schema() if self.config.constrained else None
+        if schema is None:
+            # A protocol message is one line of JSON; a blank line ends it (and the prose small
+            # models append after it, which would otherwise cost tokens and make a valid call a
+            # parse error). Constrained, the schema ends the message where the object closes,
+            # and a stop string could only cut it (a server's JSON whitespace may hold a blank
+            # line).
+            params = dataclasses.replace(params, stop=tuple(params.stop) + (STOP,))
         records: list[Attempt] = []
         end = "max_iters"
         for it in range(1, self.config.max_iters + 1):
             sent = _elide(messages, self.config.max_context_chars)
             step_seed = derive_seed(seed, STEP, it)
-            completion = model.generate(GenerationRequest(tuple(sent), params, step_seed))
+            completion = model.generate(GenerationRequest(tuple(sent), params, step_seed,
+                                                          json_schema=schema))
             raw = completion.text.encode("utf-8", "replace").decode("utf-8")
             t_check = time.perf_counter()
             parsed = parse_message(raw)

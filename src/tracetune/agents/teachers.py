@@ -6,7 +6,8 @@ that has `bind`, per episode):
   repair  list_files -> read_file (the module) -> edit (the reference fix; write_file if the edit
           failed) -> final, deciding each step from the conversation so far;
   direct  the reference implementation in one python block.
-Usage counts whitespace-separated words as tokens (an oracle has no tokenizer). The miner also
+Usage counts whitespace-separated words as tokens (an oracle has no tokenizer); a request's JSON
+schema is ignored (its messages are valid protocol messages anyway). The miner also
 asks `oracle_step` for the preferred message at a bad step (DPO relabelling).
 """
 

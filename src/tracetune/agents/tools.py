@@ -357,6 +357,39 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
     return out, f"{how}, lines {start + 1}-{start + n}"
 
 
+_JSON_TYPES = {str: "string", int: "integer"}
+
+
+def tool_call_schema() -> dict:
+    """The JSON schema of one valid assistant message of the protocol, built from `TOOLS`: one of
+    each tool's call object (its exact args, the required ones required, no others) or the final
+    answer. Backends turn it into a grammar (`GenerationRequest.json_schema`).
+
+    It accepts what `parse_message` accepts, with one difference JSON Schema cannot express: an
+    integral float (`1.0`) is an integer to the schema, not to the parser. Grammars built from the
+    schema write integers as digits only, so constrained output never has it. Properties are in
+    the order grammars write them: type, name, args."""
+    calls = []
+    for name, (required, optional, _) in TOOLS.items():
+        args = {**{k: _JSON_TYPES[t] for k, t in required.items()},
+                **{k: _JSON_TYPES[type(v)] for k, v in optional.items()}}
+        calls.append({
+            "type": "object",
+            "properties": {
+                "type": {"const": "tool_call"},
+                "name": {"const": name},
+                "args": {"type": "object",
+                         "properties": {k: {"type": t} for k, t in args.items()},
+                         "required": list(required), "additionalProperties": False},
+            },
+            "required": ["type", "name", "args"], "additionalProperties": False,
+        })
+    final = {"type": "object",
+             "properties": {"type": {"const": "final"}, "message": {"type": "string"}},
+             "required": ["type"], "additionalProperties": False}
+    return {"title": "tool_call", "oneOf": [*calls, final]}
+
+
 def describe_tools() -> str:
     out = []
     for name, (required, optional, help_text) in TOOLS.items():

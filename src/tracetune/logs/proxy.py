@@ -365,7 +365,9 @@ def _sse(obj: dict) -> bytes:
 
 def _request(body: dict):
     """The request body -> tracetune GenerationRequest (OpenAI's defaults: temperature 1,
-    top_p 1; max_tokens / max_completion_tokens, else 512; seed, else 0)."""
+    top_p 1; max_tokens / max_completion_tokens, else 512; seed, else 0). A `response_format`
+    of type json_schema (or json_object: any object) constrains the local model's decoding;
+    a backend that cannot do that refuses it."""
     from tracetune.logs.record import content_text
     from tracetune.types import GenerationRequest, Message, SamplingParams
 
@@ -378,7 +380,23 @@ def _request(body: dict):
     messages = tuple(Message(m.get("role", "user") if m.get("role") in (
         "system", "user", "assistant") else "user", content_text(m.get("content")))
         for m in body["messages"])
-    return GenerationRequest(messages, params, seed=int(body.get("seed") or 0))
+    return GenerationRequest(messages, params, seed=int(body.get("seed") or 0),
+                             json_schema=_response_schema(body.get("response_format")))
+
+
+def _response_schema(fmt) -> dict | None:
+    """OpenAI's `response_format` -> the JSON schema it asks for (None: free text). Raises
+    ValueError for a format this proxy does not know."""
+    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    if kind == "json_schema" and isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+        return spec["schema"]
+    raise ValueError('response_format must be {"type": "text"}, {"type": "json_object"} or '
+                     '{"type": "json_schema", "json_schema": {"schema": {...}}}')
 
 
 def _completion_json(rec_id: str, model: str, text: str, finish: str, usage) -> dict:

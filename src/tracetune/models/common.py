@@ -10,7 +10,9 @@ from tracetune.types import Completion, GenerationRequest, Usage
 
 class Scripted:
     """Base of the scripted backends (replay, oracle): `_text(request)` gives the answer; usage
-    counts whitespace-separated words as tokens (a script has no tokenizer)."""
+    counts whitespace-separated words as tokens (a script has no tokenizer). A request's JSON
+    schema is ignored: a script says what it says, and the caller's parser judges it as it would
+    a model's constrained output."""
 
     def _text(self, request: GenerationRequest) -> str:
         raise NotImplementedError

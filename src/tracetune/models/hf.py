@@ -3,11 +3,20 @@
 A GGUF file (including the embedded model) is dequantized by transformers once and cached as a plain
 checkpoint, so later loads take well under a second instead of ~25 s, and training sees exactly the
 weights llama.cpp serves.
+
+A request's JSON schema (`GenerationRequest.json_schema`) is enforced by outlines (its
+outlines_core backend: the schema becomes a regular expression, then an index of which tokens
+each state allows), as a logits processor that masks every other token before sampling. Of the
+maintained structured-generation libraries, outlines fits here: lm-format-enforcer's transformers
+integration does not import under transformers 5 (it reads `transformers.tokenization_utils`),
+transformers-cfg takes EBNF grammars, not JSON schemas (and its last release predates
+transformers 5), and xgrammar requires triton, a large GPU compiler, even on a CPU machine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -164,6 +173,8 @@ class HFModel:
 
         self._batcher: Batcher | None = None  # made at the first generate on CUDA
         self._stops: dict = {}  # stop strings -> their StopStringCriteria (or None)
+        self._schemas: dict = {}  # JSON schema text -> its outlines_core Index
+        self._vocabulary = None  # outlines_core's view of the tokenizer, made at the first schema
         self._batcher_lock = threading.Lock()
 
     def _encode(self, requests: Sequence[GenerationRequest]):
@@ -174,10 +185,10 @@ class HFModel:
                               add_special_tokens=False).to(self.device)
 
     def _run(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """Generate one left-padded batch; all requests share sampling params, each keeps its
-        own seed. Generation is greedy over scores that `SeededSampling` turns into one sample
-        per row, so a row's tokens come from its own random stream whatever else is in the
-        batch."""
+        """Generate one left-padded batch; all requests share sampling params and JSON schema,
+        each keeps its own seed. Generation is greedy over scores that `SeededSampling` turns
+        into one sample per row, so a row's tokens come from its own random stream whatever else
+        is in the batch. A schema's processor masks the scores first."""
         torch = self._torch
         from transformers import LogitsProcessorList
 
@@ -185,9 +196,14 @@ class HFModel:
         enc = self._encode(requests)  # input_ids: (batch, prompt_len)
         kwargs = {"max_new_tokens": p.max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                   "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        processors = []
+        if requests[0].json_schema is not None:
+            processors.append(self._schema_processor(requests[0].json_schema))
         if p.temperature > 0:
-            kwargs["logits_processor"] = LogitsProcessorList([SeededSampling(
-                p.temperature, p.top_p, [r.seed for r in requests], self.device)])
+            processors.append(SeededSampling(p.temperature, p.top_p, [r.seed for r in requests],
+                                             self.device))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         stop = self._stop_criterion(p.stop)
         if stop is not None:
             # Each row stops at its first stop string; the batch runs until every row has.
@@ -209,6 +225,40 @@ class HFModel:
             n_prompt = int(enc["attention_mask"][i].sum())
             results.append(Completion(text, Usage(n_prompt, n_new), latency_s, finish))
         return results
+
+    def _schema_processor(self, schema: dict):
+        """A fresh logits processor (it keeps each row's parse state) allowing only tokens that
+        continue JSON valid under `schema`, with at most one space between tokens as llama.cpp's
+        grammars allow; the index is built once per schema. Raises ModelError when outlines is
+        missing or cannot express the schema."""
+        key = json.dumps(schema, sort_keys=True)
+        try:
+            from outlines.backends import outlines_core as backend
+            from outlines.models.transformers import Transformers
+            from outlines_core import Index
+            from outlines_core.json_schema import build_regex_from_schema
+        except ImportError as exc:
+            raise ModelError("constrained decoding on the hf backend needs outlines "
+                             "(pip install outlines)") from exc
+        if key not in self._schemas:
+            if self._vocabulary is None:
+                self._vocabulary = backend.OutlinesCoreBackend(
+                    Transformers(self.model, self.tokenizer)).vocabulary
+            try:
+                regex = build_regex_from_schema(json.dumps(schema), r"[ ]?")
+                self._schemas[key] = Index(regex, self._vocabulary)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise ModelError(f"outlines cannot constrain decoding to the JSON schema: {exc}") \
+                    from exc
+        # outlines sets torch._dynamo's suppress_errors for the whole process when it makes a
+        # processor; keep the process's own setting.
+        import torch._dynamo
+
+        suppress = torch._dynamo.config.suppress_errors
+        try:
+            return backend.OutlinesCoreLogitsProcessor(self._schemas[key], "torch")
+        finally:
+            torch._dynamo.config.suppress_errors = suppress
 
     def _stop_criterion(self, stop: tuple[str, ...]):
         """transformers' StopStringCriteria for `stop` (built once per tuple), or None when there
@@ -269,11 +319,13 @@ class HFModel:
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Completions in request order. Requests with equal sampling params (greedy or
-        sampled) are generated together, `batch_size` rows at a time, each with its own seed."""
+        sampled) and JSON schema are generated together, `batch_size` rows at a time, each with
+        its own seed."""
         results: list[Completion | None] = [None] * len(requests)
         groups: dict[object, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.params, []).append(i)
+            schema = None if r.json_schema is None else json.dumps(r.json_schema, sort_keys=True)
+            groups.setdefault((r.params, schema), []).append(i)
         for idxs in groups.values():
             bs = self.batch_size([requests[i] for i in idxs])
             for start in range(0, len(idxs), bs):

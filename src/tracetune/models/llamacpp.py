@@ -1,8 +1,15 @@
-"""GGUF models through llama-cpp-python, with an optional GGUF LoRA adapter applied at load."""
+"""GGUF models through llama-cpp-python, with an optional GGUF LoRA adapter applied at load.
+
+A request's JSON schema (`GenerationRequest.json_schema`) becomes a GBNF grammar through
+llama-cpp-python's converter; llama.cpp then samples only tokens the grammar allows, and only the
+end of turn once the JSON value is complete.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +18,23 @@ from typing import Callable, Sequence
 from tracetune.errors import ModelError
 from tracetune.models.configs import LlamaCppConfig
 from tracetune.types import Completion, GenerationRequest, Usage, finish_reason_of
+
+# llama-cpp-python's converter (0.3.36) lets a JSON string hold raw control characters (a
+# newline), which JSON forbids, so a constrained message could still fail to parse. This is the
+# rule of llama.cpp's own converter, which excludes them.
+JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+
+
+def schema_grammar(schema: dict) -> str:
+    """The GBNF grammar of JSON values valid under `schema` (strings without raw control
+    characters). Raises ModelError when the converter cannot express the schema."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except (ValueError, KeyError, TypeError, NotImplementedError) as exc:
+        raise ModelError(f"llama.cpp cannot turn the JSON schema into a grammar: {exc}") from exc
+    return re.sub(r"^char ::= .*$", lambda _: JSON_CHAR_RULE, gbnf, count=1, flags=re.MULTILINE)
 
 
 class LlamaCppModel:
@@ -46,6 +70,19 @@ class LlamaCppModel:
         # tied to the calling thread, and idle pools spin: calls from many threads (concurrent
         # episodes) made generation 2.4x slower on 2 cores, with the same outputs.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+        self._grammars: dict[str, object] = {}  # schema text -> LlamaGrammar (worker thread)
+
+    def _grammar(self, request: GenerationRequest):
+        """The LlamaGrammar of the request's JSON schema (built once per schema), or None."""
+        if request.json_schema is None:
+            return None
+        key = json.dumps(request.json_schema, sort_keys=True)
+        if key not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+            self._grammars[key] = LlamaGrammar.from_string(schema_grammar(request.json_schema),
+                                                           verbose=False)
+        return self._grammars[key]
 
     def generate(self, request: GenerationRequest) -> Completion:
         return self._worker.submit(self._generate, request).result()
@@ -63,6 +100,7 @@ class LlamaCppModel:
                 max_tokens=p.max_tokens,
                 stop=list(p.stop) or None,
                 seed=request.seed,
+                grammar=self._grammar(request),
             )
         except ValueError as exc:  # e.g. prompt longer than the context window
             raise ModelError(f"llama.cpp rejected the request: {exc}") from exc
@@ -96,7 +134,7 @@ class LlamaCppModel:
             for chunk in self._llm.create_chat_completion(
                     messages=[m.to_dict() for m in request.messages], temperature=p.temperature,
                     top_p=p.top_p, max_tokens=p.max_tokens, stop=list(p.stop) or None,
-                    seed=request.seed, stream=True):
+                    seed=request.seed, grammar=self._grammar(request), stream=True):
                 choice = chunk["choices"][0]
                 piece = choice.get("delta", {}).get("content")
                 if piece:

@@ -2,11 +2,17 @@
 
 Retries with exponential backoff (connection errors, 408/409/429/5xx) and timeouts are the client's
 own; this backend adds a concurrency limit for batches and turns failures into one clear error.
+
+A request's JSON schema (`GenerationRequest.json_schema`) is sent as OpenAI's structured-output
+`response_format` ({"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}),
+which vLLM and llama.cpp's server turn into constrained decoding; a server that refuses it (400
+or 422, as llama-cpp-python's own server does) is reported in one line naming the schema.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -14,6 +20,15 @@ from typing import Sequence
 from tracetune.errors import ModelError
 from tracetune.models.configs import OpenAIConfig
 from tracetune.types import Completion, GenerationRequest, Usage, finish_reason_of
+
+
+def response_format(schema: dict) -> dict:
+    """OpenAI's structured-output `response_format` for a JSON schema; its name is the schema's
+    title when that is a valid name (letters, digits, _ and -), else "response"."""
+    title = schema.get("title")
+    name = title if isinstance(title, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", title) \
+        else "response"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
 class OpenAIModel:
@@ -31,6 +46,8 @@ class OpenAIModel:
     def generate(self, request: GenerationRequest) -> Completion:
         p = request.params
         extra = {"seed": request.seed} if self.config.send_seed else {}
+        if request.json_schema is not None:
+            extra["response_format"] = response_format(request.json_schema)
         t0 = time.perf_counter()
         try:
             resp = self._client.chat.completions.create(
@@ -46,6 +63,11 @@ class OpenAIModel:
             raise ModelError(f"cannot reach the OpenAI-compatible server at {self.config.base_url} "
                              f"({type(exc).__name__}: {exc})") from exc
         except self._openai.APIStatusError as exc:
+            if request.json_schema is not None and exc.status_code in (400, 422):
+                raise ModelError(f"{self.config.base_url} answered HTTP {exc.status_code} to a "
+                                 "request constrained to a JSON schema (response_format "
+                                 "json_schema); the server may not support structured outputs: "
+                                 f"{exc.message}") from exc
             raise ModelError(f"{self.config.base_url} answered HTTP {exc.status_code}: "
                              f"{exc.message}") from exc
         latency_s = time.perf_counter() - t0

@@ -3,7 +3,8 @@
 Each line is {"text": "...", "match": "optional substring", "finish_reason": "optional"}. A
 request takes the first unused line whose `match` occurs in its last user message (a line without
 `match` fits any request); `finish_reason` (stop, length or error; default stop) replays why a
-recorded generation ended, e.g. a cut at max_tokens.
+recorded generation ended, e.g. a cut at max_tokens. A request's JSON schema is ignored (a script
+is not decoded; see `common.Scripted`).
 """
 
 from __future__ import annotations
