@@ -66,14 +66,7 @@ def load_suite(name_or_path: str) -> Suite:
         return load_humaneval()
     path = Path(name_or_path)
     if path.suffix == ".json":  # the same tables as a TOML suite, as JSON (written by tools)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TracetuneError(f"suite file not found: {path}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TracetuneError(f"suite file {path} is not JSON text ({exc})") from None
-        except OSError as exc:
-            raise TracetuneError(f"cannot read suite file {path}: {exc.strerror}") from None
+        data = read_json(path, "suite file")
         if not isinstance(data, dict):
             raise TracetuneError(f"{path}: a suite is an object with \"suite\" and \"task\"")
         return suite_from_tables(data, str(path))
@@ -205,3 +198,17 @@ def suite_from_tables(data: dict, origin: str) -> Suite:
     return Suite(name=head["name"], version=int(head.get("version", 1)),
                  description=head.get("description", ""), tasks=tuple(tasks), kind=kind,
                  train_pct=train_pct)
+
+
+def read_json(path: Path, what: str):
+    """The JSON value in the file at `path`; `what` names the file in errors ("suite file").
+    Raises TracetuneError (one line) for a missing or unreadable file or text that is not
+    UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TracetuneError(f"{what} not found: {path}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TracetuneError(f"{what} {path} is not JSON text ({exc})") from None
+    except OSError as exc:
+        raise TracetuneError(f"cannot read {what} {path}: {exc.strerror}") from None

@@ -362,14 +362,9 @@ def read_swe_bench_cl(path: Path | str) -> list[ClSequence]:
     such as metadata and statistics, are ignored). A missing key is one TracetuneError naming
     it and the task's index."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TracetuneError(f"SWE-Bench-CL file not found: {path}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TracetuneError(f"{path} is not JSON text ({exc})") from None
-    except OSError as exc:
-        raise TracetuneError(f"cannot read {path}: {exc.strerror}") from None
+    from tracetune.tasks import read_json
+
+    data = read_json(path, "SWE-Bench-CL file")
     raw_sequences = data.get("sequences") if isinstance(data, dict) else None
     if not isinstance(raw_sequences, list) or not raw_sequences:
         raise TracetuneError(f"{path}: no \"sequences\" list (not a SWE-Bench-CL file?)")
