@@ -544,7 +544,6 @@ def _write_rows_unit(rows: list[dict], label: str, out: str, channel) -> dict:
 def _train_unit(data: str, base: str, config: TrainConfig, label: str, out: str,
                 channel) -> dict:
     """Child: train OUT/adapter on `data` (resumes a killed training); cost figures."""
-    from tracetune.train.lengths import row_lengths
     from tracetune.train.recipe import META
     from tracetune.train.recipe import train as train_adapter
 
@@ -557,7 +556,7 @@ def _train_unit(data: str, base: str, config: TrainConfig, label: str, out: str,
     train_adapter(Path(data), base, adapter, config, resume=True,
                   log=lambda line: _say(channel, f"[{label}] {line}"), on_progress=progress)
     meta = json.loads((adapter / META).read_text())
-    tokens = _trained_tokens(Path(data), base, config, row_lengths)
+    tokens = meta["row_tokens"]  # the rows' tokens as training measured them (one epoch)
     _say(channel, f"[{label}] {meta['rows']} rows, {meta['steps']} steps, loss "
                   f"{meta['first_loss']:.3f} -> {meta['last_loss']:.3f}")
     out_meta = {"rows": meta["rows"], "steps": meta["steps"],
@@ -566,19 +565,6 @@ def _train_unit(data: str, base: str, config: TrainConfig, label: str, out: str,
     if "ewc" in meta:
         out_meta["ewc"] = meta["ewc"]
     return out_meta
-
-
-def _trained_tokens(data: Path, base: str, config: TrainConfig, row_lengths) -> int:
-    """Tokens of the rows trained on (one epoch), measured as training measures them."""
-    import transformers
-
-    from tracetune.datasets.build import SFT_PROMPT_COMPLETION, format_path, read_rows
-    from tracetune.models.resolve import hf_source, weight_options
-
-    rows = read_rows(format_path(data, SFT_PROMPT_COMPLETION))
-    tok = transformers.AutoTokenizer.from_pretrained(
-        hf_source(base), trust_remote_code=weight_options(base).trust_remote_code)
-    return int(sum(n for n in row_lengths(tok, rows) if n <= config.max_seq_len))
 
 
 def _export_unit(adapter: str, target: str, base: str, label: str, out: str, channel) -> dict:
@@ -792,15 +778,22 @@ class Protocol:
         if strategy == "ewc":
             return new_rows, init, exp.continual.ewc
         # partial replay: the new rows plus a sample of the buffer
-        from tracetune.train.replay import ReplayBuffer, mix
+        from tracetune.train.replay import mix
 
         settings = exp.continual.partial_replay
-        buffer = ReplayBuffer.from_json(buffer_json) if buffer_json else \
-            ReplayBuffer(settings.buffer_size, settings.priority, seed=exp.info.seed)
+        buffer = self.buffer(buffer_json)
         rec.buffer_size = len(buffer)
         mixed = mix(self.examples(new_rows, i, stream, conf), buffer, settings.ratio,
                     seed=exp.info.seed + i)
         return mixed, init, None
+
+    def buffer(self, buffer_json: str | None):
+        """Partial replay's buffer after the last round (empty before the first)."""
+        from tracetune.train.replay import ReplayBuffer
+
+        settings = self.exp.continual.partial_replay
+        return ReplayBuffer.from_json(buffer_json) if buffer_json else \
+            ReplayBuffer(settings.buffer_size, settings.priority, seed=self.exp.info.seed)
 
     def examples(self, rows: list[dict], i: int, stream, conf: dict[str, float]) -> list:
         """Replay examples of round i's new rows; confidence = the pass rate of the row's task
@@ -812,11 +805,8 @@ class Protocol:
 
     def update_buffer(self, buffer_json, new_rows, i, stream, model: Model, tag, rec,
                       conf: dict[str, float]) -> str:
-        from tracetune.train.replay import ReplayBuffer
-
         settings = self.exp.continual.partial_replay
-        buffer = ReplayBuffer.from_json(buffer_json) if buffer_json else \
-            ReplayBuffer(settings.buffer_size, settings.priority, seed=self.exp.info.seed)
+        buffer = self.buffer(buffer_json)
         examples = self.examples(new_rows, i, stream, conf)
         losses = None
         if settings.priority == "difficulty":

@@ -75,8 +75,13 @@ def base_config(base: str, config: TrainConfig) -> TrainConfig:
 
 def _rows(dataset: Path, method: str) -> tuple[list[dict], Path]:
     """The dataset's training rows for `method` and the file they come from."""
-    from tracetune.datasets.build import (DPO_TRL, SFT_PROMPT_COMPLETION, format_path,
-                                          load_manifest, read_rows)
+    from tracetune.datasets.build import (
+        DPO_TRL,
+        SFT_PROMPT_COMPLETION,
+        format_path,
+        load_manifest,
+        read_rows,
+    )
 
     load_manifest(dataset)
     path = format_path(Path(dataset), SFT_PROMPT_COMPLETION if method == "sft" else DPO_TRL)
@@ -419,6 +424,7 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                 log(line)
         meta = {"base": base, "base_source": source, "dataset": str(Path(dataset).resolve()),
                 "rows": len(fitted.rows), "rows_too_long": fitted.dropped,
+                "row_tokens": sum(n for n in lengths if n <= config.max_seq_len),
                 "longest_row_tokens": fitted.longest, "config": dataclasses.asdict(config),
                 "train_seconds": round(train_s, 2), "steps": trainer.state.global_step,
                 "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
@@ -455,7 +461,7 @@ class _World:
     local_rank: int = 0
 
     @classmethod
-    def of(cls, cuda: bool) -> "_World":
+    def of(cls, cuda: bool) -> _World:
         """This process's place; with several, the process group is started here (NCCL on
         CUDA, gloo on the CPU: accelerate's PartialState, which the trainer then shares)."""
         env = os.environ
