@@ -15,6 +15,10 @@ defaults). Usage:
     python benchmarks/loop_gain.py [--trials 16] [--humaneval-limit 0] [--out runs/loop_gain]
     python benchmarks/loop_gain.py --trials 8 --humaneval-limit 40 --seed-from runs/quickstart
         (the quickstart's own numbers plus the control: only the control stages run)
+    python benchmarks/loop_gain.py --rounds 3 --trials 4 --humaneval-limit 40
+        (experiments/rounds_quick.toml: rounds of expert iteration behind its gate, no control;
+        prints every round's held-out pass@1 with its interval against the same base, the
+        gate's verdicts and why the rounds stopped)
 """
 
 from __future__ import annotations
@@ -30,13 +34,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def derived_experiment(trials: int, humaneval_limit: int, epochs: float | None,
-                       path: Path) -> Path:
-    text = (ROOT / "experiments" / "quickstart.toml").read_text()
+                       path: Path, rounds: int = 1) -> Path:
+    source = "rounds_quick" if rounds > 1 else "quickstart"
+    text = (ROOT / "experiments" / f"{source}.toml").read_text()
     text = re.sub(r"(?m)^trials = \d+", f"trials = {trials}", text)
     text = re.sub(r"(?m)^limit = \d+", f"limit = {humaneval_limit}", text)
     if epochs is not None:
         text = re.sub(r"(?m)^epochs = [\d.]+", f"epochs = {epochs}", text)
+    if rounds > 1:
+        return _written(path, re.sub(r"(?m)^rounds = \d+", f"rounds = {rounds}", text))
     text += "\n[control]\nenabled = true\n"
+    return _written(path, text)
+
+
+def _written(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
 
@@ -51,6 +62,8 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=16, help="samples per task (quickstart: 8)")
     ap.add_argument("--humaneval-limit", type=int, default=0, help="0 = all 164 problems")
     ap.add_argument("--epochs", type=float, default=None, help="override [train] epochs")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of expert iteration (experiments/rounds_quick.toml; no control)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "loop_gain")
     ap.add_argument("--seed-from", type=Path, default=None,
                     help="copy this loop directory (e.g. runs/quickstart) into --out first: "
@@ -70,10 +83,12 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     exp = derived_experiment(args.trials, args.humaneval_limit, args.epochs,
-                             args.out.parent / f"{args.out.name}.toml")
+                             args.out.parent / f"{args.out.name}.toml", args.rounds)
     t0 = time.time()
     results = run_loop(exp, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
     wall = time.time() - t0
+    if args.rounds > 1:
+        return print_rounds(results, layout, args.trials, wall)
 
     base_vs = overall(results, "heldout", "adapted")
     control = overall(results, "heldout", "control")
@@ -117,6 +132,46 @@ def main() -> int:
          "p_fisher": base_vs["p_value"], "p_mcnemar": base_vs["mcnemar_p"],
          "humaneval_delta": cap["delta_success"], "targets": targets,
          "heldout_failures": kinds}, indent=2))
+    return 0
+
+
+def print_rounds(results: dict, layout, trials: int, wall: float) -> int:
+    """The per-round table of a rounds run (results.json's "rounds"), and its JSON summary."""
+    curve = results["rounds"]
+
+    def pct(x):
+        return f"{100 * x:5.1f}%"
+
+    def pp(x):
+        return f"{100 * x:+5.1f}pp"
+
+    g = curve["settings"]
+    print(f"loop_gain --rounds {g['rounds']}: {trials} trials/task, "
+          f"{len(results['split']['heldout'])} held-out tasks, mode {g['mode']}, gate "
+          f"{g['test']} p < {g['alpha']} and capability within {pp(-g['max_capability_drop'])} "
+          f"(wall {wall / 60:.1f} min incl. cached stages)")
+    for r in curve["rounds"]:
+        line = (f"  round {r['round']}  held-out pass@1 {pct(r['heldout'])} "
+                f"[{pct(r['ci'][0])}, {pct(r['ci'][1])}]")
+        if r["round"]:
+            gate = r["gate"]
+            line += (f"  vs base {pp(r['delta'])} [{pp(r['delta_ci'][0])}, "
+                     f"{pp(r['delta_ci'][1])}] p={r['p']:.3g}  vs previous {pp(gate['gain'])} "
+                     f"p={gate['p']:.3g}  gate {'passed' if gate['passed'] else 'STOP'}")
+        if r.get("capability") is not None:
+            line += f"  HumanEval {pct(r['capability'])}"
+            if r["round"] and r.get("capability_delta") is not None:
+                line += f" ({pp(r['capability_delta'])})"
+        print(line)
+    kept = next(r for r in curve["rounds"] if r["round"] == curve["kept"])
+    print(f"  kept round {curve['kept']}: held-out {pct(kept['heldout'])}; stopped: "
+          f"{curve['stopped']}")
+    targets = {"held-out >= 80% after the rounds": kept["heldout"] >= 0.80,
+               "HumanEval drop <= 2pp": (kept.get("capability_delta") or 0.0) >= -0.02}
+    print("  targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"
+                                    for k, v in targets.items()))
+    layout.benchmark("loop_gain_rounds").write_text(json.dumps(
+        {"trials": trials, "rounds": curve, "targets": targets, "wall_s": wall}, indent=2))
     return 0
 
 

@@ -742,7 +742,8 @@ def loop_cmd(
     until: Optional[str] = typer.Option(None, help="Stop after this stage."),
 ) -> None:
     """The whole loop: baseline eval -> mine -> train -> export -> adapted eval -> capability
-    check -> compare -> report. Stages are cached; a killed loop continues where it stopped."""
+    check -> (with [rounds]: round 2, 3, ... while the gate passes) -> compare -> report. Stages
+    are cached; a killed loop continues where it stopped."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
                                TimeRemainingColumn)
 

@@ -34,6 +34,16 @@ of an earlier release lacks them; the report then falls back to the run director
     adapter      the trained adapter's metadata: {"rows", "steps", "train_seconds",
                  "first_loss", "last_loss", "versions"} (null: no adapter metadata)
     loss_curves  "adapter" / "control" (the ones that exist) -> the loss log's path
+
+With [rounds] rounds > 1 (expert iteration):
+
+    rounds       the per-round curve, the gate's verdicts, the kept round and why the rounds
+                 stopped (experiment.rounds.curve)
+
+With [grpo] enabled:
+
+    grpo         the GRPO round against the round it started from and the base model, its
+                 training figures and cost (experiment.rounds.grpo_result)
 """
 
 from __future__ import annotations
@@ -164,7 +174,21 @@ def analyze(exp: Experiment, out: Path) -> dict:
         "arms": {arm: arm_summary(layout, path, episodes[arm], packages[arm])
                  for arm, path in arm_dirs.items()},
         **training_summary(layout),
+        **({"rounds": _rounds_curve(exp, layout)} if exp.rounds.rounds > 1 else {}),
+        **({"grpo": _grpo_result(exp, layout)} if exp.grpo is not None else {}),
     }
+
+
+def _rounds_curve(exp: Experiment, layout: RunLayout) -> dict:
+    from tracetune.experiment.rounds import curve
+
+    return curve(exp, layout)
+
+
+def _grpo_result(exp: Experiment, layout: RunLayout) -> dict | None:
+    from tracetune.experiment.rounds import grpo_result
+
+    return grpo_result(exp, layout)
 
 
 def _open(path: Path, opened: ExitStack):

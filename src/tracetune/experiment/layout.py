@@ -136,6 +136,34 @@ class RunLayout:
         return self.control / "eval"
 
     @property
+    def rounds_root(self) -> Path:
+        return self.root / "rounds"
+
+    def round_dir(self, r: int) -> Path:
+        """Round r's (r >= 2) data/, adapter/, export/, eval/, capability/ (round 1 is the
+        loop's own data/, adapter/, export/, adapted/, capability/adapted/)."""
+        return self.rounds_root / f"r{r}"
+
+    def round_parts(self, r: int) -> dict[str, Path]:
+        """Round r's outputs by part: data, adapter, export, eval (the [eval] tasks), capability;
+        round 0 (the base model) has eval and capability only."""
+        if r == 0:
+            return {"eval": self.baseline, "capability": self.capability("base")}
+        if r == 1:
+            return {"data": self.data, "adapter": self.adapter, "export": self.export,
+                    "eval": self.adapted, "capability": self.capability("adapted")}
+        d = self.round_dir(r)
+        return {part: d / part for part in ("data", "adapter", "export", "eval", "capability")}
+
+    @property
+    def grpo(self) -> Path:
+        return self.root / "grpo"
+
+    def grpo_parts(self) -> dict[str, Path]:
+        """The GRPO stage's adapter, export, eval (the [eval] tasks) and capability."""
+        return {part: self.grpo / part for part in ("adapter", "export", "eval", "capability")}
+
+    @property
     def reference_root(self) -> Path:
         return self.root / "reference"
 

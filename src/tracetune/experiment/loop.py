@@ -29,7 +29,7 @@ from tracetune.experiment.layout import RunLayout
 from tracetune.experiment.progress import ProgressLines
 from tracetune.experiment.spec import (Experiment, as_json, experiment_hash,
                                       same_settings)
-from tracetune.experiment.stages import STAGES, Context, Stage, active_stages
+from tracetune.experiment.stages import Context, Stage, active_stages, stage_table
 
 Log = Callable[[str], None]
 
@@ -39,10 +39,11 @@ class Loop:
 
     def __init__(self, exp: Experiment, out: Path, *, log: Log = print,
                  progress: Callable[..., None] | None = None,
-                 table: tuple[Stage, ...] = STAGES) -> None:
+                 table: tuple[Stage, ...] | None = None) -> None:
         self.exp, self.layout, self.log = exp, RunLayout(out), log
         # progress(stage, done, total, note=""): episodes or training steps of a running stage
         self.progress = progress or (lambda stage, done, total, note="": None)
+        table = stage_table(exp) if table is None else table  # loop experiments' by default
         self.table = {s.name: s for s in table}
         self.stages = [s.name for s in active_stages(exp, table)]
 

@@ -194,6 +194,10 @@ def _blocks(exp, layout: RunLayout, results: dict, figures: dict,
                                   f"{m['delta']:+.2f} [{m['ci_low']:+.2f}, {m['ci_high']:+.2f}]",
                                   f"{m['p_wilcoxon']:.3g}", f"{m['p_t']:.3g}"]
                                  for m in comp["metrics"]])))
+    if results.get("rounds"):
+        b += _rounds_blocks(results["rounds"], exp.capability.suite)
+    if results.get("grpo"):
+        b += _grpo_blocks(results["grpo"], exp.capability.suite)
     failures = results.get("failures") or {}
     if any(failures.values()):
         arms = list(failures)
@@ -213,6 +217,71 @@ def _blocks(exp, layout: RunLayout, results: dict, figures: dict,
         b.append(("plot", "capability"))
     b.append(("h", "Reproducibility"))
     b.append(("pre", _repro(exp, layout, results, figures, record)))
+    return b
+
+
+def _rounds_blocks(rounds: dict, suite: str) -> list[tuple[str, object]]:
+    """The rounds of expert iteration: one row per round, the gate's verdicts, the kept round."""
+    g = rounds["settings"]
+    b: list[tuple[str, object]] = [("h", "Rounds of expert iteration")]
+    b.append(("p", f"Up to {g['rounds']} rounds, mode {g['mode']}. Pre-registered gate before "
+                   f"each next round: held-out gain over the previous round of at least "
+                   f"{_pp(g['min_gain'])} with {g['test']} p < {g['alpha']}, and "
+                   f"{suite} within {_pp(-g['max_capability_drop'])} of the base model."))
+    head = ["round", "held-out success [95% CI]", "Δ vs base [95% CI]", f"{g['test']} p vs base",
+            "Δ vs previous, p", suite, "train rows, s", "gate"]
+    table = []
+    for r in rounds["rounds"]:
+        gate = r.get("gate")
+        table.append([
+            str(r["round"]) + (" (base)" if r["round"] == 0 else ""),
+            f"{_pct(r['heldout'])} [{_pct(r['ci'][0])}, {_pct(r['ci'][1])}] (n={r['n']})",
+            "" if not r["round"] else
+            f"{_pp(r['delta'])} [{_pp(r['delta_ci'][0])}, {_pp(r['delta_ci'][1])}]",
+            "" if not r["round"] else f"{r['p']:.3g}{stars(r['p'])}",
+            "" if not gate else f"{_pp(gate['gain'])}, p = {gate['p']:.3g}",
+            "" if r.get("capability") is None else _pct(r["capability"]) + (
+                "" if not r["round"] or r.get("capability_delta") is None
+                else f" ({_pp(r['capability_delta'])})"),
+            "" if not r["round"] else
+            f"{r['train']['rows']}, {_num(r.get('seconds'), '.0f')}",
+            "" if not gate else ("passed" if gate["passed"] else "stop")])
+    b.append(("table", (head, table)))
+    kept = rounds["kept"]
+    b.append(("p", (f"Kept: round {kept}." if kept else "Kept: no round (the base model "
+                    "stays).") + f" Stopped: {rounds['stopped']}. Train rows and seconds: the "
+                   "round's training rows, and its stages' wall time."))
+    b.append(("plot", "rounds"))
+    return b
+
+
+def _grpo_blocks(g: dict, suite: str) -> list[tuple[str, object]]:
+    """The GRPO round: held-out success against the round it started from and the base."""
+    start = f"round {g['start_round']}" if g["start_round"] else "the base model"
+    b: list[tuple[str, object]] = [("h", "GRPO from sandbox rewards")]
+    if not g.get("ran"):
+        return b + [("p", f"Started from {start}; no adapter came out: {g['reason']}")]
+    t = g["train"]
+    b.append(("p", f"Started from {start} ({_pct(g['start_heldout'])} held-out). Reward: the "
+                   "share of a task's hidden tests each completion passes; groups whose rewards "
+                   "were all equal are skipped (no signal) and counted."))
+    rows = [["held-out success [95% CI]",
+             f"{_pct(g['heldout'])} [{_pct(g['ci'][0])}, {_pct(g['ci'][1])}] (n={g['n']})"],
+            [f"Δ vs {start} [95% CI], {g['test']} p",
+             f"{_pp(g['delta'])} [{_pp(g['delta_ci'][0])}, {_pp(g['delta_ci'][1])}], "
+             f"p = {g['p']:.3g}"],
+            [f"Δ vs base, {g['test']} p", f"{_pp(g['delta_vs_base'])}, p = {g['p_vs_base']:.3g}"],
+            ["optimizer steps, completions",
+             f"{t['steps']}, {t['completions']} in {t['groups']} groups "
+             f"({t['zero_std_groups']} skipped: equal rewards)"],
+            ["mean reward first → last logged step",
+             f"{_num(t['reward_first'], '.3f')} → {_num(t['reward_last'], '.3f')}"],
+            ["KL to the reference (last step)", _num(t["kl_last"], ".4g")],
+            ["cost", f"{_num(t['train_seconds'], '.0f')} s training; stage "
+                     f"{_num(g['seconds'], '.0f')} s, peak RAM {_num(g['peak_ram_gb'], '.2f')} GB"]]
+    if g.get("capability") is not None:
+        rows.append([suite, f"{_pct(g['capability'])} ({_pp(g['capability_delta'])} vs base)"])
+    b.append(("table", (["", "value"], rows)))
     return b
 
 
@@ -348,6 +417,30 @@ def _plots(exp, layout: RunLayout, results: dict, figures: dict) -> dict[str, by
         delta = rows[-1]["delta_success"]
         ax.set_title(f"{exp.capability.suite}: Δ = {_pp(delta)}")
         plots["capability"] = png(fig)
+
+    rounds = results.get("rounds")
+    if rounds and rounds["rounds"]:
+        rows = rounds["rounds"]
+        xs = [r["round"] for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        ys = [r["heldout"] for r in rows]
+        ax.errorbar(xs, ys, yerr=[[y - r["ci"][0] for y, r in zip(ys, rows)],
+                                  [r["ci"][1] - y for y, r in zip(ys, rows)]],
+                    marker="o", capsize=4, label="held-out success (95% CI)",
+                    color=COLORS.get("adapted"))
+        caps = [(r["round"], r["capability"]) for r in rows if r.get("capability") is not None]
+        if caps:
+            ax.plot(*zip(*caps), marker="s", linestyle="--", label=exp.capability.suite,
+                    color=COLORS.get("base"))
+        ax.axvline(rounds["kept"], color="grey", linestyle=":", label="kept round")
+        ax.set_xticks(xs)
+        ax.set_xlabel("round (0: base model)")
+        ax.set_ylabel("success rate")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title("Expert iteration: success per round")
+        plots["rounds"] = png(fig)
     return plots
 
 
@@ -355,7 +448,8 @@ def _plots(exp, layout: RunLayout, results: dict, figures: dict) -> dict[str, by
 
 CAPTIONS = {"success_per_task": "Per-task success of each model (95% Wilson intervals)",
             "attempts_duration": "Attempts and episode duration per model",
-            "loss": "Training loss", "capability": "Capability check: base vs adapted"}
+            "loss": "Training loss", "capability": "Capability check: base vs adapted",
+            "rounds": "Held-out success and capability per round"}
 
 
 def _markdown(blocks, plots, layout: RunLayout) -> str:

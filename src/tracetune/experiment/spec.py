@@ -17,6 +17,10 @@
                   transformers with the PEFT adapter)
     [capability]  general-capability check (HumanEval, or a fixed subset), greedy
     [control]     enabled: also train an adapter on as many unfiltered rows, evaluate it the same
+    [rounds]      rounds of expert iteration after the first, each behind a pre-registered gate
+                  (RoundsSection; experiment.rounds)
+    [grpo]        enabled, plus the fields of tracetune.train.grpo.GrpoConfig: a GRPO round from
+                  sandbox rewards after the rounds, started from the kept round's adapter
     [[hypothesis]] pre-registered claims with their thresholds and test
     [decision]    GO / ITERATE / ABORT criteria (seed 003)
 
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING
 from tracetune.errors import TracetuneError
 from tracetune.tomlconf import build, read_toml
 from tracetune.train.config import TrainConfig
+from tracetune.train.grpo import GrpoConfig
 
 if TYPE_CHECKING:
     from tracetune.datasets.build import MineConfig
@@ -168,6 +173,53 @@ class ControlSection:
     """Train a control adapter on as many rows drawn from the same runs without any filter."""
 
 
+ROUND_MODES = ("continue", "retrain")
+GATE_TESTS = ("paired_permutation", "fisher", "mcnemar", "wilcoxon", "paired_t")
+
+
+@dataclass(frozen=True)
+class RoundsSection:
+    """[rounds]: expert iteration (rejection-sampling fine-tuning repeated; SWE-Gym, arXiv
+    2412.21139). Round 1 is the loop's own baseline -> mine -> train -> export -> adapted ->
+    capability; round r >= 2 evaluates round r-1's model on every [eval] task, mines its train
+    tasks, trains, exports and evaluates on every task and the capability suite. Before round
+    r+1 runs, the gate judges round r: its held-out success rate must exceed round r-1's by at
+    least min_gain with `test` p < alpha, and its capability success rate must be within
+    max_capability_drop of the base model's; otherwise the rounds stop and the kept round is the
+    last one that passed (0: the base model)."""
+
+    rounds: int = 1
+    """How many rounds at most (1: the loop as without [rounds])."""
+    mode: str = "continue"
+    """continue: round r trains round r-1's adapter further on round r-1's own passing answers;
+    retrain: round r trains a fresh adapter from the base weights on the rows mined from every
+    evaluation so far (baseline and each earlier round), duplicates removed."""
+    test: str = "paired_permutation"
+    """The gate's test of round r against round r-1 on held-out success (the task as the unit:
+    paired_permutation, wilcoxon, paired_t; (task, trial) outcomes: fisher, mcnemar)."""
+    alpha: float = 0.05
+    """The gate's significance level (two-sided p < alpha)."""
+    min_gain: float = 0.0
+    """The smallest held-out gain over round r-1 the gate accepts (a fraction, 0.05 = 5pp)."""
+    max_capability_drop: float = 0.02
+    """The largest capability drop below the base model the gate accepts (fraction; needs
+    [capability] enabled, else ignored)."""
+
+    def gate(self) -> dict:
+        """The settings the gate and the rounds read (what round stages hash; not `rounds`, so
+        that raising it keeps the rounds already run)."""
+        return {k: v for k, v in asdict(self).items() if k != "rounds"}
+
+
+@dataclass(frozen=True)
+class LoopGrpo:
+    """Keys of [grpo] that only the loop reads (the rest are GrpoConfig's)."""
+
+    enabled: bool = False
+    """Run the grpo stage: GRPO on the train tasks from the kept round's adapter (the loop's
+    adapter without [rounds]), then export, evaluation and capability check like any round."""
+
+
 @dataclass(frozen=True)
 class Hypothesis:
     id: str
@@ -232,6 +284,9 @@ class Experiment:
     control: ControlSection
     hypotheses: tuple[Hypothesis, ...]
     decision: Decision
+    rounds: RoundsSection = RoundsSection()
+    grpo: GrpoConfig | None = None
+    """[grpo]'s training settings when the grpo stage runs ([grpo] enabled), else None."""
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -247,6 +302,9 @@ class Experiment:
         if name == "mine":
             mine = {k: v for k, v in asdict(self.mine).items() if k not in MINE_FIXED}
             return as_json({**mine, **asdict(self.loop_mine)})
+        if name == "grpo":
+            return as_json({"enabled": self.grpo is not None,
+                            **asdict(self.grpo or GrpoConfig())})
         value = getattr(self, name)
         if isinstance(value, (TeacherSection, CapabilitySection)):  # overrides stated flat
             own = asdict(value)
@@ -266,6 +324,8 @@ class Experiment:
             from tracetune.datasets.build import MineConfig
 
             return as_json({**field_defaults(MineConfig), **field_defaults(LoopMine)})
+        if name == "grpo":
+            return as_json({"enabled": False, **field_defaults(GrpoConfig)})
         if name in ("teacher", "capability"):
             own = field_defaults(type(getattr(self, name)))
             own.pop("eval")
@@ -305,13 +365,16 @@ class Experiment:
 
     def preregistered(self) -> dict:
         """What is frozen before any result exists: hypotheses and decision criteria."""
-        return {"hypotheses": [asdict(h) for h in self.hypotheses],
-                "decision": {"go": [c.text for c in self.decision.go],
-                             "abort": [c.text for c in self.decision.abort]}}
+        frozen = {"hypotheses": [asdict(h) for h in self.hypotheses],
+                  "decision": {"go": [c.text for c in self.decision.go],
+                               "abort": [c.text for c in self.decision.abort]}}
+        if self.rounds.rounds > 1:  # the gate is pre-registered too (absent: one round)
+            frozen["rounds_gate"] = self.rounds.gate()
+        return frozen
 
 
 SECTIONS = ("experiment", "models", "eval", "teacher", "mine", "train", "export", "capability",
-            "control", "hypothesis", "decision")
+            "control", "rounds", "grpo", "hypothesis", "decision")
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -341,6 +404,13 @@ def load_experiment(path: Path) -> Experiment:
     cap = _with_eval(CapabilitySection, data.get("capability", {}), CAPABILITY_EVAL,
                      f"{where} [capability]")
     control = build(ControlSection, data.get("control", {}), f"{where} [control]")
+    rounds = build(RoundsSection, data.get("rounds", {}), f"{where} [rounds]")
+    grpo_table, loop_grpo = _split_table(data.get("grpo", {}), LoopGrpo, f"{where} [grpo]")
+    grpo = build(GrpoConfig, grpo_table, f"{where} [grpo]")
+    try:
+        grpo.validate()
+    except TracetuneError as exc:
+        raise TracetuneError(f"{where} [grpo]: {exc}") from None
     hyps, decision = preregistration_tables(data, Hypothesis, where)
 
     # --- values and cross-references ------------------------------------------------------------
@@ -415,7 +485,10 @@ def load_experiment(path: Path) -> Experiment:
         raise TracetuneError(f"{where} [export] target: {export.target!r} is not one of "
                              f"{', '.join(EXPORT_TARGETS)}")
     exp = Experiment(path, info, models, ev, loop_eval, teacher, mine, loop_mine, train_table,
-                     train_cfg, export, cap, control, hyps, decision)
+                     train_cfg, export, cap, control, hyps, decision, rounds,
+                     grpo if loop_grpo.enabled else None)
+    _check_rounds(exp, f"{where} [rounds]")
+    _check_grpo(exp, f"{where} [grpo]")
     _check_evaluations(exp, where)
     names = set()
     for i, h in enumerate(hyps):
@@ -538,6 +611,55 @@ def _check_evaluations(exp: Experiment, where: str) -> None:
         raise TracetuneError(f"{where} [train] method = {exp.train_config.method} trains on "
                              f"{' or '.join(rows)} rows; [mine] kinds {list(exp.mine.kinds)} "
                              "yields none")
+
+
+def _check_rounds(exp: Experiment, where: str) -> None:
+    """[rounds]: values in range, and an experiment whose rounds can run (each round mines the
+    previous round's own answers on the train tasks and is judged on the held-out ones)."""
+    r = exp.rounds
+    if r.rounds < 1:
+        raise TracetuneError(f"{where} rounds: must be at least 1 (1: a single round)")
+    if r.mode not in ROUND_MODES:
+        raise TracetuneError(f"{where} mode: {r.mode!r} is not one of {', '.join(ROUND_MODES)}")
+    if r.test not in GATE_TESTS:
+        raise TracetuneError(f"{where} test: {r.test!r} is not one of {', '.join(GATE_TESTS)}")
+    if not 0 < r.alpha < 1:
+        raise TracetuneError(f"{where} alpha: must be within (0, 1)")
+    if not 0 <= r.max_capability_drop <= 1 or not -1 <= r.min_gain <= 1:
+        raise TracetuneError(f"{where}: min_gain and max_capability_drop are fractions "
+                             "(0.02 = 2pp)")
+    if r.rounds == 1:
+        return
+    why = None
+    if exp.eval.train_pct == 100:
+        why = "[eval] train_pct = 100 leaves no held-out tasks for the gate"
+    elif exp.eval_on != "all":
+        why = "[eval] eval_on = heldout: each round mines its own answers on the train tasks"
+    elif exp.teacher.model is not None:
+        why = "[teacher]: rounds mine the model's own answers, not a teacher's"
+    elif exp.train_config.method != "sft":
+        why = f"[train] method = {exp.train_config.method}: rounds train SFT adapters"
+    if why:
+        raise TracetuneError(f"{where} rounds = {r.rounds}: {why}")
+
+
+def _check_grpo(exp: Experiment, where: str) -> None:
+    """[grpo] enabled: an experiment whose GRPO stage can run (the reward runs a completion of
+    the direct workflow's prompt against the hidden tests; the result is judged on held-out
+    tasks)."""
+    if exp.grpo is None:
+        return
+    spec = exp.eval.workflow_spec()
+    why = None
+    if spec.name != "direct":
+        why = (f"[eval] workflow = {spec.name}: the reward scores one answer to the direct "
+               "workflow's prompt")
+    elif exp.eval.train_pct == 100:
+        why = "[eval] train_pct = 100 leaves no held-out tasks to judge it on"
+    elif exp.train_config.method != "sft":
+        why = f"[train] method = {exp.train_config.method}: GRPO continues an SFT adapter"
+    if why:
+        raise TracetuneError(f"{where} enabled: {why}")
 
 
 def evals_of(exp: Experiment) -> list[str]:

@@ -115,7 +115,11 @@ def teacher(ctx: Context) -> dict:
     return ctx.evaluate("teacher", ctx.exp.teacher_config(), ctx.layout.teacher)
 
 
-def mine(ctx: Context, *, out: Path | None = None, unfiltered: int = 0) -> dict:
+def mine(ctx: Context, *, out: Path | None = None, unfiltered: int = 0,
+         sources: list[Path] | None = None, label: str = "mine") -> dict:
+    """Mine the train-split tasks of `sources` (default: the teacher's run with a [teacher],
+    else the baseline) into `out` (default RUN/data). Raises TracetuneError when fewer than
+    [mine] min_rows rows come out (nothing is left in `out` then)."""
     from tracetune.datasets.build import mine as mine_runs
 
     exp = ctx.exp
@@ -124,10 +128,11 @@ def mine(ctx: Context, *, out: Path | None = None, unfiltered: int = 0) -> dict:
         shutil.rmtree(out)
     config = dataclasses.replace(exp.mine, train_pct=exp.eval.train_pct, unfiltered=unfiltered,
                                  seed=exp.info.seed)
-    source = ctx.layout.teacher if exp.teacher.model is not None else ctx.layout.baseline
-    report = mine_runs([source], out, config)
+    if sources is None:
+        sources = [ctx.layout.teacher if exp.teacher.model is not None else ctx.layout.baseline]
+    report = mine_runs(sources, out, config)
     counts = {k: len(v) for k, v in report.rows.items()}
-    ctx.log(f"[mine] rows: {counts}; dropped: {report.dropped}")
+    ctx.log(f"[{label}] rows: {counts}; dropped: {report.dropped}")
     total = sum(counts.values())
     if not unfiltered and total < exp.loop_mine.min_rows:
         shutil.rmtree(out)
@@ -136,26 +141,32 @@ def mine(ctx: Context, *, out: Path | None = None, unfiltered: int = 0) -> dict:
     return {"counts": counts, "dropped": report.dropped}
 
 
-def train(ctx: Context, *, data: Path | None = None, out: Path | None = None) -> dict:
+def train(ctx: Context, *, data: Path | None = None, out: Path | None = None,
+          init_adapter: Path | None = None, label: str = "train") -> dict:
+    """Train the [train] recipe on `data` (default RUN/data) into `out` (default RUN/adapter),
+    starting from the LoRA adapter in `init_adapter` when given (else a fresh one)."""
     from tracetune.train.recipe import META
     from tracetune.train.recipe import train as train_adapter
 
     data, out = data or ctx.layout.data, out or ctx.layout.adapter
+    config = ctx.exp.train_config if init_adapter is None else dataclasses.replace(
+        ctx.exp.train_config, init_adapter=str(Path(init_adapter).resolve()))
     # resume: a train killed with the loop continues from its last checkpoint (only the same
     # data, base and config are resumed), and a finished adapter is replaced only when the
     # new one is complete.
-    train_adapter(data, train_base(ctx.exp), out, ctx.exp.train_config, resume=True,
-                  log=lambda line: ctx.log(f"[train] {line}"),
+    train_adapter(data, train_base(ctx.exp), out, config, resume=True,
+                  log=lambda line: ctx.log(f"[{label}] {line}"),
                   on_progress=lambda step, total, loss: ctx.progress(
-                      "train", step, total, f"loss {loss:.3f}" if loss is not None else ""))
+                      label, step, total, f"loss {loss:.3f}" if loss is not None else ""))
     meta = json.loads((out / META).read_text())
-    ctx.log(f"[train] {meta['rows']} rows, {meta['steps']} steps, loss "
+    ctx.log(f"[{label}] {meta['rows']} rows, {meta['steps']} steps, loss "
             f"{meta['first_loss']:.3f} -> {meta['last_loss']:.3f}")
     return {"rows": meta["rows"], "steps": meta["steps"], "seconds": meta["train_seconds"],
             "final_loss": meta["last_loss"], "first_loss": meta["first_loss"]}
 
 
-def export(ctx: Context, *, adapter: Path | None = None, out: Path | None = None) -> dict:
+def export(ctx: Context, *, adapter: Path | None = None, out: Path | None = None,
+           label: str = "export") -> dict:
     from tracetune.export.run import export as export_adapter
     from tracetune.models.resolve import gguf_base
 
@@ -166,7 +177,7 @@ def export(ctx: Context, *, adapter: Path | None = None, out: Path | None = None
     artifact = RunLayout.export_file(out, ctx.exp.export.target)
     parity = export_adapter(adapter, ctx.exp.export.target, artifact,
                             base=gguf_base(ctx.exp.models.base))
-    ctx.log(f"[export] {artifact.name}: {parity}")
+    ctx.log(f"[{label}] {artifact.name}: {parity}")
     return {"artifact": ctx.layout.relative(artifact), "parity": parity}
 
 
@@ -276,6 +287,43 @@ STAGES: tuple[Stage, ...] = (
     Stage("report", report, needs=("compare",),
           outputs=lambda lay: (lay.report_md, lay.report_html, lay.report_files)),
 )
+
+
+def stage_table(exp: Experiment) -> tuple[Stage, ...]:
+    """The loop's stages for `exp`: STAGES, plus, before compare (which reads them), one stage
+    per round after the first when [rounds] asks for more (round2, round3, ...;
+    experiment.rounds) and the grpo stage when [grpo] is enabled. A round stage hashes the
+    gate's settings and (through its dependencies) every earlier stage's, not the number of
+    rounds: raising it keeps the rounds already run."""
+    if exp.rounds.rounds < 2 and exp.grpo is None:
+        return STAGES
+    import functools
+
+    from tracetune.experiment.rounds import (round_numbers, round_stage_name, run_grpo,
+                                             run_round)
+
+    def gate_settings(exp: Experiment) -> dict:
+        return {"rounds": exp.rounds.gate()}
+
+    first = ("train", "export", "adapted", "capability")
+    extra = []
+    for r in round_numbers(exp):
+        before = first if r == 2 else (round_stage_name(r - 1),)
+        extra.append(Stage(round_stage_name(r), functools.partial(run_round, r), needs=before,
+                           outputs=lambda lay, r=r: (lay.round_dir(r),),
+                           resolved=gate_settings))
+    if exp.grpo is not None:  # from the kept round: it reads the gate (and every round)
+        extra.append(Stage("grpo", run_grpo, reads=("grpo", "models.train_base"),
+                           needs=first + tuple(s.name for s in extra),
+                           outputs=lambda lay: (lay.grpo,), resolved=gate_settings))
+    names = tuple(s.name for s in extra)
+    out = []
+    for s in STAGES:
+        if s.name == "compare":
+            out += extra
+            s = dataclasses.replace(s, needs=s.needs + names)
+        out.append(s)
+    return tuple(out)
 
 
 def active_stages(exp: Experiment, table: tuple[Stage, ...] = STAGES) -> list[Stage]:
