@@ -16,9 +16,10 @@ defaults). Usage:
     python benchmarks/loop_gain.py --trials 8 --humaneval-limit 40 --seed-from runs/quickstart
         (the quickstart's own numbers plus the control: only the control stages run)
     python benchmarks/loop_gain.py --rounds 3 --trials 4 --humaneval-limit 40
-        (experiments/rounds_quick.toml: rounds of expert iteration behind its gate, no control;
-        prints every round's held-out pass@1 with its interval against the same base, the
-        gate's verdicts and why the rounds stopped)
+        (experiments/rounds_quick.toml: rounds of expert iteration behind its gate, then a GRPO
+        round, no control; prints every round's held-out pass@1 with its interval against the
+        same base, the gate's verdicts, why the rounds stopped, and the GRPO round's delta over
+        the kept round with its p-value and cost)
 """
 
 from __future__ import annotations
@@ -166,6 +167,23 @@ def print_rounds(results: dict, layout, trials: int, wall: float) -> int:
     kept = next(r for r in curve["rounds"] if r["round"] == curve["kept"])
     print(f"  kept round {curve['kept']}: held-out {pct(kept['heldout'])}; stopped: "
           f"{curve['stopped']}")
+    g = results.get("grpo")
+    if g and g.get("ran"):
+        t = g["train"]
+        print(f"  GRPO from round {g['start_round']}: held-out {pct(g['heldout'])} "
+              f"[{pct(g['ci'][0])}, {pct(g['ci'][1])}]  vs round {g['start_round']} "
+              f"{pp(g['delta'])} [{pp(g['delta_ci'][0])}, {pp(g['delta_ci'][1])}] "
+              f"{g['test']} p={g['p']:.3g}  vs base {pp(g['delta_vs_base'])} "
+              f"p={g['p_vs_base']:.3g}" + (f"  HumanEval {pct(g['capability'])} "
+                                           f"({pp(g['capability_delta'])})"
+                                           if g.get("capability") is not None else ""))
+        print(f"    cost: {t['steps']} steps, {t['completions']} completions in {t['groups']} "
+              f"groups ({t['zero_std_groups']} skipped, equal rewards), "
+              f"{t['train_seconds']:.0f} s training, stage {g['seconds']:.0f} s, peak RAM "
+              f"{g['peak_ram_gb']:.2f} GB; mean reward {t['reward_first']:.3f} -> "
+              f"{t['reward_last']:.3f}, KL {t['kl_last']}")
+    elif g:
+        print(f"  GRPO from round {g['start_round']}: no adapter ({g['reason']})")
     targets = {"held-out >= 80% after the rounds": kept["heldout"] >= 0.80,
                "HumanEval drop <= 2pp": (kept.get("capability_delta") or 0.0) >= -0.02}
     print("  targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}"

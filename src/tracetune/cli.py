@@ -833,6 +833,11 @@ def check_experiment_cmd(experiment: Path = typer.Argument(..., help="Experiment
         out.print(f"  go if {c.text}")
     for c in exp.decision.abort:
         out.print(f"  abort if {c.text}")
+    rounds = getattr(exp, "rounds", None)
+    if rounds is not None and rounds.rounds > 1:
+        out.print(escape(f"rounds: up to {rounds.rounds} ({rounds.mode}); gate: held-out gain "
+                         f">= {rounds.min_gain:+.2f} with {rounds.test} p < {rounds.alpha}, "
+                         f"capability drop <= {rounds.max_capability_drop:.2f}"))
 
 
 @app.command("stages")

@@ -196,3 +196,20 @@ def test_gate_tests_take_the_stated_unit():
     assert gate_p("paired_permutation", after, before) == pytest.approx(2 / 2 ** 7)
     assert gate_p("fisher", after, before) < gate_p("paired_permutation", after, before)
     assert gate_p("paired_permutation", before, before) == 1.0
+
+
+def test_retrain_mode_trains_a_fresh_adapter_on_every_evaluation_so_far(tmp_path):
+    text = EXPERIMENT.replace('mode = "continue"', 'mode = "retrain"').replace(
+        "rounds = 3", "rounds = 2")
+    text = text[:text.index("[grpo]")]
+    out = tmp_path / "run"
+    results = run_loop(_experiment(tmp_path, text), out, log=lambda m: None)
+    r2 = out / "rounds" / "r2"
+    assert json.loads((r2 / "adapter" / "tracetune_adapter.json").read_text())[
+        "config"]["init_adapter"] is None
+    sources = json.loads((r2 / "data" / "manifest.json").read_text())["sources"]
+    assert [Path(s).name for s in sources] == ["baseline", "adapted"]
+    # the same train-task answers in both evaluations: the second copy of each is dropped
+    dropped = json.loads((r2 / "data" / "manifest.json").read_text())["dropped"]
+    assert dropped.get("duplicate", 0) > 0
+    assert [r["round"] for r in results["rounds"]["rounds"]] == [0, 1, 2]
