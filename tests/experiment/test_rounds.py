@@ -13,7 +13,7 @@ import pytest
 
 from tracetune.errors import TracetuneError
 from tracetune.experiment.loop import Loop, run_loop
-from tracetune.experiment.rounds import gate_p
+from tracetune.experiment.gate import gate_p
 from tracetune.experiment.spec import load_experiment
 from tracetune.tasks import load_suite
 from tracetune.tasks.splits import in_train

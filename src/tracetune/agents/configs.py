@@ -50,11 +50,25 @@ class RepairConfig:
     """Above this many characters, the oldest tool results are elided from the conversation."""
     constrained: bool = False
     """Decode only valid tool calls (the protocol's JSON schema -> the backend's grammar)."""
+    numbered_reads: bool = False
+    """read_file shows each line after its number (`  12| text`)."""
+    line_edit: bool = False
+    """Offer replace_lines (rel_path, start, end, content): an edit by line range."""
+    observation_chars: int = 0
+    """Cut each tool result to this many characters (0: not cut); the test verdict is kept."""
+    show_file: bool = False
+    """The first message also holds the buggy module's text (numbered with numbered_reads) and
+    the failing tests' output, so no step is spent finding them."""
 
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
-        if not isinstance(self.constrained, bool):
-            raise TracetuneError(f"constrained must be true or false, not {self.constrained!r}")
+        for name in ("constrained", "numbered_reads", "line_edit", "show_file"):
+            if not isinstance(getattr(self, name), bool):
+                raise TracetuneError(f"{name} must be true or false, not "
+                                     f"{getattr(self, name)!r}")
+        if self.observation_chars < 0 or 0 < self.observation_chars < 40:
+            raise TracetuneError(f"observation_chars must be 0 (not cut) or at least 40, not "
+                                 f"{self.observation_chars}")
         if self.test_policy not in TEST_POLICIES:
             raise TracetuneError(f"test_policy {self.test_policy!r} is not one of "
                                  f"{', '.join(TEST_POLICIES)}")

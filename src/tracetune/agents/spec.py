@@ -37,12 +37,15 @@ class WorkflowInfo:
     """Episodes write their own tests, checked against the reference (wrong tests counted)."""
     test_metrics: bool = False
     """Episodes grade a written test file (Pass@k, mutation score, coverage: Summary.testgen)."""
+    one_completion: bool = False
+    """Its first prompt is answered by one completion that the task's hidden tests grade: the
+    shape a sampled-reward trainer scores (train.grpo)."""
 
 
 WORKFLOWS: dict[str, WorkflowInfo] = {
     "direct": WorkflowInfo("direct", "tracetune.agents.workflow:direct", DirectConfig,
                            ("functions",), False, "spec -> implementation, checked by the hidden "
-                           "tests; retries get the failure"),
+                           "tests; retries get the failure", one_completion=True),
     "tdd": WorkflowInfo("tdd", "tracetune.agents.workflow:tdd", TDDConfig, ("functions",), False,
                         "spec -> pytest tests -> implementation that passes them",
                         writes_tests=True),

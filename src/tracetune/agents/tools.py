@@ -31,7 +31,13 @@ TOOLS: dict[str, tuple[dict[str, type], dict[str, object], str]] = {
     "edit": ({"rel_path": str, "search": str, "replace": str}, {},
              "replace one occurrence of the search text (close matches are found too)"),
 }
-WRITE_TOOLS = ("write_file", "edit")
+LINE_TOOLS: dict[str, tuple[dict[str, type], dict[str, object], str]] = {
+    "replace_lines": ({"rel_path": str, "start": int, "end": int, "content": str}, {},
+                      "replace lines start..end (1-based, inclusive) with content (re-indented "
+                      "to the first replaced line; empty content deletes them)"),
+}
+"""Tools an agent gets on request (the repair agent's `line_edit` option)."""
+WRITE_TOOLS = ("write_file", "edit", "replace_lines")
 MAX_WRITE_CHARS = 100_000
 MAX_READ_CHARS = 20_000
 FUZZY_THRESHOLD = 0.8
@@ -63,16 +69,29 @@ class Parsed:
 
     def call_key(self) -> str:
         """Identity of a call for loop detection: the name and its args with defaults filled."""
-        _, optional, _ = TOOLS[self.name]
+        _, optional, _ = tool_spec(self.name)
         return json.dumps([self.name, {**optional, **self.args}], sort_keys=True)
+
+
+def toolset(*, line_edit: bool = False) -> dict[str, tuple[dict[str, type], dict[str, object],
+                                                             str]]:
+    """The tools an agent is offered: TOOLS, plus LINE_TOOLS with `line_edit`."""
+    return {**TOOLS, **(LINE_TOOLS if line_edit else {})}
+
+
+def tool_spec(name: str) -> tuple[dict[str, type], dict[str, object], str]:
+    """(required args, optional args with defaults, help) of any known tool; KeyError if none."""
+    return TOOLS[name] if name in TOOLS else LINE_TOOLS[name]
 
 
 def _type_name(t: type) -> str:
     return {str: "a string", int: "an integer"}[t]
 
 
-def parse_message(text: str) -> Parsed:
-    """Read one assistant message. Never raises: problems come back as kind "error"."""
+def parse_message(text: str, tools: dict | None = None) -> Parsed:
+    """Read one assistant message against the protocol with `tools` (default TOOLS; see
+    `toolset`). Never raises: problems come back as kind "error"."""
+    tools = TOOLS if tools is None else tools
     body = text.strip()
     if not body:
         return Parsed("error", error="empty message; reply with one JSON object")
@@ -102,14 +121,14 @@ def parse_message(text: str) -> Parsed:
         return Parsed("error", error=f"unknown key(s) {', '.join(extra)} in a tool call "
                       "(keys: type, name, args)")
     name = obj.get("name")
-    if not isinstance(name, str) or name not in TOOLS:
-        return Parsed("error", error=f"unknown tool {name!r} (tools: {', '.join(TOOLS)})")
+    if not isinstance(name, str) or name not in tools:
+        return Parsed("error", error=f"unknown tool {name!r} (tools: {', '.join(tools)})")
     if "args" not in obj:
         return Parsed("error", name=name, error=f"{name}: missing \"args\" (an object)")
     args = obj["args"]
     if not isinstance(args, dict):
         return Parsed("error", name=name, error=f"{name}: \"args\" must be an object")
-    required, optional, _ = TOOLS[name]
+    required, optional, _ = tools[name]
     missing = [k for k in required if k not in args]
     if missing:
         return Parsed("error", name=name, error=f"{name}: missing arg(s) {', '.join(missing)}")
@@ -132,13 +151,16 @@ class ToolError(Exception):
 class Workspace:
     """The task's directory and the tools that act on it."""
 
-    def __init__(self, root: Path, *, max_write_chars: int = MAX_WRITE_CHARS) -> None:
+    def __init__(self, root: Path, *, max_write_chars: int = MAX_WRITE_CHARS,
+                 numbered: bool = False) -> None:
         self.root = Path(root).resolve()
         self.max_write_chars = max_write_chars
+        self.numbered = numbered
+        """read_file shows each line after its number (`numbered_lines`)."""
 
     def call(self, parsed: Parsed) -> str:
         """Run a parsed tool call; raises ToolError with a message for the model."""
-        _, optional, _ = TOOLS[parsed.name]
+        _, optional, _ = tool_spec(parsed.name)
         args = {**optional, **parsed.args}
         return getattr(self, parsed.name)(**args)
 
@@ -195,6 +217,8 @@ class Workspace:
 
     def read_file(self, rel_path: str, max_chars: int) -> str:
         text = self._text(self.resolve(rel_path), rel_path)
+        if self.numbered:
+            text = numbered_lines(text)
         limit = max(1, min(max_chars, MAX_READ_CHARS))
         if len(text) > limit:
             return text[:limit] + f"\n... (truncated: {len(text) - limit} more chars)"
@@ -239,12 +263,59 @@ class Workspace:
         path.write_text(new, encoding="utf-8")
         return f"edited {self._rel(path)} ({how})"
 
+    def replace_lines(self, rel_path: str, start: int, end: int, content: str) -> str:
+        """Lines start..end (1-based, inclusive) of the file replaced by `content`, re-indented
+        like an edit's replacement (its first non-blank line at the depth of the first replaced
+        non-blank line, the file's indentation unit and line ending); returns what changed with
+        the new lines numbered, two lines of context either side."""
+        path = self.resolve(rel_path)
+        text = self._text(path, rel_path)
+        lines = text.splitlines(keepends=True)
+        if not 1 <= start <= end:
+            raise ToolError(f"replace_lines: need 1 <= start <= end, got start={start} "
+                            f"end={end}")
+        if end > len(lines):
+            raise ToolError(f"replace_lines: {rel_path} has {len(lines)} lines; end={end} is "
+                            "past its last line")
+        old = lines[start - 1:end]
+        new_lines = content.splitlines()
+        anchor = next((ln for ln in old if ln.strip()), old[0])
+        first = next((ln for ln in new_lines if ln.strip()), "")
+        unit = _indent_unit(text.splitlines())
+        conformed = _conform(new_lines, first, anchor, unit, _indent_unit(new_lines),
+                             _indent_unit(new_lines))
+        eol = "\r\n" if anchor.endswith("\r\n") else "\n"
+        ending = eol if old[-1].endswith("\n") else ""
+        block = eol.join(conformed) + (ending if conformed else "")
+        out = "".join(lines[:start - 1]) + block + "".join(lines[end:])
+        self._check_content(out)
+        path.write_text(out, encoding="utf-8")
+        shown_from = max(1, start - 2)
+        after = out.splitlines()
+        view = numbered_lines("\n".join(after[shown_from - 1:start - 1 + len(conformed) + 2]),
+                              first=shown_from)
+        return (f"replaced lines {start}-{end} of {self._rel(path)} with {len(conformed)} "
+                f"line(s):\n{view}")
+
     def _check_content(self, content: str) -> None:
         if len(content) > self.max_write_chars:
             raise ToolError(f"content too large: {len(content)} chars (limit "
                             f"{self.max_write_chars})")
         if "\0" in content:
             raise ToolError("content contains NUL bytes: only text files can be written")
+
+
+def numbered_lines(text: str, first: int = 1) -> str:
+    """`text` with each line after its number and a bar (`  12| x = 1`), numbers from `first`:
+    the line-numbered view of reads, which `replace_lines` addresses."""
+    return "\n".join(f"{n:>4}| {line}" for n, line in enumerate(text.splitlines(), first))
+
+
+def clip_observation(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (0: not cut), saying how much was left out."""
+    if limit <= 0 or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... ({len(text) - limit} more chars not shown)"
 
 
 def _norm(line: str) -> str:
@@ -360,7 +431,7 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
 _JSON_TYPES = {str: "string", int: "integer"}
 
 
-def tool_call_schema() -> dict:
+def tool_call_schema(tools: dict | None = None) -> dict:
     """The JSON schema of one valid assistant message of the protocol, built from `TOOLS`: one of
     each tool's call object (its exact args, the required ones required, no others) or the final
     answer. Backends turn it into a grammar (`GenerationRequest.json_schema`).
@@ -368,9 +439,10 @@ def tool_call_schema() -> dict:
     It accepts what `parse_message` accepts, with one difference JSON Schema cannot express: an
     integral float (`1.0`) is an integer to the schema, not to the parser. Grammars built from the
     schema write integers as digits only, so constrained output never has it. Properties are in
-    the order grammars write them: type, name, args."""
+    the order grammars write them: type, name, args. `tools`: the tool set (default TOOLS; see
+    `toolset`)."""
     calls = []
-    for name, (required, optional, _) in TOOLS.items():
+    for name, (required, optional, _) in (TOOLS if tools is None else tools).items():
         args = {**{k: _JSON_TYPES[t] for k, t in required.items()},
                 **{k: _JSON_TYPES[type(v)] for k, v in optional.items()}}
         calls.append({
@@ -390,9 +462,12 @@ def tool_call_schema() -> dict:
     return {"title": "tool_call", "oneOf": [*calls, final]}
 
 
-def describe_tools() -> str:
+def describe_tools(tools: dict | None = None) -> str:
+    """One line per tool of `tools` (default TOOLS) for the system prompt: name, args with their
+    defaults, what it does."""
     out = []
-    for name, (required, optional, help_text) in TOOLS.items():
-        args = {**{k: k.upper() for k in required}, **optional}
+    for name, (required, optional, help_text) in (TOOLS if tools is None else tools).items():
+        # a placeholder of the arg's type: NAME for strings, 1 for integers
+        args = {**{k: k.upper() if t is str else 1 for k, t in required.items()}, **optional}
         out.append(f"- {name} {json.dumps(args)}: {help_text}")
     return "\n".join(out)

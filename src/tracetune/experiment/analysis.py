@@ -38,12 +38,12 @@ of an earlier release lacks them; the report then falls back to the run director
 With [rounds] rounds > 1 (expert iteration):
 
     rounds       the per-round curve, the gate's verdicts, the kept round and why the rounds
-                 stopped (experiment.rounds.curve)
+                 stopped (experiment.gate.curve)
 
 With [grpo] enabled:
 
     grpo         the GRPO round against the round it started from and the base model, its
-                 training figures and cost (experiment.rounds.grpo_result)
+                 training figures and cost (experiment.gate.grpo_result)
 """
 
 from __future__ import annotations
@@ -180,13 +180,13 @@ def analyze(exp: Experiment, out: Path) -> dict:
 
 
 def _rounds_curve(exp: Experiment, layout: RunLayout) -> dict:
-    from tracetune.experiment.rounds import curve
+    from tracetune.experiment.gate import curve
 
     return curve(exp, layout)
 
 
 def _grpo_result(exp: Experiment, layout: RunLayout) -> dict | None:
-    from tracetune.experiment.rounds import grpo_result
+    from tracetune.experiment.gate import grpo_result
 
     return grpo_result(exp, layout)
 

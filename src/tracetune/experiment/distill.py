@@ -544,7 +544,7 @@ def load_any(path: Path):
     """(experiment, stage table) of any experiment file: a distillation experiment when it has
     a [logs] section, else a loop experiment."""
     from tracetune.experiment.spec import load_experiment
-    from tracetune.experiment.stages import stage_table
+    from tracetune.experiment.rounds import stage_table
 
     if is_distill(path):
         return load_distill(path), DISTILL_STAGES

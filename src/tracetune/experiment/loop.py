@@ -29,7 +29,8 @@ from tracetune.experiment.layout import RunLayout
 from tracetune.experiment.progress import ProgressLines
 from tracetune.experiment.spec import (Experiment, as_json, experiment_hash,
                                       same_settings)
-from tracetune.experiment.stages import Context, Stage, active_stages, stage_table
+from tracetune.experiment.rounds import stage_table
+from tracetune.experiment.stages import Context, Stage, active_stages
 
 Log = Callable[[str], None]
 

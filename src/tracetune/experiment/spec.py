@@ -651,9 +651,12 @@ def _check_grpo(exp: Experiment, where: str) -> None:
         return
     spec = exp.eval.workflow_spec()
     why = None
-    if spec.name != "direct":
-        why = (f"[eval] workflow = {spec.name}: the reward scores one answer to the direct "
-               "workflow's prompt")
+    if not spec.info.one_completion:
+        from tracetune.agents.spec import WORKFLOWS
+
+        one = ", ".join(n for n, w in WORKFLOWS.items() if w.one_completion)
+        why = (f"[eval] workflow = {spec.name}: the reward scores one completion of a "
+               f"workflow's first prompt ({one})")
     elif exp.eval.train_pct == 100:
         why = "[eval] train_pct = 100 leaves no held-out tasks to judge it on"
     elif exp.train_config.method != "sft":

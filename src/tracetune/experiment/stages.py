@@ -289,43 +289,6 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def stage_table(exp: Experiment) -> tuple[Stage, ...]:
-    """The loop's stages for `exp`: STAGES, plus, before compare (which reads them), one stage
-    per round after the first when [rounds] asks for more (round2, round3, ...;
-    experiment.rounds) and the grpo stage when [grpo] is enabled. A round stage hashes the
-    gate's settings and (through its dependencies) every earlier stage's, not the number of
-    rounds: raising it keeps the rounds already run."""
-    if exp.rounds.rounds < 2 and exp.grpo is None:
-        return STAGES
-    import functools
-
-    from tracetune.experiment.rounds import (round_numbers, round_stage_name, run_grpo,
-                                             run_round)
-
-    def gate_settings(exp: Experiment) -> dict:
-        return {"rounds": exp.rounds.gate()}
-
-    first = ("train", "export", "adapted", "capability")
-    extra = []
-    for r in round_numbers(exp):
-        before = first if r == 2 else (round_stage_name(r - 1),)
-        extra.append(Stage(round_stage_name(r), functools.partial(run_round, r), needs=before,
-                           outputs=lambda lay, r=r: (lay.round_dir(r),),
-                           resolved=gate_settings))
-    if exp.grpo is not None:  # from the kept round: it reads the gate (and every round)
-        extra.append(Stage("grpo", run_grpo, reads=("grpo", "models.train_base"),
-                           needs=first + tuple(s.name for s in extra),
-                           outputs=lambda lay: (lay.grpo,), resolved=gate_settings))
-    names = tuple(s.name for s in extra)
-    out = []
-    for s in STAGES:
-        if s.name == "compare":
-            out += extra
-            s = dataclasses.replace(s, needs=s.needs + names)
-        out.append(s)
-    return tuple(out)
-
-
 def active_stages(exp: Experiment, table: tuple[Stage, ...] = STAGES) -> list[Stage]:
     """The stages this experiment runs, in order (no loop or run directory needed)."""
     return [s for s in table if s.active(exp)]

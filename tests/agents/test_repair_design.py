@@ -1,0 +1,179 @@
+"""The repair agent's tool and prompt design options (issue 18's ablation): line-numbered reads,
+an edit by line range, clipped observations and the module shown in the first message; each
+off by default, each changing exactly what it names."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tracetune.agents.configs import RepairConfig
+from tracetune.agents.repair import run_repair_episode, system_prompt
+from tracetune.agents.tools import (LINE_TOOLS, TOOLS, ToolError, Workspace, clip_observation,
+                                    numbered_lines, parse_message, tool_call_schema, toolset)
+from tracetune.errors import TracetuneError
+from tracetune.models import load_model
+from tracetune.sandbox import Sandbox
+from tracetune.tasks import load_suite
+from tracetune.types import SamplingParams
+
+TINY = Path(__file__).parents[1] / "data" / "repair_suite.toml"
+FINAL = '{"type": "final", "message": "done"}'
+
+
+def call(name, **args):
+    return json.dumps({"type": "tool_call", "name": name, "args": args})
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def task():
+    return next(t for t in load_suite(str(TINY)).tasks if t.id == "tiny/maximum")
+
+
+def episode(tmp_path, task, sandbox, texts, **wf):
+    script = tmp_path / "script.jsonl"
+    script.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return run_repair_episode(task, RepairConfig(**wf), load_model(f"replay:{script}"), sandbox,
+                              params=SamplingParams(), seed=1)
+
+
+def workspace(tmp_path, text, **kw):
+    (tmp_path / "m.py").write_text(text)
+    return Workspace(tmp_path, **kw)
+
+
+# --- the tools -----------------------------------------------------------------------------------
+
+def test_numbered_lines_count_from_one_and_keep_the_text():
+    assert numbered_lines("a\n  b\n") == "   1| a\n   2|   b"
+    assert numbered_lines("x", first=9) == "   9| x"
+
+
+def test_a_numbered_read_numbers_every_line_and_a_plain_read_does_not(tmp_path):
+    text = "def f():\n    return 1\n"
+    plain = workspace(tmp_path, text).read_file("m.py", 4000)
+    numbered = workspace(tmp_path, text, numbered=True).read_file("m.py", 4000)
+    assert plain == text
+    assert numbered == "   1| def f():\n   2|     return 1"
+
+
+def test_replace_lines_replaces_the_range_reindented_to_the_file(tmp_path):
+    ws = workspace(tmp_path, "def f(x):\n    if x < 0:\n        return 0\n    return x\n")
+    out = ws.replace_lines("m.py", 2, 3, "if x <= 0:\n    return -1")
+    assert (tmp_path / "m.py").read_text() == \
+        "def f(x):\n    if x <= 0:\n        return -1\n    return x\n"
+    assert out.startswith("replaced lines 2-3 of m.py with 2 line(s):")
+    assert "   2|     if x <= 0:" in out and "   4|     return x" in out
+
+
+def test_replace_lines_keeps_tabs_and_crlf_and_deletes_with_empty_content(tmp_path):
+    (tmp_path / "m.py").write_bytes(b"def f():\r\n\tx = 1\r\n\ty = 2\r\n\treturn x\r\n")
+    ws = Workspace(tmp_path)
+    ws.replace_lines("m.py", 2, 2, "    x = 3")
+    assert (tmp_path / "m.py").read_bytes() == b"def f():\r\n\tx = 3\r\n\ty = 2\r\n\treturn x\r\n"
+    ws.replace_lines("m.py", 3, 3, "")
+    assert (tmp_path / "m.py").read_bytes() == b"def f():\r\n\tx = 3\r\n\treturn x\r\n"
+
+
+@pytest.mark.parametrize("start,end,why", [(0, 1, "1 <= start <= end"), (3, 2, "1 <= start"),
+                                           (2, 9, "has 2 lines")])
+def test_replace_lines_refuses_a_range_outside_the_file(tmp_path, start, end, why):
+    ws = workspace(tmp_path, "a = 1\nb = 2\n")
+    with pytest.raises(ToolError, match=why):
+        ws.replace_lines("m.py", start, end, "c = 3")
+    assert (tmp_path / "m.py").read_text() == "a = 1\nb = 2\n"
+
+
+def test_replace_lines_stays_inside_the_workspace(tmp_path):
+    inside = tmp_path / "ws"
+    inside.mkdir()
+    (tmp_path / "m.py").write_text("a\n")
+    ws = workspace(inside, "a\n")
+    with pytest.raises(ToolError, match="not allowed"):
+        ws.replace_lines("../m.py", 1, 1, "b")
+    assert (tmp_path / "m.py").read_text() == "a\n"
+
+
+def test_clip_observation_says_what_it_left_out():
+    assert clip_observation("x" * 50, 0) == "x" * 50
+    assert clip_observation("x" * 50, 60) == "x" * 50
+    assert clip_observation("x" * 50, 40) == "x" * 40 + "\n... (10 more chars not shown)"
+
+
+# --- the protocol with and without the line edit -------------------------------------------------
+
+def test_replace_lines_is_a_tool_only_when_offered():
+    msg = call("replace_lines", rel_path="m.py", start=2, end=2, content="x = 1")
+    assert parse_message(msg).kind == "error"
+    assert "unknown tool" in parse_message(msg).error
+    assert parse_message(msg, toolset(line_edit=True)).kind == "tool_call"
+    assert parse_message(call("replace_lines", rel_path="m.py", start="2", end=2, content=""),
+                         toolset(line_edit=True)).error == "replace_lines: start must be an integer"
+    assert set(toolset()) == set(TOOLS)
+    assert set(toolset(line_edit=True)) == set(TOOLS) | set(LINE_TOOLS)
+
+
+def test_the_schema_follows_the_offered_tools():
+    msg = json.loads(call("replace_lines", rel_path="m.py", start=2, end=3, content="y"))
+    plain = jsonschema.Draft202012Validator(tool_call_schema())
+    offered = jsonschema.Draft202012Validator(tool_call_schema(toolset(line_edit=True)))
+    assert not plain.is_valid(msg) and offered.is_valid(msg)
+    assert not offered.is_valid({**msg, "args": {**msg["args"], "start": "2"}})
+    assert "replace_lines" in system_prompt("after_write", RepairConfig(line_edit=True))
+    assert "replace_lines" not in system_prompt("after_write", RepairConfig())
+
+
+@pytest.mark.parametrize("bad,why", [({"observation_chars": 10}, "observation_chars"),
+                                     ({"observation_chars": -1}, "observation_chars"),
+                                     ({"line_edit": "yes"}, "line_edit")])
+def test_bad_design_options_are_refused(bad, why):
+    with pytest.raises(TracetuneError, match=why):
+        RepairConfig(**bad).validate()
+
+
+# --- episodes ------------------------------------------------------------------------------------
+
+def test_a_line_edit_fixes_the_bug_counts_as_a_write_and_gets_the_tests(tmp_path, task, sandbox):
+    out = episode(tmp_path, task, sandbox, [
+        call("read_file", rel_path="maximum.py"),
+        call("replace_lines", rel_path="maximum.py", start=5, end=5, content="if x > best:"),
+        FINAL], numbered_reads=True, line_edit=True)
+    assert out.success and out.metrics["writes"] == 1 and out.metrics["parse_errors"] == 0
+    read, edit = out.attempts[0], out.attempts[1]
+    assert "   5|         if x < best:" in read.feedback
+    assert edit.facts["tests"] == "pass" and edit.feedback.endswith("[TESTS PASS]")
+
+
+def test_without_line_edit_the_same_call_is_a_parse_error(tmp_path, task, sandbox):
+    out = episode(tmp_path, task, sandbox, [
+        call("replace_lines", rel_path="maximum.py", start=5, end=5, content="if x > best:"),
+        FINAL])
+    assert not out.success and out.metrics["parse_errors"] == 1 and out.metrics["writes"] == 0
+
+
+def test_observations_are_clipped_but_the_test_verdict_is_not(tmp_path, task, sandbox):
+    out = episode(tmp_path, task, sandbox, [
+        call("read_file", rel_path="maximum.py"),
+        call("write_file", rel_path="maximum.py", content=task.reference + "\n# " + "z" * 300),
+        FINAL], observation_chars=40)
+    read, write = out.attempts[0], out.attempts[1]
+    assert read.feedback == "[tool_result]\n" + clip_observation(task.buggy, 40)
+    assert write.feedback.endswith("[TESTS PASS]")
+
+
+def test_show_file_puts_the_module_and_the_failing_tests_in_the_first_message(tmp_path, task,
+                                                                              sandbox):
+    out = episode(tmp_path, task, sandbox, [FINAL], show_file=True, numbered_reads=True)
+    goal = out.attempts[0].messages[1]["content"]
+    assert goal.startswith("GOAL:\n" + task.spec)
+    assert "FILE maximum.py:\n   1| def maximum(xs):" in goal
+    assert "TESTS NOW: [TESTS FAIL] failed: test_sorted" in goal
+    plain = episode(tmp_path, task, sandbox, [FINAL])
+    assert plain.attempts[0].messages[1]["content"] == "GOAL:\n" + task.spec
