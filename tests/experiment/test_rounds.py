@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tracetune.errors import TracetuneError
-from tracetune.experiment.loop import Loop, run_loop
 from tracetune.experiment.gate import gate_p
+from tracetune.experiment.loop import Loop, run_loop
 from tracetune.experiment.spec import load_experiment
 from tracetune.tasks import load_suite
 from tracetune.tasks.splits import in_train

@@ -1,0 +1,164 @@
+"""Which repair-agent design options let a small model reach an edit? An ablation on held-out bugs.
+
+Seed 004 found framework changes (tool design, prompting) worth +12-19pp where LoRA gave nothing;
+seed 002 found small models never reach patching because they cannot drive the tool protocol.
+This runs the repair agent on the same held-out bugs (the `bugs` suite's 70/30 split, the test
+side: 18 bugs) with the same seeds under each arm:
+
+    base            repair,max_iters=5 (the protocol as shipped before issue 18)
+    +OPTION         each design option alone: constrained (grammar-constrained tool calls),
+                    numbered_reads, line_edit (replace_lines), observation_chars=N, show_file
+    all             every option on
+    all-OPTION      every option but one
+
+and prints, per arm: the share of episodes that reached a valid edit (a write or edit that the
+tool accepted: the `wrote` metric) with its 95% interval, held-out pass rate (k/n and the
+task-clustered Wilson interval), the pass-rate delta against base with its cluster-robust
+interval and McNemar p (outcomes paired by task and trial, which share their sampling seed),
+and parse errors, tool errors and steps per episode. Every arm's episodes are stored in
+OUT/ARM (a run directory for `tracetune report` or `tracetune compare`); rerunning resumes.
+
+    python benchmarks/repair_ablation.py                           # embedded, llama.cpp, CPU
+    python benchmarks/repair_ablation.py --model hf:model.gguf,device=cuda --concurrency 144
+    python benchmarks/repair_ablation.py --arms base,+constrained,all --trials 2
+
+Not part of CI: 12 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
+(the README's table was run on one GPU through the hf backend, same weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OPTIONS = {"constrained": "constrained=true", "numbered_reads": "numbered_reads=true",
+           "line_edit": "line_edit=true", "observation_chars": "observation_chars={chars}",
+           "show_file": "show_file=true"}
+"""Design option -> its workflow-spec setting (issue 18 item 4)."""
+
+
+def arms() -> dict[str, list[str]]:
+    """Arm name -> the workflow options it turns on, in the order they are printed."""
+    names = list(OPTIONS)
+    out = {"base": []}
+    out.update({f"+{n}": [n] for n in names})
+    out["all"] = names
+    out.update({f"all-{n}": [m for m in names if m != n] for n in names})
+    return out
+
+
+def workflow_of(options: list[str], max_iters: int, observation_chars: int) -> str:
+    parts = [f"repair,max_iters={max_iters}"]
+    parts += [OPTIONS[o].format(chars=observation_chars) for o in options]
+    return ",".join(parts)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="embedded", help="model spec (default: embedded)")
+    ap.add_argument("--suite", default="bugs")
+    ap.add_argument("--train-pct", type=int, default=70, help="the split; held-out = the rest")
+    ap.add_argument("--trials", type=int, default=8, help="samples per bug per arm")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--max-tokens", type=int, default=192, help="per message")
+    ap.add_argument("--max-iters", type=int, default=5, help="messages per episode")
+    ap.add_argument("--observation-chars", type=int, default=600,
+                    help="the cut of the observation_chars option")
+    ap.add_argument("--arms", default="", help="comma-separated arm names (default: all 12)")
+    ap.add_argument("--concurrency", type=int, default=4, help="episodes in flight")
+    ap.add_argument("--limit", type=int, default=0, help="at most this many bugs (0: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "repair_ablation")
+    args = ap.parse_args()
+
+    from tracetune.eval.compare import compare_dirs, load_episodes
+    from tracetune.eval.config import EvalConfig
+    from tracetune.eval.metrics import summarize
+    from tracetune.eval.runner import run_eval
+    from tracetune.traces.store import DB_NAME
+
+    table = arms()
+    chosen = [a.strip() for a in args.arms.split(",") if a.strip()] or list(table)
+    unknown = [a for a in chosen if a not in table]
+    if unknown:
+        print(f"unknown arm(s) {', '.join(unknown)}; the arms: {', '.join(table)}",
+              file=sys.stderr)
+        return 2
+    if "base" not in chosen:
+        chosen.insert(0, "base")
+    print(f"model {args.model}; {args.suite} held-out (train_pct {args.train_pct}), "
+          f"{args.trials} samples per bug, T={args.temperature}, {args.max_iters} messages of "
+          f"<= {args.max_tokens} tokens; observation_chars={args.observation_chars}", flush=True)
+    dirs = []
+    for arm in chosen:
+        workflow = workflow_of(table[arm], args.max_iters, args.observation_chars)
+        config = EvalConfig(suite=args.suite, workflow=workflow, model=args.model,
+                            trials=args.trials, seed=args.seed, temperature=args.temperature,
+                            max_tokens=args.max_tokens, split="test", train_pct=args.train_pct,
+                            limit=args.limit, concurrency=args.concurrency)
+        out = args.out / arm.replace("+", "plus_")
+        start = time.perf_counter()
+        summary = run_eval(config, out, resume=(out / DB_NAME).exists())
+        print(f"  {arm:<22} {summary.successes}/{summary.n} passed, "
+              f"{time.perf_counter() - start:6.0f} s  ({workflow})", flush=True)
+        dirs.append(out)
+
+    result = compare_dirs(dirs, baseline="base", labels=chosen)
+    by_model = {r.model: r for r in result.baseline_rows + result.results if r.task == "overall"}
+    deltas = {(m.model, m.metric): m for m in result.metrics}
+
+    print()
+    print(f"{'arm':<22} {'valid edit':>8} {'[95% CI]':>15} {'pass':>9} {'rate':>6} "
+          f"{'[95% CI]':>15} {'Δ pass':>8} {'[95% CI]':>17} {'McNemar':>8} "
+          f"{'parse/ep':>8} {'tool/ep':>7} {'steps':>5}")
+    for arm, out in zip(chosen, dirs):
+        episodes = load_episodes(out)
+        s = summarize("overall", episodes)
+        r = by_model[arm]
+        wrote = deltas.get((arm, "wrote"))
+        edit = s.agent.write_rate
+        edit_ci = write_interval(episodes)
+        line = (f"{arm:<22} {pct(edit):>8} [{pct(edit_ci[0])},{pct(edit_ci[1])}] "
+                f"{r.successes:>4}/{r.n:<4} {pct(r.success_rate):>6} "
+                f"[{pct(r.ci_low)},{pct(r.ci_high)}]")
+        if arm == "base":
+            line += f" {'':>8} {'':>17} {'':>8}"
+        else:
+            line += (f" {100 * r.delta_success:+7.1f}pp [{100 * r.delta_ci_low:+6.1f},"
+                     f"{100 * r.delta_ci_high:+6.1f}] {r.mcnemar_p:8.3g}")
+        line += (f" {s.agent.avg_parse_errors:8.2f} {s.agent.avg_tool_errors:7.2f} "
+                 f"{s.agent.avg_steps:5.2f}")
+        if wrote is not None:
+            line += f"   valid edit Δ {100 * wrote.delta:+.1f}pp p={wrote.p_wilcoxon:.2g}"
+        print(line)
+    print("\nvalid edit: share of episodes with a write or edit the tool accepted "
+          "(interval: Wilson, clustered by bug); pass: held-out episodes whose tests pass; "
+          "Δ pass: against base, cluster-robust interval over bugs, exact McNemar on "
+          "(bug, sample) pairs; valid edit Δ p: Wilcoxon over per-bug shares.")
+    return 0
+
+
+def write_interval(episodes: list[dict]) -> tuple[float, float]:
+    """The 95% interval of the share of episodes that reached a valid edit, trials clustered by
+    task (stats.clustered_wilson_interval)."""
+    from tracetune.stats import clustered_wilson_interval
+
+    per_task: dict[str, list[int]] = {}
+    for e in episodes:
+        c = per_task.setdefault(e["task_id"], [0, 0])
+        c[0] += bool(e["metrics"]["wrote"])
+        c[1] += 1
+    return clustered_wilson_interval([c[0] for c in per_task.values()],
+                                     [c[1] for c in per_task.values()])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
