@@ -7,7 +7,8 @@ side: 18 bugs) with the same seeds under each arm:
 
     base            repair,max_iters=5 (the protocol as shipped before issue 18)
     +OPTION         each design option alone: constrained (grammar-constrained tool calls),
-                    numbered_reads, line_edit (replace_lines), observation_chars=N, show_file
+                    numbered_reads, line_edit (replace_lines), observation_chars=N, show_file,
+                    task_example (the system prompt's example call reads the task's module)
     all             every option on
     all-OPTION      every option but one
 
@@ -21,8 +22,9 @@ OUT/ARM (a run directory for `tracetune report` or `tracetune compare`); rerunni
     python benchmarks/repair_ablation.py                           # embedded, llama.cpp, CPU
     python benchmarks/repair_ablation.py --model hf:model.gguf,device=cuda --concurrency 144
     python benchmarks/repair_ablation.py --arms base,+constrained,all --trials 2
+    python benchmarks/repair_ablation.py --arms +line_edit,all-line_edit   # more arms, same --out
 
-Not part of CI: 12 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
+Not part of CI: 14 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
 (the README's table was run on one GPU through the hf backend, same weights).
 """
 
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OPTIONS = {"constrained": "constrained=true", "numbered_reads": "numbered_reads=true",
            "line_edit": "line_edit=true", "observation_chars": "observation_chars={chars}",
-           "show_file": "show_file=true"}
+           "show_file": "show_file=true", "task_example": "task_example=true"}
 """Design option -> its workflow-spec setting (issue 18 item 4)."""
 
 
@@ -57,6 +59,10 @@ def workflow_of(options: list[str], max_iters: int, observation_chars: int) -> s
     return ",".join(parts)
 
 
+def run_dir(root: Path, arm: str) -> Path:
+    return root / arm.replace("+", "plus_")
+
+
 def pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
@@ -72,7 +78,9 @@ def main() -> int:
     ap.add_argument("--max-iters", type=int, default=5, help="messages per episode")
     ap.add_argument("--observation-chars", type=int, default=600,
                     help="the cut of the observation_chars option")
-    ap.add_argument("--arms", default="", help="comma-separated arm names (default: all 12)")
+    ap.add_argument("--arms", default="",
+                    help="comma-separated arms to run (default: all 14); the table shows every "
+                         "arm under --out")
     ap.add_argument("--concurrency", type=int, default=4, help="episodes in flight")
     ap.add_argument("--limit", type=int, default=0, help="at most this many bugs (0: all)")
     ap.add_argument("--seed", type=int, default=0)
@@ -92,25 +100,29 @@ def main() -> int:
         print(f"unknown arm(s) {', '.join(unknown)}; the arms: {', '.join(table)}",
               file=sys.stderr)
         return 2
-    if "base" not in chosen:
-        chosen.insert(0, "base")
     print(f"model {args.model}; {args.suite} held-out (train_pct {args.train_pct}), "
           f"{args.trials} samples per bug, T={args.temperature}, {args.max_iters} messages of "
           f"<= {args.max_tokens} tokens; observation_chars={args.observation_chars}", flush=True)
-    dirs = []
     for arm in chosen:
         workflow = workflow_of(table[arm], args.max_iters, args.observation_chars)
         config = EvalConfig(suite=args.suite, workflow=workflow, model=args.model,
                             trials=args.trials, seed=args.seed, temperature=args.temperature,
                             max_tokens=args.max_tokens, split="test", train_pct=args.train_pct,
                             limit=args.limit, concurrency=args.concurrency)
-        out = args.out / arm.replace("+", "plus_")
+        out = run_dir(args.out, arm)
         start = time.perf_counter()
         summary = run_eval(config, out, resume=(out / DB_NAME).exists())
         print(f"  {arm:<22} {summary.successes}/{summary.n} passed, "
               f"{time.perf_counter() - start:6.0f} s  ({workflow})", flush=True)
-        dirs.append(out)
 
+    # The table holds every arm run so far under --out (several processes may share it, each
+    # running some arms), against base.
+    done = [arm for arm in table if (run_dir(args.out, arm) / DB_NAME).exists()]
+    if "base" not in done:
+        print("no base arm under --out yet: run it (--arms base) for the table", file=sys.stderr)
+        return 1
+    dirs = [run_dir(args.out, arm) for arm in done]
+    chosen = done
     result = compare_dirs(dirs, baseline="base", labels=chosen)
     by_model = {r.model: r for r in result.baseline_rows + result.results if r.task == "overall"}
     deltas = {(m.model, m.metric): m for m in result.metrics}

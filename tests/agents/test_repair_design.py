@@ -132,7 +132,8 @@ def test_the_schema_follows_the_offered_tools():
 
 @pytest.mark.parametrize("bad,why", [({"observation_chars": 10}, "observation_chars"),
                                      ({"observation_chars": -1}, "observation_chars"),
-                                     ({"line_edit": "yes"}, "line_edit")])
+                                     ({"line_edit": "yes"}, "line_edit"),
+                                     ({"task_example": 1}, "task_example")])
 def test_bad_design_options_are_refused(bad, why):
     with pytest.raises(TracetuneError, match=why):
         RepairConfig(**bad).validate()
@@ -177,3 +178,11 @@ def test_show_file_puts_the_module_and_the_failing_tests_in_the_first_message(tm
     assert "TESTS NOW: [TESTS FAIL] failed: test_sorted" in goal
     plain = episode(tmp_path, task, sandbox, [FINAL])
     assert plain.attempts[0].messages[1]["content"] == "GOAL:\n" + task.spec
+
+
+def test_task_example_names_the_tasks_module_in_the_example_call(tmp_path, task, sandbox):
+    out = episode(tmp_path, task, sandbox, [FINAL], task_example=True)
+    system = out.attempts[0].messages[0]["content"]
+    assert '"args": {"rel_path": "maximum.py"}' in system and "example.py" not in system
+    plain = episode(tmp_path, task, sandbox, [FINAL])
+    assert '"args": {"rel_path": "example.py"}' in plain.attempts[0].messages[0]["content"]

@@ -59,10 +59,13 @@ class RepairConfig:
     show_file: bool = False
     """The first message also holds the buggy module's text (numbered with numbered_reads) and
     the failing tests' output, so no step is spent finding them."""
+    task_example: bool = False
+    """The system prompt's example tool call reads the task's own module, not `example.py`
+    (which small models copy verbatim, then read a file that does not exist)."""
 
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
-        for name in ("constrained", "numbered_reads", "line_edit", "show_file"):
+        for name in ("constrained", "numbered_reads", "line_edit", "show_file", "task_example"):
             if not isinstance(getattr(self, name), bool):
                 raise TracetuneError(f"{name} must be true or false, not "
                                      f"{getattr(self, name)!r}")

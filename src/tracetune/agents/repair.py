@@ -60,7 +60,7 @@ STEP = "repair"
 RESULT_PREFIX = "[tool_result]"
 SYSTEM_PROMPT = """You are a repo-fixing agent. You work on a small repository through tools.
 Reply with exactly one JSON object per message and nothing else. A tool call:
-{{"type": "tool_call", "name": "read_file", "args": {{"rel_path": "example.py"}}}}
+{{"type": "tool_call", "name": "read_file", "args": {{"rel_path": "{example}"}}}}
 When you are done:
 {{"type": "final", "message": "what you changed"}}
 Tools (args with their defaults):
@@ -109,10 +109,14 @@ def test_file(task: Task) -> str:
     return f"test_{task.module}.py"
 
 
-def system_prompt(policy: str, config: RepairConfig | None = None) -> str:
-    """The system message for a test policy and the tools `config` offers (default options)."""
+def system_prompt(policy: str, config: RepairConfig | None = None,
+                  task: Task | None = None) -> str:
+    """The system message for a test policy and the tools `config` offers (default options);
+    with `config.task_example` and a task, the example call reads the task's own module."""
     tools = toolset(line_edit=config.line_edit) if config is not None else None
-    return SYSTEM_PROMPT.format(tools=describe_tools(tools), tests=TESTS_TEXT[policy])
+    example = task.file if config is not None and config.task_example and task else "example.py"
+    return SYSTEM_PROMPT.format(tools=describe_tools(tools), tests=TESTS_TEXT[policy],
+                                example=example)
 
 
 def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = None) -> str:
@@ -199,7 +203,8 @@ class _Episode:
         tools = toolset(line_edit=self.config.line_edit)
         first = goal_prompt(self.task, self.config,
                             self.test_now() if self.config.show_file else None)
-        messages = [Message("system", system_prompt(self.config.test_policy, self.config)),
+        messages = [Message("system", system_prompt(self.config.test_policy, self.config,
+                                                    self.task)),
                     Message("user", first)]
         schema = tool_call_schema(tools) if self.config.constrained else None
         if schema is None:
