@@ -8,7 +8,8 @@ side: 18 bugs) with the same seeds under each arm:
     base            repair,max_iters=5 (the protocol as shipped before issue 18)
     +OPTION         each design option alone: constrained (grammar-constrained tool calls),
                     numbered_reads, line_edit (replace_lines), observation_chars=N, show_file,
-                    task_example (the system prompt's example call reads the task's module)
+                    task_example (the system prompt's example call reads the task's module),
+                    edit_only (only the tools that change a file; with show_file)
     all             every option on
     all-OPTION      every option but one
 
@@ -24,7 +25,7 @@ OUT/ARM (a run directory for `tracetune report` or `tracetune compare`); rerunni
     python benchmarks/repair_ablation.py --arms base,+constrained,all --trials 2
     python benchmarks/repair_ablation.py --arms +line_edit,all-line_edit   # more arms, same --out
 
-Not part of CI: 14 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
+Not part of CI: 16 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
 (the README's table was run on one GPU through the hf backend, same weights).
 """
 
@@ -39,17 +40,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OPTIONS = {"constrained": "constrained=true", "numbered_reads": "numbered_reads=true",
            "line_edit": "line_edit=true", "observation_chars": "observation_chars={chars}",
-           "show_file": "show_file=true", "task_example": "task_example=true"}
+           "show_file": "show_file=true", "task_example": "task_example=true",
+           "edit_only": "edit_only=true"}
 """Design option -> its workflow-spec setting (issue 18 item 4)."""
+NEEDS = {"edit_only": "show_file"}
+"""An option that is refused without another: its arms include that one, and the arm without
+that one goes without it too."""
 
 
 def arms() -> dict[str, list[str]]:
     """Arm name -> the workflow options it turns on, in the order they are printed."""
     names = list(OPTIONS)
     out = {"base": []}
-    out.update({f"+{n}": [n] for n in names})
+    out.update({f"+{n}": [NEEDS[n], n] if n in NEEDS else [n] for n in names})
     out["all"] = names
-    out.update({f"all-{n}": [m for m in names if m != n] for n in names})
+    out.update({f"all-{n}": [m for m in names if n not in (m, NEEDS.get(m))] for n in names})
     return out
 
 
@@ -79,8 +84,10 @@ def main() -> int:
     ap.add_argument("--observation-chars", type=int, default=600,
                     help="the cut of the observation_chars option")
     ap.add_argument("--arms", default="",
-                    help="comma-separated arms to run (default: all 14); the table shows every "
+                    help="comma-separated arms to run (default: all 16); the table shows every "
                          "arm under --out")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: print the table of the arms under --out")
     ap.add_argument("--concurrency", type=int, default=4, help="episodes in flight")
     ap.add_argument("--limit", type=int, default=0, help="at most this many bugs (0: all)")
     ap.add_argument("--seed", type=int, default=0)
@@ -100,10 +107,12 @@ def main() -> int:
         print(f"unknown arm(s) {', '.join(unknown)}; the arms: {', '.join(table)}",
               file=sys.stderr)
         return 2
-    print(f"model {args.model}; {args.suite} held-out (train_pct {args.train_pct}), "
-          f"{args.trials} samples per bug, T={args.temperature}, {args.max_iters} messages of "
-          f"<= {args.max_tokens} tokens; observation_chars={args.observation_chars}", flush=True)
-    for arm in chosen:
+    if not args.table_only:
+        print(f"model {args.model}; {args.suite} held-out (train_pct {args.train_pct}), "
+              f"{args.trials} samples per bug, T={args.temperature}, {args.max_iters} messages "
+              f"of <= {args.max_tokens} tokens; observation_chars={args.observation_chars}",
+              flush=True)
+    for arm in [] if args.table_only else chosen:
         workflow = workflow_of(table[arm], args.max_iters, args.observation_chars)
         config = EvalConfig(suite=args.suite, workflow=workflow, model=args.model,
                             trials=args.trials, seed=args.seed, temperature=args.temperature,
@@ -117,7 +126,8 @@ def main() -> int:
 
     # The table holds every arm run so far under --out (several processes may share it, each
     # running some arms), against base.
-    done = [arm for arm in table if (run_dir(args.out, arm) / DB_NAME).exists()]
+    done = [arm for arm in table if (run_dir(args.out, arm) / DB_NAME).exists()
+            and load_episodes(run_dir(args.out, arm))]
     if "base" not in done:
         print("no base arm under --out yet: run it (--arms base) for the table", file=sys.stderr)
         return 1
@@ -138,7 +148,8 @@ def main() -> int:
         wrote = deltas.get((arm, "wrote"))
         edit = s.agent.write_rate
         edit_ci = write_interval(episodes)
-        line = (f"{arm:<22} {pct(edit):>8} [{pct(edit_ci[0])},{pct(edit_ci[1])}] "
+        label = arm if r.n == by_model["base"].n else f"{arm} (partial)"
+        line = (f"{label:<22} {pct(edit):>8} [{pct(edit_ci[0])},{pct(edit_ci[1])}] "
                 f"{r.successes:>4}/{r.n:<4} {pct(r.success_rate):>6} "
                 f"[{pct(r.ci_low)},{pct(r.ci_high)}]")
         if arm == "base":

@@ -133,7 +133,8 @@ def test_the_schema_follows_the_offered_tools():
 @pytest.mark.parametrize("bad,why", [({"observation_chars": 10}, "observation_chars"),
                                      ({"observation_chars": -1}, "observation_chars"),
                                      ({"line_edit": "yes"}, "line_edit"),
-                                     ({"task_example": 1}, "task_example")])
+                                     ({"task_example": 1}, "task_example"),
+                                     ({"edit_only": True}, "needs show_file")])
 def test_bad_design_options_are_refused(bad, why):
     with pytest.raises(TracetuneError, match=why):
         RepairConfig(**bad).validate()
@@ -186,3 +187,17 @@ def test_task_example_names_the_tasks_module_in_the_example_call(tmp_path, task,
     assert '"args": {"rel_path": "maximum.py"}' in system and "example.py" not in system
     plain = episode(tmp_path, task, sandbox, [FINAL])
     assert '"args": {"rel_path": "example.py"}' in plain.attempts[0].messages[0]["content"]
+
+
+def test_edit_only_offers_just_the_tools_that_change_a_file(tmp_path, task, sandbox):
+    assert set(toolset(edit_only=True)) == {"write_file", "edit"}
+    assert set(toolset(edit_only=True, line_edit=True)) == {"write_file", "edit", "replace_lines"}
+    system = system_prompt("after_write", RepairConfig(show_file=True, edit_only=True))
+    assert "read_file" not in system and '"name": "edit"' in system
+    out = episode(tmp_path, task, sandbox, [
+        call("read_file", rel_path="maximum.py"),
+        call("edit", rel_path="maximum.py", search="if x < best:", replace="if x > best:"),
+        FINAL], show_file=True, edit_only=True)
+    read, edit = out.attempts[0], out.attempts[1]
+    assert read.facts["kind"] == "parse_error" and "unknown tool" in read.feedback
+    assert edit.facts["tests"] == "pass" and out.success

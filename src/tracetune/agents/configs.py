@@ -59,19 +59,26 @@ class RepairConfig:
     show_file: bool = False
     """The first message also holds the buggy module's text (numbered with numbered_reads) and
     the failing tests' output, so no step is spent finding them."""
+    edit_only: bool = False
+    """Offer only the tools that change a file (write_file, edit, and replace_lines with
+    line_edit): nothing to list, read or grep. Needs show_file, which puts the module in view."""
     task_example: bool = False
     """The system prompt's example tool call reads the task's own module, not `example.py`
     (which small models copy verbatim, then read a file that does not exist)."""
 
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
-        for name in ("constrained", "numbered_reads", "line_edit", "show_file", "task_example"):
+        for name in ("constrained", "numbered_reads", "line_edit", "show_file", "task_example",
+                     "edit_only"):
             if not isinstance(getattr(self, name), bool):
                 raise TracetuneError(f"{name} must be true or false, not "
                                      f"{getattr(self, name)!r}")
         if self.observation_chars < 0 or 0 < self.observation_chars < 40:
             raise TracetuneError(f"observation_chars must be 0 (not cut) or at least 40, not "
                                  f"{self.observation_chars}")
+        if self.edit_only and not self.show_file:
+            raise TracetuneError("edit_only needs show_file=true: without a tool to read it, the "
+                                 "agent must be shown the module")
         if self.test_policy not in TEST_POLICIES:
             raise TracetuneError(f"test_policy {self.test_policy!r} is not one of "
                                  f"{', '.join(TEST_POLICIES)}")

@@ -37,6 +37,7 @@ after the message is recorded like any other.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -60,7 +61,7 @@ STEP = "repair"
 RESULT_PREFIX = "[tool_result]"
 SYSTEM_PROMPT = """You are a repo-fixing agent. You work on a small repository through tools.
 Reply with exactly one JSON object per message and nothing else. A tool call:
-{{"type": "tool_call", "name": "read_file", "args": {{"rel_path": "{example}"}}}}
+{example}
 When you are done:
 {{"type": "final", "message": "what you changed"}}
 Tools (args with their defaults):
@@ -113,10 +114,16 @@ def system_prompt(policy: str, config: RepairConfig | None = None,
                   task: Task | None = None) -> str:
     """The system message for a test policy and the tools `config` offers (default options);
     with `config.task_example` and a task, the example call reads the task's own module."""
-    tools = toolset(line_edit=config.line_edit) if config is not None else None
-    example = task.file if config is not None and config.task_example and task else "example.py"
+    tools = toolset(line_edit=config.line_edit, edit_only=config.edit_only) \
+        if config is not None else None
+    path = task.file if config is not None and config.task_example and task else "example.py"
+    if config is not None and config.edit_only:  # read_file is not offered: the example edits
+        call = {"type": "tool_call", "name": "edit",
+                "args": {"rel_path": path, "search": "the wrong line", "replace": "the fixed line"}}
+    else:
+        call = {"type": "tool_call", "name": "read_file", "args": {"rel_path": path}}
     return SYSTEM_PROMPT.format(tools=describe_tools(tools), tests=TESTS_TEXT[policy],
-                                example=example)
+                                example=json.dumps(call))
 
 
 def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = None) -> str:
@@ -200,7 +207,7 @@ class _Episode:
 
     def drive(self, model: Model, params: SamplingParams, seed: int,
               on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
-        tools = toolset(line_edit=self.config.line_edit)
+        tools = toolset(line_edit=self.config.line_edit, edit_only=self.config.edit_only)
         first = goal_prompt(self.task, self.config,
                             self.test_now() if self.config.show_file else None)
         messages = [Message("system", system_prompt(self.config.test_policy, self.config,

@@ -73,10 +73,12 @@ class Parsed:
         return json.dumps([self.name, {**optional, **self.args}], sort_keys=True)
 
 
-def toolset(*, line_edit: bool = False) -> dict[str, tuple[dict[str, type], dict[str, object],
-                                                             str]]:
-    """The tools an agent is offered: TOOLS, plus LINE_TOOLS with `line_edit`."""
-    return {**TOOLS, **(LINE_TOOLS if line_edit else {})}
+def toolset(*, line_edit: bool = False, edit_only: bool = False
+            ) -> dict[str, tuple[dict[str, type], dict[str, object], str]]:
+    """The tools an agent is offered: TOOLS, plus LINE_TOOLS with `line_edit`; with `edit_only`
+    only those of them that change a file (WRITE_TOOLS)."""
+    tools = {**TOOLS, **(LINE_TOOLS if line_edit else {})}
+    return {k: v for k, v in tools.items() if k in WRITE_TOOLS} if edit_only else tools
 
 
 def tool_spec(name: str) -> tuple[dict[str, type], dict[str, object], str]:
