@@ -7,48 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tracetune.agents.configs import RepairConfig
-from tracetune.agents.repair import run_repair_episode
+from scripted import FINAL, TINY, call, episode
+
 from tracetune.agents.teachers import oracle_edit
 from tracetune.agents.tools import fuzzy_replace
 from tracetune.datasets.build import MineConfig, mine
 from tracetune.errors import TracetuneError
 from tracetune.eval.compare import compare
 from tracetune.eval.runner import EvalConfig, run_eval
-from tracetune.models import load_model
-from tracetune.sandbox import Sandbox
 from tracetune.tasks import load_suite, parse_suite
 from tracetune.traces.store import Store
-from tracetune.types import SamplingParams
-
-TINY = Path(__file__).parents[1] / "data" / "repair_suite.toml"
 
 
-def call(name, **args):
-    return json.dumps({"type": "tool_call", "name": name, "args": args})
-
-
-FINAL = '{"type": "final", "message": "done"}'
 FIX = call("edit", rel_path="maximum.py", search="if x < best:", replace="if x > best:")
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture(scope="module")
-def task():
-    return next(t for t in load_suite(str(TINY)).tasks if t.id == "tiny/maximum")
-
-
-def episode(tmp_path, task, sandbox, texts, **wf):
-    script = tmp_path / "script.jsonl"
-    script.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    model = load_model(f"replay:{script}")
-    return run_repair_episode(task, RepairConfig(**wf), model, sandbox,
-                              params=SamplingParams(), seed=1)
 
 
 def test_a_scripted_fix_with_errors_along_the_way(tmp_path, task, sandbox):

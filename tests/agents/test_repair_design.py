@@ -1,47 +1,19 @@
 """The repair agent's tool and prompt design options (issue 18's ablation): line-numbered reads,
-an edit by line range, clipped observations and the module shown in the first message; each
-off by default, each changing exactly what it names."""
+an edit by line range, clipped observations, the module shown in the first message, the task's
+own module in the example call and only the editing tools; each off by default, each changing
+exactly what it names."""
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
+from scripted import FINAL, call, episode
 
 from tracetune.agents.configs import RepairConfig
-from tracetune.agents.repair import run_repair_episode, system_prompt
+from tracetune.agents.repair import system_prompt
 from tracetune.agents.tools import (LINE_TOOLS, TOOLS, ToolError, Workspace, clip_observation,
                                     numbered_lines, parse_message, tool_call_schema, toolset)
 from tracetune.errors import TracetuneError
-from tracetune.models import load_model
-from tracetune.sandbox import Sandbox
-from tracetune.tasks import load_suite
-from tracetune.types import SamplingParams
-
-TINY = Path(__file__).parents[1] / "data" / "repair_suite.toml"
-FINAL = '{"type": "final", "message": "done"}'
-
-
-def call(name, **args):
-    return json.dumps({"type": "tool_call", "name": name, "args": args})
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture(scope="module")
-def task():
-    return next(t for t in load_suite(str(TINY)).tasks if t.id == "tiny/maximum")
-
-
-def episode(tmp_path, task, sandbox, texts, **wf):
-    script = tmp_path / "script.jsonl"
-    script.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return run_repair_episode(task, RepairConfig(**wf), load_model(f"replay:{script}"), sandbox,
-                              params=SamplingParams(), seed=1)
 
 
 def workspace(tmp_path, text, **kw):
