@@ -31,7 +31,6 @@ def train_summary(adapter: Path) -> dict:
             "first_loss": meta["first_loss"], "final_loss": meta["last_loss"]}
 
 
-
 # --- the gate -----------------------------------------------------------------------------------
 
 def _episodes(run: Path) -> list[dict] | None:
