@@ -25,8 +25,10 @@ episode is driven and counted exactly as without it, so the two compare metric f
 
 Tool and prompt design (each an option, off by default; issue 18's ablation measures each):
 `numbered_reads` (read_file numbers its lines), `line_edit` (the replace_lines tool: an edit by
-line range), `observation_chars` (tool results cut to that length) and `show_file` (the first
-message holds the module's text and the tests' verdict on it). Seed 004 found such framework
+line range), `observation_chars` (tool results cut to that length), `show_file` (the first
+message holds the module's text and the tests' verdict on it), `task_example` (the system
+prompt's example call names the task's module) and `edit_only` (only the tools that change a
+file). Seed 004 found such framework
 changes worth more than LoRA training (+12-19pp resolve rate on SWE-Bench-CL).
 
 The driver is a short loop over `_Episode.step`: each message is handled by the function for its
@@ -115,7 +117,7 @@ def system_prompt(policy: str, config: RepairConfig | None = None,
     """The system message for a test policy and the tools `config` offers (default options);
     with `config.task_example` and a task, the example call reads the task's own module."""
     tools = toolset(line_edit=config.line_edit, edit_only=config.edit_only) \
-        if config is not None else None
+        if config is not None else toolset()
     path = task.file if config is not None and config.task_example and task else "example.py"
     if config is not None and config.edit_only:  # read_file is not offered: the example edits
         call = {"type": "tool_call", "name": "edit",

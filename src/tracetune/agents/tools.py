@@ -90,10 +90,9 @@ def _type_name(t: type) -> str:
     return {str: "a string", int: "an integer"}[t]
 
 
-def parse_message(text: str, tools: dict | None = None) -> Parsed:
+def parse_message(text: str, tools: dict = TOOLS) -> Parsed:
     """Read one assistant message against the protocol with `tools` (default TOOLS; see
     `toolset`). Never raises: problems come back as kind "error"."""
-    tools = TOOLS if tools is None else tools
     body = text.strip()
     if not body:
         return Parsed("error", error="empty message; reply with one JSON object")
@@ -283,9 +282,9 @@ class Workspace:
         new_lines = content.splitlines()
         anchor = next((ln for ln in old if ln.strip()), old[0])
         first = next((ln for ln in new_lines if ln.strip()), "")
-        unit = _indent_unit(text.splitlines())
-        conformed = _conform(new_lines, first, anchor, unit, _indent_unit(new_lines),
-                             _indent_unit(new_lines))
+        content_unit = _indent_unit(new_lines)  # the content is both the "search" and the edit
+        conformed = _conform(new_lines, first, anchor, _indent_unit(text.splitlines()),
+                             content_unit, content_unit)
         eol = "\r\n" if anchor.endswith("\r\n") else "\n"
         ending = eol if old[-1].endswith("\n") else ""
         block = eol.join(conformed) + (ending if conformed else "")
@@ -433,7 +432,7 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
 _JSON_TYPES = {str: "string", int: "integer"}
 
 
-def tool_call_schema(tools: dict | None = None) -> dict:
+def tool_call_schema(tools: dict = TOOLS) -> dict:
     """The JSON schema of one valid assistant message of the protocol, built from `TOOLS`: one of
     each tool's call object (its exact args, the required ones required, no others) or the final
     answer. Backends turn it into a grammar (`GenerationRequest.json_schema`).
@@ -444,7 +443,7 @@ def tool_call_schema(tools: dict | None = None) -> dict:
     the order grammars write them: type, name, args. `tools`: the tool set (default TOOLS; see
     `toolset`)."""
     calls = []
-    for name, (required, optional, _) in (TOOLS if tools is None else tools).items():
+    for name, (required, optional, _) in tools.items():
         args = {**{k: _JSON_TYPES[t] for k, t in required.items()},
                 **{k: _JSON_TYPES[type(v)] for k, v in optional.items()}}
         calls.append({
@@ -464,11 +463,11 @@ def tool_call_schema(tools: dict | None = None) -> dict:
     return {"title": "tool_call", "oneOf": [*calls, final]}
 
 
-def describe_tools(tools: dict | None = None) -> str:
+def describe_tools(tools: dict = TOOLS) -> str:
     """One line per tool of `tools` (default TOOLS) for the system prompt: name, args with their
     defaults, what it does."""
     out = []
-    for name, (required, optional, help_text) in (TOOLS if tools is None else tools).items():
+    for name, (required, optional, help_text) in tools.items():
         # a placeholder of the arg's type: NAME for strings, 1 for integers
         args = {**{k: k.upper() if t is str else 1 for k, t in required.items()}, **optional}
         out.append(f"- {name} {json.dumps(args)}: {help_text}")
