@@ -14,8 +14,8 @@ side: 18 bugs) with the same seeds under each arm:
     all-OPTION      every option but one
 
 and prints, per arm: the share of episodes with a write or edit that the tool accepted (the
-`wrote` metric, any path) and the share with such an edit of the task's own module (a valid edit),
-each with its 95% interval, held-out pass rate (k/n and the
+`wrote` metric, any path) and the share with a valid edit (one that changed the task's own module
+and left it parseable Python: the episodes' `valid_edit` metric), each with its 95% interval, held-out pass rate (k/n and the
 task-clustered Wilson interval), the pass-rate delta against base with its cluster-robust
 interval and McNemar p (outcomes paired by task and trial, which share their sampling seed),
 and parse errors, tool errors and steps per episode. Every arm's episodes are stored in
@@ -139,7 +139,7 @@ def main() -> int:
     deltas = {(m.model, m.metric): m for m in result.metrics}
 
     print()
-    print(f"{'arm':<22} {'wrote':>6} {'[95% CI]':>15} {'module':>6} {'[95% CI]':>15} {'pass':>9} {'rate':>6} "
+    print(f"{'arm':<22} {'wrote':>6} {'[95% CI]':>15} {'valid':>6} {'[95% CI]':>15} {'pass':>9} {'rate':>6} "
           f"{'[95% CI]':>15} {'Δ pass':>8} {'[95% CI]':>17} {'McNemar':>8} "
           f"{'parse/ep':>8} {'tool/ep':>7} {'steps':>5}")
     for arm, out in zip(chosen, dirs):
@@ -148,11 +148,10 @@ def main() -> int:
         r = by_model[arm]
         wrote = deltas.get((arm, "wrote"))
         edit = share_interval(episodes, lambda e: e["metrics"]["wrote"])
-        edited = module_edits(out, args.suite)
-        module = share_interval(episodes, lambda e: e["id"] in edited)
+        valid = share_interval(episodes, lambda e: e["metrics"].get("valid_edit"))
         label = arm if r.n == by_model["base"].n else f"{arm} (partial)"
         line = (f"{label:<22} {pct(edit[0])} [{pct(edit[1])},{pct(edit[2])}] "
-                f"{pct(module[0])} [{pct(module[1])},{pct(module[2])}] "
+                f"{pct(valid[0])} [{pct(valid[1])},{pct(valid[2])}] "
                 f"{r.successes:>4}/{r.n:<4} {pct(r.success_rate):>6} "
                 f"[{pct(r.ci_low)},{pct(r.ci_high)}]")
         if arm == "base":
@@ -166,7 +165,8 @@ def main() -> int:
             line += f"   wrote Δ {100 * wrote.delta:+.1f}pp p={wrote.p_wilcoxon:.2g}"
         print(line)
     print("\nwrote: share of episodes with a write or edit that the tool accepted (seed 002's "
-          "metric; any path); module: the same, of the task's own module (a valid edit); "
+          "metric; any path); valid: a write that changed the task's module and left it "
+          "parseable Python (the episodes' valid_edit metric); "
           "intervals: Wilson, clustered by bug; pass: held-out episodes whose tests pass; "
           "Δ pass: against base, cluster-robust interval over bugs, exact McNemar on "
           "(bug, sample) pairs; wrote Δ p: Wilcoxon over per-bug shares.")
@@ -186,33 +186,6 @@ def share_interval(episodes: list[dict], hit) -> tuple[float, float, float]:
     low, high = clustered_wilson_interval([c[0] for c in per_task.values()],
                                           [c[1] for c in per_task.values()])
     return sum(c[0] for c in per_task.values()) / len(episodes), low, high
-
-
-def module_edits(run: Path, suite: str) -> set[int]:
-    """Ids of the run's episodes with a tool-accepted write or edit of the task's own module (a
-    write to any other path, e.g. a new file named after a placeholder, does not count)."""
-    import json
-    import posixpath
-
-    from tracetune.agents.tools import WRITE_TOOLS
-    from tracetune.tasks import load_suite
-    from tracetune.traces.store import Store
-
-    files = {t.id: t.file for t in load_suite(suite).tasks}
-    store = Store(run)
-    try:
-        out = set()
-        for e in store.episodes():
-            for a in store.attempts(e["id"]):
-                facts = a.facts or {}
-                if facts.get("name") in WRITE_TOOLS and facts.get("tool_ok"):
-                    path = json.loads(a.code)["args"]["rel_path"]
-                    if posixpath.normpath(path) == files[e["task_id"]]:
-                        out.add(e["id"])
-                        break
-        return out
-    finally:
-        store.close()
 
 
 if __name__ == "__main__":

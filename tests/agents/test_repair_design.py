@@ -10,10 +10,11 @@ import pytest
 from scripted import FINAL, call, episode
 
 from tracetune.agents.configs import RepairConfig
-from tracetune.agents.repair import system_prompt
+from tracetune.agents.repair import run_repair_episode, system_prompt
 from tracetune.agents.tools import (LINE_TOOLS, TOOLS, ToolError, Workspace, clip_observation,
                                     numbered_lines, parse_message, tool_call_schema, toolset)
 from tracetune.errors import TracetuneError
+from tracetune.types import SamplingParams
 
 
 def workspace(tmp_path, text, **kw):
@@ -102,6 +103,39 @@ def test_the_schema_follows_the_offered_tools():
     assert "replace_lines" not in system_prompt("after_write", RepairConfig())
 
 
+def test_with_the_files_the_schema_names_only_existing_paths(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("# m\n")
+    files = Workspace(tmp_path).paths()
+    assert files == ["README.md", "pkg/m.py"]
+    schema = jsonschema.Draft202012Validator(tool_call_schema(toolset(line_edit=True), files))
+    for name, args in [("read_file", {"rel_path": "pkg/m.py"}),
+                       ("replace_lines", {"rel_path": "pkg/m.py", "start": 1, "end": 1,
+                                          "content": "x = 2"}),
+                       ("edit", {"rel_path": "README.md", "search": "m", "replace": "n"}),
+                       ("write_file", {"rel_path": "pkg/new.py", "content": ""}),  # may create
+                       ("grep", {"pattern": "x", "rel_dir": "pkg"}),
+                       ("list_files", {"rel_dir": "."})]:
+        assert schema.is_valid(json.loads(call(name, **args))), name
+    for name, args in [("read_file", {"rel_path": "REL_PATH"}),
+                       ("edit", {"rel_path": "m.py", "search": "x", "replace": "y"}),
+                       ("replace_lines", {"rel_path": "pkg/new.py", "start": 1, "end": 1,
+                                          "content": ""}),
+                       ("list_files", {"rel_dir": "src"})]:
+        assert not schema.is_valid(json.loads(call(name, **args))), name
+    anywhere = jsonschema.Draft202012Validator(tool_call_schema(toolset(line_edit=True)))
+    assert anywhere.is_valid(json.loads(call("read_file", rel_path="REL_PATH")))
+
+
+def test_the_tool_list_names_arg_types_and_holds_no_placeholder_to_copy():
+    text = system_prompt("after_write", RepairConfig(line_edit=True))
+    assert "- read_file(rel_path: string, max_chars: integer = 4000): the text of a file" in text
+    assert "- replace_lines(rel_path: string, start: integer, end: integer, content: string)" \
+        in text
+    assert "REL_PATH" not in text and "CONTENT" not in text
+
+
 @pytest.mark.parametrize("bad,why", [({"observation_chars": 10}, "observation_chars"),
                                      ({"observation_chars": -1}, "observation_chars"),
                                      ({"line_edit": "yes"}, "line_edit"),
@@ -123,6 +157,23 @@ def test_a_line_edit_fixes_the_bug_counts_as_a_write_and_gets_the_tests(tmp_path
     read, edit = out.attempts[0], out.attempts[1]
     assert "   5|         if x < best:" in read.feedback
     assert edit.facts["tests"] == "pass" and edit.feedback.endswith("[TESTS PASS]")
+
+
+def test_a_valid_edit_changes_the_module_and_leaves_it_python(tmp_path, task, sandbox):
+    """writes counts every accepted write; module_edits only those that changed the module and
+    left it parseable: not a no-op edit, a write to another file, or a broken module."""
+    out = episode(tmp_path, task, sandbox, [
+        call("edit", rel_path="maximum.py", search="if x < best:", replace="if x < best:"),
+        call("write_file", rel_path="notes.txt", content="CONTENT"),
+        call("edit", rel_path="maximum.py", search="if x < best:", replace="if x < best"),
+        call("edit", rel_path="maximum.py", search="if x < best", replace="if x > best:"),
+        FINAL], max_iters=6)
+    assert [a.facts.get("module_edit") for a in out.attempts[:4]] == [False, False, False, True]
+    assert out.metrics["writes"] == 4 and out.metrics["module_edits"] == 1
+    assert out.metrics["valid_edit"] and out.success
+    none = episode(tmp_path, task, sandbox, [call("write_file", rel_path="maximum.py",
+                                                  content="CONTENT("), FINAL])
+    assert none.metrics["wrote"] and not none.metrics["valid_edit"]
 
 
 def test_without_line_edit_the_same_call_is_a_parse_error(tmp_path, task, sandbox):
@@ -173,3 +224,16 @@ def test_edit_only_offers_just_the_tools_that_change_a_file(tmp_path, task, sand
     read, edit = out.attempts[0], out.attempts[1]
     assert read.facts["kind"] == "parse_error" and "unknown tool" in read.feedback
     assert edit.facts["tests"] == "pass" and out.success
+
+
+def test_the_oracle_edits_at_once_when_the_module_is_shown(task, sandbox):
+    """Under the every-option design (the module shown, only editing tools, constrained), the
+    teacher's trajectory is valid there: edit, then final, no call to a tool not offered."""
+    from tracetune.agents.teachers import OracleModel
+
+    config = RepairConfig(constrained=True, numbered_reads=True, line_edit=True, show_file=True,
+                          task_example=True, edit_only=True, observation_chars=600)
+    out = run_repair_episode(task, config, OracleModel().bind(task), sandbox,
+                             params=SamplingParams(), seed=1)
+    assert out.success and out.metrics["valid_edit"] and out.metrics["parse_errors"] == 0
+    assert [a.facts["name"] for a in out.attempts] == ["edit", None]

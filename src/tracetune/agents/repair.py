@@ -19,9 +19,14 @@ it saw, its raw text, its canonical JSON (`code`), whether it was a valid protoc
 tool did not fail (`passed`), the protocol guard's verdict, and in `facts` the kind (tool_call,
 final, parse_error, loop), the tool, whether the tool succeeded and the test result.
 
-With `constrained` on, every request carries the protocol's JSON schema (`tool_call_schema`), and
-the backend decodes only valid protocol messages (a grammar, a structured-output request); the
-episode is driven and counted exactly as without it, so the two compare metric for metric.
+With `constrained` on, every request carries the protocol's JSON schema (`tool_call_schema`) with
+the workspace's files as the only paths a reading or editing tool may name, and the backend decodes
+only valid protocol messages (a grammar, a structured-output request); the episode is driven and
+counted exactly as without it, so the two compare metric for metric.
+
+Besides `writes` (tool-accepted writes and edits, seed 002's measure of reaching an edit, any
+path), `module_edits` counts the writes that changed the task's module and left it parseable
+Python (`ast.parse`): a valid edit; an episode's `valid_edit` metric says whether it made one.
 
 Tool and prompt design (each an option, off by default; issue 18's ablation measures each):
 `numbered_reads` (read_file numbers its lines), `line_edit` (the replace_lines tool: an edit by
@@ -38,6 +43,7 @@ after the message is recorded like any other.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import shutil
@@ -202,10 +208,16 @@ class _Episode:
     sandbox: Sandbox
     ws: Workspace
     counts: dict = field(default_factory=lambda: {
-        "parse_errors": 0, "loop_detections": 0, "tool_errors": 0, "writes": 0, "test_runs": 0})
+        "parse_errors": 0, "loop_detections": 0, "tool_errors": 0, "writes": 0, "module_edits": 0,
+        "test_runs": 0})
     seen: set = field(default_factory=set)
     tested: dict = field(default_factory=dict)
     """module source -> verdict (each source is tested once)."""
+    before: str | None = None
+    """The module's text after the last write (the buggy text before any)."""
+
+    def __post_init__(self) -> None:
+        self.before = self.task.buggy
 
     def drive(self, model: Model, params: SamplingParams, seed: int,
               on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
@@ -215,7 +227,7 @@ class _Episode:
         messages = [Message("system", system_prompt(self.config.test_policy, self.config,
                                                     self.task)),
                     Message("user", first)]
-        schema = tool_call_schema(tools) if self.config.constrained else None
+        schema = tool_call_schema(tools, self.ws.paths()) if self.config.constrained else None
         if schema is None:
             # A protocol message is one line of JSON; a blank line ends it (and the prose small
             # models append after it, which would otherwise cost tokens and make a valid call a
@@ -257,9 +269,11 @@ class _Episode:
                 end = stop.reason
                 break
             messages += [Message("assistant", raw), Message("user", reply)]
+            if schema is not None and facts["tool_ok"] and parsed.name in WRITE_TOOLS:
+                schema = tool_call_schema(tools, self.ws.paths())  # a write may add a file
         final = self.test_now(feedback=False)  # the driver's verdict, not feedback to the model
         metrics = {**self.counts, "steps": len(records), "wrote": self.counts["writes"] > 0,
-                   "end": end}
+                   "valid_edit": self.counts["module_edits"] > 0, "end": end}
         return EpisodeOutcome(success=final.passed,
                               failed_step=None if final.passed else end, wrong_tests=None,
                               attempts=records, final_check=final.verdict(), metrics=metrics)
@@ -305,6 +319,8 @@ class _Episode:
         reply = f"{RESULT_PREFIX}\n{clip_observation(output, self.config.observation_chars)}"
         if ok and parsed.name in WRITE_TOOLS:
             self.counts["writes"] += 1
+            facts["module_edit"] = self.module_edited()
+            self.counts["module_edits"] += facts["module_edit"]
             self.seen.clear()  # files changed: earlier calls may now give new results
             if self.config.test_policy == "after_write":
                 result = self.test_now()
@@ -313,6 +329,19 @@ class _Episode:
         return reply
 
     # --- tests ------------------------------------------------------------------------------------
+    def module_edited(self) -> bool:
+        """Whether the module's text differs from what it was before the last write and parses
+        as Python: the write was a valid edit. Remembers the text for the next write."""
+        src, before = self.module_source(), self.before
+        self.before = src
+        if src is None or src == before:
+            return False
+        try:
+            ast.parse(src)
+        except (SyntaxError, ValueError):
+            return False
+        return True
+
     def module_source(self) -> str | None:
         try:
             return (self.ws.root / self.task.file).read_text(encoding="utf-8")

@@ -48,7 +48,9 @@ def oracle_edit(task: Task) -> dict:
 
 def oracle_step(task: Task, messages: list[dict]) -> dict:
     """The oracle's next message given the conversation so far: list the files, read the module,
-    edit it (write the whole reference if an edit failed), then the final answer."""
+    edit it (write the whole reference if an edit failed), then the final answer. When the first
+    message already shows the module (the repair agent's show_file option), it edits at once:
+    the tools for looking may not even be offered (edit_only)."""
     done: list[tuple[str, bool]] = []
     for m, reply in zip(messages, messages[1:]):
         if m["role"] != "assistant":
@@ -59,6 +61,9 @@ def oracle_step(task: Task, messages: list[dict]) -> dict:
         if parsed.kind == "tool_call":
             done.append((parsed.name, ok))
     names_ok = {name for name, ok in done if ok}
+    shown = len(messages) > 1 and f"\nFILE {task.file}:\n" in messages[1]["content"]
+    if shown:
+        names_ok |= {"list_files", "read_file"}
     if "list_files" not in names_ok:
         return {"type": "tool_call", "name": "list_files", "args": {"rel_dir": "."}}
     if "read_file" not in names_ok:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ LINE_TOOLS: dict[str, tuple[dict[str, type], dict[str, object], str]] = {
 }
 """Tools an agent gets on request (the repair agent's `line_edit` option)."""
 WRITE_TOOLS = ("write_file", "edit", "replace_lines")
+CREATING_TOOLS = ("write_file",)
+"""Tools whose path may name a file that does not exist yet."""
 MAX_WRITE_CHARS = 100_000
 MAX_READ_CHARS = 20_000
 FUZZY_THRESHOLD = 0.8
@@ -164,6 +167,11 @@ class Workspace:
         _, optional, _ = tool_spec(parsed.name)
         args = {**optional, **parsed.args}
         return getattr(self, parsed.name)(**args)
+
+    def paths(self) -> list[str]:
+        """Every file of the workspace as a relative POSIX path, sorted (what list_files lists
+        from the root, hidden directories and caches left out)."""
+        return [self._rel(p) for p in self._files(".")]
 
     def resolve(self, rel: str, *, must_exist: bool = True) -> Path:
         if not rel or "\0" in rel:
@@ -432,27 +440,38 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
 _JSON_TYPES = {str: "string", int: "integer"}
 
 
-def tool_call_schema(tools: dict = TOOLS) -> dict:
+def tool_call_schema(tools: dict = TOOLS, files: list[str] | None = None) -> dict:
     """The JSON schema of one valid assistant message of the protocol, built from `TOOLS`: one of
     each tool's call object (its exact args, the required ones required, no others) or the final
     answer. Backends turn it into a grammar (`GenerationRequest.json_schema`).
+
+    `files`: the workspace's files (relative POSIX paths, e.g. `Workspace.paths()`). Given, an
+    arg that must name an existing file (`rel_path` of every tool but write_file, which may
+    create one) is one of them (`enum`) and a directory arg (`rel_dir`) one of their directories,
+    so a constrained model cannot call a tool on a path that is not there (a tool error
+    unconstrained). Without it paths are any string.
 
     It accepts what `parse_message` accepts, with one difference JSON Schema cannot express: an
     integral float (`1.0`) is an integer to the schema, not to the parser. Grammars built from the
     schema write integers as digits only, so constrained output never has it. Properties are in
     the order grammars write them: type, name, args. `tools`: the tool set (default TOOLS; see
     `toolset`)."""
+    known: dict[str, dict] = {}
+    if files is not None:
+        dirs = sorted({posixpath.dirname(f) or "." for f in files} | {"."})
+        known = {"rel_path": {"enum": sorted(files)}, "rel_dir": {"enum": dirs}}
     calls = []
     for name, (required, optional, _) in tools.items():
         args = {**{k: _JSON_TYPES[t] for k, t in required.items()},
                 **{k: _JSON_TYPES[type(v)] for k, v in optional.items()}}
+        props = {k: known[k] if k in known and name not in CREATING_TOOLS else {"type": t}
+                 for k, t in args.items()}
         calls.append({
             "type": "object",
             "properties": {
                 "type": {"const": "tool_call"},
                 "name": {"const": name},
-                "args": {"type": "object",
-                         "properties": {k: {"type": t} for k, t in args.items()},
+                "args": {"type": "object", "properties": props,
                          "required": list(required), "additionalProperties": False},
             },
             "required": ["type", "name", "args"], "additionalProperties": False,
@@ -464,11 +483,17 @@ def tool_call_schema(tools: dict = TOOLS) -> dict:
 
 
 def describe_tools(tools: dict = TOOLS) -> str:
-    """One line per tool of `tools` (default TOOLS) for the system prompt: name, args with their
-    defaults, what it does."""
+    """One line per tool of `tools` (default TOOLS) for the system prompt: the name, each arg
+    with its JSON type (and default), what it does, e.g.
+    `- read_file(rel_path: string, max_chars: integer = 4000): the text of a file`.
+
+    Args are named with their types, not shown as a JSON call with placeholder values: small
+    models copy such placeholders verbatim (writing "CONTENT" to a file named "REL_PATH" was the
+    commonest edit of the 135M model in the repair ablation); the prompt's one example call shows
+    the JSON form."""
     out = []
     for name, (required, optional, help_text) in tools.items():
-        # a placeholder of the arg's type: NAME for strings, 1 for integers
-        args = {**{k: k.upper() if t is str else 1 for k, t in required.items()}, **optional}
-        out.append(f"- {name} {json.dumps(args)}: {help_text}")
+        args = [f"{k}: {_JSON_TYPES[t]}" for k, t in required.items()]
+        args += [f"{k}: {_JSON_TYPES[type(v)]} = {json.dumps(v)}" for k, v in optional.items()]
+        out.append(f"- {name}({', '.join(args)}): {help_text}")
     return "\n".join(out)

@@ -185,10 +185,10 @@ class HFModel:
                               add_special_tokens=False).to(self.device)
 
     def _run(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """Generate one left-padded batch; all requests share sampling params and JSON schema,
-        each keeps its own seed. Generation is greedy over scores that `SeededSampling` turns
-        into one sample per row, so a row's tokens come from its own random stream whatever else
-        is in the batch. A schema's processor masks the scores first."""
+        """Generate one left-padded batch; all requests share sampling params, each keeps its own
+        seed and JSON schema (or none). Generation is greedy over scores that `SeededSampling`
+        turns into one sample per row, so a row's tokens come from its own random stream whatever
+        else is in the batch. The schemas' processors (`RowSchemas`) mask the scores first."""
         torch = self._torch
         from transformers import LogitsProcessorList
 
@@ -197,8 +197,14 @@ class HFModel:
         kwargs = {"max_new_tokens": p.max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                   "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         processors = []
-        if requests[0].json_schema is not None:
-            processors.append(self._schema_processor(requests[0].json_schema))
+        by_schema: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.json_schema is not None:
+                by_schema.setdefault(json.dumps(r.json_schema, sort_keys=True), []).append(i)
+        if by_schema:
+            processors.append(RowSchemas(
+                [(rows, self._schema_processor(requests[rows[0]].json_schema))
+                 for rows in by_schema.values()], self.device))
         if p.temperature > 0:
             processors.append(SeededSampling(p.temperature, p.top_p, [r.seed for r in requests],
                                              self.device))
@@ -319,13 +325,12 @@ class HFModel:
 
     def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Completions in request order. Requests with equal sampling params (greedy or
-        sampled) and JSON schema are generated together, `batch_size` rows at a time, each with
-        its own seed."""
+        sampled) are generated together, `batch_size` rows at a time, each with its own seed and
+        JSON schema (rows of several schemas share a batch)."""
         results: list[Completion | None] = [None] * len(requests)
         groups: dict[object, list[int]] = {}
         for i, r in enumerate(requests):
-            schema = None if r.json_schema is None else json.dumps(r.json_schema, sort_keys=True)
-            groups.setdefault((r.params, schema), []).append(i)
+            groups.setdefault(r.params, []).append(i)
         for idxs in groups.values():
             bs = self.batch_size([requests[i] for i in idxs])
             for start in range(0, len(idxs), bs):
@@ -338,6 +343,28 @@ class HFModel:
         if self._batcher is not None:
             self._batcher.close()
         self.model = None
+
+
+class RowSchemas:
+    """A transformers logits processor that applies each JSON schema's processor to its own rows
+    of the batch: `groups` is [(row indices, processor)], rows in no group are left as they are.
+    Each processor sees the same sub-batch (input_ids and scores of its rows, in order) at every
+    step, which is what outlines' processors, keeping one parse state per row, expect.
+
+    scores: (rows, vocab) -> the same shape, each group's rows masked by its processor."""
+
+    def __init__(self, groups: Sequence[tuple[Sequence[int], object]], device: str):
+        import torch
+
+        self.groups = [(torch.tensor(list(rows), device=device), proc) for rows, proc in groups]
+
+    def __call__(self, input_ids, scores):
+        if len(self.groups) == 1 and len(self.groups[0][0]) == scores.shape[0]:
+            return self.groups[0][1](input_ids, scores)  # one schema for the whole batch
+        scores = scores.clone()
+        for rows, proc in self.groups:
+            scores[rows] = proc(input_ids[rows], scores[rows])
+        return scores
 
 
 class SeededSampling:
