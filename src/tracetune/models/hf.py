@@ -188,7 +188,7 @@ class HFModel:
         """Generate one left-padded batch; all requests share sampling params, each keeps its own
         seed and JSON schema (or none). Generation is greedy over scores that `SeededSampling`
         turns into one sample per row, so a row's tokens come from its own random stream whatever
-        else is in the batch. The schemas' processors (`RowSchemas`) mask the scores first."""
+        else is in the batch. `SchemaRows` masks each row's scores to its schema first."""
         torch = self._torch
         from transformers import LogitsProcessorList
 
@@ -197,14 +197,10 @@ class HFModel:
         kwargs = {"max_new_tokens": p.max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                   "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         processors = []
-        by_schema: dict[str, list[int]] = {}
-        for i, r in enumerate(requests):
-            if r.json_schema is not None:
-                by_schema.setdefault(json.dumps(r.json_schema, sort_keys=True), []).append(i)
-        if by_schema:
-            processors.append(RowSchemas(
-                [(rows, self._schema_processor(requests[rows[0]].json_schema))
-                 for rows in by_schema.values()], self.device))
+        if any(r.json_schema is not None for r in requests):
+            processors.append(SchemaRows(
+                [None if r.json_schema is None else self._schema_index(r.json_schema)
+                 for r in requests], self.device))
         if p.temperature > 0:
             processors.append(SeededSampling(p.temperature, p.top_p, [r.seed for r in requests],
                                              self.device))
@@ -232,11 +228,11 @@ class HFModel:
             results.append(Completion(text, Usage(n_prompt, n_new), latency_s, finish))
         return results
 
-    def _schema_processor(self, schema: dict):
-        """A fresh logits processor (it keeps each row's parse state) allowing only tokens that
-        continue JSON valid under `schema`, with at most one space between tokens as llama.cpp's
-        grammars allow; the index is built once per schema. Raises ModelError when outlines is
-        missing or cannot express the schema."""
+    def _schema_index(self, schema: dict):
+        """outlines_core's Index of `schema` (built once per schema): which tokens each state of
+        the JSON's regular expression allows, with at most one space between tokens as
+        llama.cpp's grammars allow. Raises ModelError when outlines is missing or cannot express
+        the schema."""
         key = json.dumps(schema, sort_keys=True)
         try:
             from outlines.backends import outlines_core as backend
@@ -256,15 +252,7 @@ class HFModel:
             except (ValueError, TypeError, RuntimeError) as exc:
                 raise ModelError(f"outlines cannot constrain decoding to the JSON schema: {exc}") \
                     from exc
-        # outlines sets torch._dynamo's suppress_errors for the whole process when it makes a
-        # processor; keep the process's own setting.
-        import torch._dynamo
-
-        suppress = torch._dynamo.config.suppress_errors
-        try:
-            return backend.OutlinesCoreLogitsProcessor(self._schemas[key], "torch")
-        finally:
-            torch._dynamo.config.suppress_errors = suppress
+        return self._schemas[key]
 
     def _stop_criterion(self, stop: tuple[str, ...]):
         """transformers' StopStringCriteria for `stop` (built once per tuple), or None when there
@@ -345,26 +333,61 @@ class HFModel:
         self.model = None
 
 
-class RowSchemas:
-    """A transformers logits processor that applies each JSON schema's processor to its own rows
-    of the batch: `groups` is [(row indices, processor)], rows in no group are left as they are.
-    Each processor sees the same sub-batch (input_ids and scores of its rows, in order) at every
-    step, which is what outlines' processors, keeping one parse state per row, expect.
+class SchemaRows:
+    """A transformers logits processor that keeps each row of the batch inside its own JSON
+    schema: `indexes` holds one outlines_core Index per row (None: the row is free). Each row
+    has its own Guide (parse state), advanced by the row's last token at every step after the
+    first; the allowed tokens of all rows are written into one bitmask (rows, ceil(vocab / 32))
+    int32 on the CPU, moved to the scores' device once a step and applied there.
 
-    scores: (rows, vocab) -> the same shape, each group's rows masked by its processor."""
+    A row whose last token its guide does not accept has ended: only the end-of-turn token after
+    a complete message (outlines_core's guides list it as allowed in a final state but do not
+    advance on it) and the padding after it can be such a token. The row is left free from
+    then on; generate pads it anyway.
 
-    def __init__(self, groups: Sequence[tuple[Sequence[int], object]], device: str):
+    Why written here rather than outlines' own processor: that one holds one Index for the whole
+    batch (rows of several schemas could not share a batch) and applies its mask through a
+    torch.compile'd kernel one row at a time (a kernel compilation per process, and one
+    host-to-device copy per row and step).
+
+    scores: (rows, vocab) -> the same, -inf at every token a constrained row may not take."""
+
+    def __init__(self, indexes: Sequence[object | None], device: str):
         import torch
+        from outlines_core import Guide
 
-        self.groups = [(torch.tensor(list(rows), device=device), proc) for rows, proc in groups]
+        self.guides = [None if ix is None else Guide(ix) for ix in indexes]
+        self.ended = [g is None for g in self.guides]
+        self.device = device
+        self.mask = None  # (rows, words) int32 bitmask on the CPU, made at the first step
+        self.first = True
+        self._torch = torch
 
     def __call__(self, input_ids, scores):
-        if len(self.groups) == 1 and len(self.groups[0][0]) == scores.shape[0]:
-            return self.groups[0][1](input_ids, scores)  # one schema for the whole batch
-        scores = scores.clone()
-        for rows, proc in self.groups:
-            scores[rows] = proc(input_ids[rows], scores[rows])
-        return scores
+        torch = self._torch
+        from outlines_core.kernels.torch import fill_next_token_bitmask
+
+        rows, vocab = scores.shape
+        if self.first:
+            self.first = False
+            self.mask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)
+            self.bits = torch.arange(32, dtype=torch.int32, device=scores.device)
+        else:
+            last = input_ids[:, -1].tolist()
+            for r, guide in enumerate(self.guides):
+                if self.ended[r]:
+                    continue
+                if guide.accepts_tokens([last[r]]):
+                    guide.advance(token_id=last[r], return_tokens=False)
+                else:  # the message is over (a final state: end of turn, padding)
+                    self.ended[r] = True
+                    self.mask[r] = -1
+        for r, guide in enumerate(self.guides):
+            if not self.ended[r]:
+                fill_next_token_bitmask(guide, self.mask[r:r + 1])
+        mask = self.mask.to(scores.device, non_blocking=True)
+        allowed = ((mask.unsqueeze(-1) >> self.bits) & 1).bool().view(rows, -1)[:, :vocab]
+        return scores.masked_fill(~allowed, float("-inf"))
 
 
 class SeededSampling:
