@@ -171,3 +171,25 @@ def test_stop_strings_with_a_tokenizer_transformers_cannot_match(tmp_path):
         temperature=1.0, max_tokens=12, stop=(word,)), seed=0))
     assert cut.text == full[:full.index(word)] and cut.finish_reason == "stop"
     m.close()
+
+
+def test_replies_end_at_the_chat_templates_end_of_turn_whatever_the_config_says(model):
+    """A generation config made from a GGUF file may name another end-of-sequence token than
+    the chat template's end of turn; generation still stops there, not in a made-up next turn."""
+    from types import SimpleNamespace
+
+    from tracetune.models.hf import end_of_turn_ids
+
+    im_end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in end_of_turn_ids(model.tokenizer, SimpleNamespace(eos_token_id=None))
+    assert end_of_turn_ids(model.tokenizer, SimpleNamespace(eos_token_id=[0, im_end]))[-1] == 0
+    config = model.model.generation_config
+    kept = model.eos_ids, config.eos_token_id
+    try:
+        config.eos_token_id = 0  # <|endoftext|>, as such a GGUF's config gives
+        model.eos_ids = end_of_turn_ids(model.tokenizer, config)
+        c = model.generate(GenerationRequest(chat("What is the capital of France? One word."),
+                                             SamplingParams(max_tokens=48)))
+    finally:
+        model.eos_ids, config.eos_token_id = kept
+    assert c.finish_reason == "stop" and "user" not in c.text and "assistant" not in c.text

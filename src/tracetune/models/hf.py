@@ -169,6 +169,7 @@ class HFModel:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        self.eos_ids = end_of_turn_ids(self.tokenizer, self.model.generation_config)
         import threading
 
         self._batcher: Batcher | None = None  # made at the first generate on CUDA
@@ -195,12 +196,13 @@ class HFModel:
         p = requests[0].params
         enc = self._encode(requests)  # input_ids: (batch, prompt_len)
         kwargs = {"max_new_tokens": p.max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                  "eos_token_id": self.eos_ids,
                   "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         processors = []
         if any(r.json_schema is not None for r in requests):
             processors.append(SchemaRows(
                 [None if r.json_schema is None else self._schema_index(r.json_schema)
-                 for r in requests], self.device))
+                 for r in requests], self.eos_ids[0]))
         if p.temperature > 0:
             processors.append(SeededSampling(p.temperature, p.top_p, [r.seed for r in requests],
                                              self.device))
@@ -333,6 +335,27 @@ class HFModel:
         self.model = None
 
 
+def end_of_turn_ids(tokenizer, generation_config) -> list[int]:
+    """The token ids that end a reply, the tokenizer's end-of-sequence first: it, the special
+    token the chat template writes right after an assistant message (e.g. <|im_end|>), and
+    those of the generation config (an int or a list). Passed to every generate call, since a
+    config made from a GGUF file need not name the end-of-turn token (seen with transformers
+    5.17: replies ran on past <|im_end|> into a made-up next turn)."""
+    ids = [tokenizer.eos_token_id]
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+            tokenize=False)
+        after = tokenizer(text.rsplit("y", 1)[-1], add_special_tokens=False)["input_ids"]
+        if after and after[0] in tokenizer.all_special_ids:
+            ids.append(after[0])
+    except (ValueError, TypeError, KeyError, AttributeError):  # no chat template
+        pass
+    extra = generation_config.eos_token_id
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 class SchemaRows:
     """A transformers logits processor that keeps each row of the batch inside its own JSON
     schema: `indexes` holds one outlines_core Index per row (None: the row is free). Each row
@@ -342,8 +365,8 @@ class SchemaRows:
 
     A row whose last token its guide does not accept has ended: only the end-of-turn token after
     a complete message (outlines_core's guides list it as allowed in a final state but do not
-    advance on it) and the padding after it can be such a token. The row is left free from
-    then on; generate pads it anyway.
+    advance on it) and the padding after it can be such a token. From then on the row may only
+    repeat `eos_id`, so nothing follows the message even where generate does not stop the row.
 
     Why written here rather than outlines' own processor: that one holds one Index for the whole
     batch (rows of several schemas could not share a batch) and applies its mask through a
@@ -352,13 +375,13 @@ class SchemaRows:
 
     scores: (rows, vocab) -> the same, -inf at every token a constrained row may not take."""
 
-    def __init__(self, indexes: Sequence[object | None], device: str):
+    def __init__(self, indexes: Sequence[object | None], eos_id: int):
         import torch
         from outlines_core import Guide
 
         self.guides = [None if ix is None else Guide(ix) for ix in indexes]
-        self.ended = [g is None for g in self.guides]
-        self.device = device
+        self.ended = [False] * len(self.guides)
+        self.eos_id = eos_id
         self.mask = None  # (rows, words) int32 bitmask on the CPU, made at the first step
         self.first = True
         self._torch = torch
@@ -372,18 +395,21 @@ class SchemaRows:
             self.first = False
             self.mask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)
             self.bits = torch.arange(32, dtype=torch.int32, device=scores.device)
+            self.only_eos = torch.zeros(self.mask.shape[1], dtype=torch.int32)
+            word, bit = divmod(self.eos_id, 32)
+            self.only_eos[word] = torch.tensor(1 << bit, dtype=torch.int64).to(torch.int32)
         else:
             last = input_ids[:, -1].tolist()
             for r, guide in enumerate(self.guides):
-                if self.ended[r]:
+                if self.ended[r] or guide is None:
                     continue
                 if guide.accepts_tokens([last[r]]):
                     guide.advance(token_id=last[r], return_tokens=False)
                 else:  # the message is over (a final state: end of turn, padding)
                     self.ended[r] = True
-                    self.mask[r] = -1
+                    self.mask[r] = self.only_eos
         for r, guide in enumerate(self.guides):
-            if not self.ended[r]:
+            if guide is not None and not self.ended[r]:
                 fill_next_token_bitmask(guide, self.mask[r:r + 1])
         mask = self.mask.to(scores.device, non_blocking=True)
         allowed = ((mask.unsqueeze(-1) >> self.bits) & 1).bool().view(rows, -1)[:, :vocab]
