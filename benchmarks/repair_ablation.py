@@ -15,7 +15,8 @@ side: 18 bugs) with the same seeds under each arm:
 
 and prints, per arm: the share of episodes with a write or edit that the tool accepted (the
 `wrote` metric, any path) and the share with a valid edit (one that changed the task's own module
-and left it parseable Python: the episodes' `valid_edit` metric), each with its 95% interval, held-out pass rate (k/n and the
+and left it a candidate fix: parseable Python still defining the names the tests import; the
+episodes' `valid_edit` metric), each with its 95% interval, held-out pass rate (k/n and the
 task-clustered Wilson interval), the pass-rate delta against base with its cluster-robust
 interval and McNemar p (outcomes paired by task and trial, which share their sampling seed),
 and parse errors, tool errors and steps per episode. Every arm's episodes are stored in
@@ -132,8 +133,13 @@ def main() -> int:
     if "base" not in done:
         print("no base arm under --out yet: run it (--arms base) for the table", file=sys.stderr)
         return 1
-    dirs = [run_dir(args.out, arm) for arm in done]
-    chosen = done
+    base_tasks = {e["task_id"] for e in load_episodes(run_dir(args.out, "base"))}
+    apart = [arm for arm in done
+             if not base_tasks & {e["task_id"] for e in load_episodes(run_dir(args.out, arm))}]
+    if apart:  # partial arms whose finished episodes are all of bugs base has not finished
+        print(f"not shown yet (no finished bug in common with base): {', '.join(apart)}")
+    chosen = [arm for arm in done if arm not in apart]
+    dirs = [run_dir(args.out, arm) for arm in chosen]
     result = compare_dirs(dirs, baseline="base", labels=chosen)
     by_model = {r.model: r for r in result.baseline_rows + result.results if r.task == "overall"}
     deltas = {(m.model, m.metric): m for m in result.metrics}
@@ -166,7 +172,7 @@ def main() -> int:
         print(line)
     print("\nwrote: share of episodes with a write or edit that the tool accepted (seed 002's "
           "metric; any path); valid: a write that changed the task's module and left it "
-          "parseable Python (the episodes' valid_edit metric); "
+          "parseable Python defining the names the tests import (valid_edit); "
           "intervals: Wilson, clustered by bug; pass: held-out episodes whose tests pass; "
           "Δ pass: against base, cluster-robust interval over bugs, exact McNemar on "
           "(bug, sample) pairs; wrote Δ p: Wilcoxon over per-bug shares.")

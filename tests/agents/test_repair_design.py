@@ -161,7 +161,8 @@ def test_a_line_edit_fixes_the_bug_counts_as_a_write_and_gets_the_tests(tmp_path
 
 def test_a_valid_edit_changes_the_module_and_leaves_it_python(tmp_path, task, sandbox):
     """writes counts every accepted write; module_edits only those that changed the module and
-    left it parseable: not a no-op edit, a write to another file, or a broken module."""
+    left it a candidate fix: not a no-op edit, a write to another file, a module that does not
+    parse or no longer defines what the tests import (junk that happens to parse)."""
     out = episode(tmp_path, task, sandbox, [
         call("edit", rel_path="maximum.py", search="if x < best:", replace="if x < best:"),
         call("write_file", rel_path="notes.txt", content="CONTENT"),
@@ -171,9 +172,13 @@ def test_a_valid_edit_changes_the_module_and_leaves_it_python(tmp_path, task, sa
     assert [a.facts.get("module_edit") for a in out.attempts[:4]] == [False, False, False, True]
     assert out.metrics["writes"] == 4 and out.metrics["module_edits"] == 1
     assert out.metrics["valid_edit"] and out.success
-    none = episode(tmp_path, task, sandbox, [call("write_file", rel_path="maximum.py",
-                                                  content="CONTENT("), FINAL])
-    assert none.metrics["wrote"] and not none.metrics["valid_edit"]
+    for junk in ("CONTENT(", "list_to_list.txt", "def other(xs):\n    return 0\n"):
+        none = episode(tmp_path, task, sandbox, [call("write_file", rel_path="maximum.py",
+                                                      content=junk), FINAL])
+        assert none.metrics["wrote"] and not none.metrics["valid_edit"], junk
+    kept = episode(tmp_path, task, sandbox, [call("write_file", rel_path="maximum.py",
+                                                  content="import os\nmaximum = max\n"), FINAL])
+    assert kept.metrics["valid_edit"] and kept.success
 
 
 def test_without_line_edit_the_same_call_is_a_parse_error(tmp_path, task, sandbox):

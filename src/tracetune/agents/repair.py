@@ -25,8 +25,9 @@ only valid protocol messages (a grammar, a structured-output request); the episo
 counted exactly as without it, so the two compare metric for metric.
 
 Besides `writes` (tool-accepted writes and edits, seed 002's measure of reaching an edit, any
-path), `module_edits` counts the writes that changed the task's module and left it parseable
-Python (`ast.parse`): a valid edit; an episode's `valid_edit` metric says whether it made one.
+path), `module_edits` counts the writes that changed the task's module and left it a candidate
+fix: parseable Python (`ast.parse`) that still defines every name the tests import (a valid
+edit); an episode's `valid_edit` metric says whether it made one.
 
 Tool and prompt design (each an option, off by default; issue 18's ablation measures each):
 `numbered_reads` (read_file numbers its lines), `line_edit` (the replace_lines tool: an edit by
@@ -143,6 +144,20 @@ def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = 
     text = numbered_lines(task.buggy) if config.numbered_reads else task.buggy
     return goal + FILE_PROMPT.format(path=task.file, text=text,
                                      tests=tests_text(tests) if tests is not None else "not run")
+
+
+def top_level_names(tree: ast.Module) -> set[str]:
+    """The names a module binds at top level: functions, classes, assignment targets, imports."""
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return out
 
 
 def run_tests(task: Task, module_source: str | None, sandbox: Sandbox) -> SandboxResult:
@@ -330,17 +345,18 @@ class _Episode:
 
     # --- tests ------------------------------------------------------------------------------------
     def module_edited(self) -> bool:
-        """Whether the module's text differs from what it was before the last write and parses
-        as Python: the write was a valid edit. Remembers the text for the next write."""
+        """Whether the last write was a valid edit: the module's text differs from what it was
+        before and is still a candidate fix, parseable Python that defines at top level every
+        name the tests import (`Task.names`). Remembers the text for the next write."""
         src, before = self.module_source(), self.before
         self.before = src
         if src is None or src == before:
             return False
         try:
-            ast.parse(src)
+            tree = ast.parse(src)
         except (SyntaxError, ValueError):
             return False
-        return True
+        return set(self.task.names) <= top_level_names(tree)
 
     def module_source(self) -> str | None:
         try:
