@@ -21,7 +21,8 @@ def _variant(tmp_path, old: str, new: str, base: Path = TINY) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["quickstart.toml", "tdd_finetune.toml", "repair_sft.toml"])
+@pytest.mark.parametrize("name", ["quickstart.toml", "tdd_finetune.toml", "repair_sft.toml",
+                                  "repair_sft_design.toml"])
 def test_shipped_experiments_validate(name):
     exp = load_experiment(ROOT / "experiments" / name)
     assert exp.hypotheses and (exp.decision.go or exp.decision.abort)
