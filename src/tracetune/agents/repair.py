@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Callable
 
 from tracetune.agents.configs import TEST_POLICIES, RepairConfig
+from tracetune.agents.guards import defined_names
 from tracetune.agents.tools import (WRITE_TOOLS, Parsed, ToolError, Workspace, clip_observation,
                                     describe_tools, numbered_lines, parse_message,
                                     tool_call_schema, toolset)
@@ -144,20 +145,6 @@ def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = 
     text = numbered_lines(task.buggy) if config.numbered_reads else task.buggy
     return goal + FILE_PROMPT.format(path=task.file, text=text,
                                      tests=tests_text(tests) if tests is not None else "not run")
-
-
-def top_level_names(tree: ast.Module) -> set[str]:
-    """The names a module binds at top level: functions, classes, assignment targets, imports."""
-    out: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            out.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            out.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            out.update((a.asname or a.name).split(".")[0] for a in node.names)
-    return out
 
 
 def run_tests(task: Task, module_source: str | None, sandbox: Sandbox) -> SandboxResult:
@@ -356,7 +343,7 @@ class _Episode:
             tree = ast.parse(src)
         except (SyntaxError, ValueError):
             return False
-        return set(self.task.names) <= top_level_names(tree)
+        return set(self.task.names) <= defined_names(tree)
 
     def module_source(self) -> str | None:
         try:

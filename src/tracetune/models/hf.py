@@ -383,7 +383,6 @@ class SchemaRows:
         self.ended = [False] * len(self.guides)
         self.eos_id = eos_id
         self.mask = None  # (rows, words) int32 bitmask on the CPU, made at the first step
-        self.first = True
         self._torch = torch
 
     def __call__(self, input_ids, scores):
@@ -391,26 +390,24 @@ class SchemaRows:
         from outlines_core.kernels.torch import fill_next_token_bitmask
 
         rows, vocab = scores.shape
-        if self.first:
-            self.first = False
+        first = self.mask is None
+        if first:
             self.mask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)
             self.bits = torch.arange(32, dtype=torch.int32, device=scores.device)
             self.only_eos = torch.zeros(self.mask.shape[1], dtype=torch.int32)
             word, bit = divmod(self.eos_id, 32)
-            self.only_eos[word] = torch.tensor(1 << bit, dtype=torch.int64).to(torch.int32)
-        else:
-            last = input_ids[:, -1].tolist()
-            for r, guide in enumerate(self.guides):
-                if self.ended[r] or guide is None:
-                    continue
-                if guide.accepts_tokens([last[r]]):
-                    guide.advance(token_id=last[r], return_tokens=False)
-                else:  # the message is over (a final state: end of turn, padding)
+            self.only_eos[word] = (1 << bit) - (1 << 32 if bit == 31 else 0)  # as int32
+        last = [] if first else input_ids[:, -1].tolist()
+        for r, guide in enumerate(self.guides):
+            if guide is None or self.ended[r]:
+                continue
+            if not first:
+                if not guide.accepts_tokens([last[r]]):  # the message is over (end of turn)
                     self.ended[r] = True
                     self.mask[r] = self.only_eos
-        for r, guide in enumerate(self.guides):
-            if guide is not None and not self.ended[r]:
-                fill_next_token_bitmask(guide, self.mask[r:r + 1])
+                    continue
+                guide.advance(token_id=last[r], return_tokens=False)
+            fill_next_token_bitmask(guide, self.mask[r:r + 1])
         mask = self.mask.to(scores.device, non_blocking=True)
         allowed = ((mask.unsqueeze(-1) >> self.bits) & 1).bool().view(rows, -1)[:, :vocab]
         return scores.masked_fill(~allowed, float("-inf"))
