@@ -9,7 +9,9 @@ side: 18 bugs) with the same seeds under each arm:
     +OPTION         each design option alone: constrained (grammar-constrained tool calls),
                     numbered_reads, line_edit (replace_lines), observation_chars=N, show_file,
                     task_example (the system prompt's example call reads the task's module),
-                    edit_only (only the tools that change a file; with show_file)
+                    edit_only (only the tools that change a file; with show_file),
+                    anchored_edits (an edit searches for one of the file's lines; with
+                    constrained)
     all             every option on
     all-OPTION      every option but one
 
@@ -27,7 +29,7 @@ OUT/ARM (a run directory for `tracetune report` or `tracetune compare`); rerunni
     python benchmarks/repair_ablation.py --arms base,+constrained,all --trials 2
     python benchmarks/repair_ablation.py --arms +line_edit,all-line_edit   # more arms, same --out
 
-Not part of CI: 16 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
+Not part of CI: 18 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
 (the README's table was run on one GPU through the hf backend, same weights).
 """
 
@@ -43,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"constrained": "constrained=true", "numbered_reads": "numbered_reads=true",
            "line_edit": "line_edit=true", "observation_chars": "observation_chars={chars}",
            "show_file": "show_file=true", "task_example": "task_example=true",
-           "edit_only": "edit_only=true"}
+           "edit_only": "edit_only=true", "anchored_edits": "anchored_edits=true"}
 """Design option -> its workflow-spec setting (issue 18 item 4)."""
-NEEDS = {"edit_only": "show_file"}
+NEEDS = {"edit_only": "show_file", "anchored_edits": "constrained"}
 """An option that is refused without another: its arms include that one, and the arm without
 that one goes without it too."""
 
@@ -86,7 +88,7 @@ def main() -> int:
     ap.add_argument("--observation-chars", type=int, default=600,
                     help="the cut of the observation_chars option")
     ap.add_argument("--arms", default="",
-                    help="comma-separated arms to run (default: all 16); the table shows every "
+                    help="comma-separated arms to run (default: all 18); the table shows every "
                          "arm under --out")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: print the table of the arms under --out")

@@ -16,9 +16,11 @@ import jsonschema
 import pytest
 
 from tracetune.agents.configs import RepairConfig
-from tracetune.agents.repair import GOAL_PROMPT, STOP, run_repair_episode, system_prompt
+from tracetune.agents.repair import (GOAL_PROMPT, STOP, goal_prompt, offered_tools, repo_files,
+                                     run_repair_episode, run_tests, system_prompt)
 from tracetune.agents.spec import parse_workflow
-from tracetune.agents.tools import TOOLS, parse_message, tool_call_schema
+from tracetune.agents.tools import (TOOLS, Workspace, anchor_lines, fuzzy_replace,
+                                    parse_message, tool_call_schema)
 from tracetune.errors import ModelError, TracetuneError
 from tracetune.models import load_model
 from tracetune.sandbox import Sandbox
@@ -213,6 +215,33 @@ def test_constrained_episodes_send_the_schema_and_count_as_before(tmp_path, task
     assert outcomes[True].metrics["parse_errors"] == 1
 
 
+ANCHORED = RepairConfig(constrained=True, anchored_edits=True, show_file=True, edit_only=True,
+                        numbered_reads=True, task_example=True, max_iters=3)
+
+
+def edit_searches(schema: dict, path: str) -> list[str]:
+    """The search texts an anchored schema allows in an edit of `path`."""
+    return [s for c in schema["oneOf"] if c["properties"].get("name", {}).get("const") == "edit"
+            and c["properties"]["args"]["properties"]["rel_path"] == {"const": path}
+            for s in c["properties"]["args"]["properties"]["search"]["enum"]]
+
+
+def test_anchored_episodes_send_the_files_lines_and_renew_them_after_an_edit(tmp_path, task,
+                                                                            sandbox):
+    script = tmp_path / "script.jsonl"
+    fix = {"type": "tool_call", "name": "edit", "args": {
+        "rel_path": "maximum.py", "search": "if x < best:", "replace": "if x > best:"}}
+    script.write_text("".join(json.dumps({"text": json.dumps(m)}) + "\n"
+                              for m in (fix, {"type": "final"})))
+    model = Recording(load_model(f"replay:{script}"))
+    out = run_repair_episode(task, ANCHORED, model, sandbox, params=SamplingParams(), seed=1)
+    assert out.success and out.metrics["valid_edit"]
+    first, second = (edit_searches(r.json_schema, "maximum.py") for r in model.requests)
+    assert "if x < best:" in first and "if x > best:" not in first
+    assert "if x > best:" in second and "if x < best:" not in second  # the edited file's lines
+    assert "An edit's search is one whole line" in model.requests[0].messages[0].content
+
+
 # --- llama.cpp: a grammar --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -252,6 +281,30 @@ CODE_SCHEMA = {"type": "object", "properties": {"code": {"type": "string", "maxL
 CODE_PROMPT = (Message("user", "Write a Python function add(a, b) that returns a + b."),)
 
 
+ODD_TEXTS = ['"""The largest element."""', "a\\b", "it's \\\"quoted\\\"", "tab\there", "né"]
+
+
+def test_grammar_literals_hold_quotes_and_backslashes():
+    """An enum of lines of code (a docstring's quotes, a backslash) is a grammar llama.cpp
+    parses (llama-cpp-python's converter alone writes `\\"` into the literal and fails)."""
+    from llama_cpp import LlamaGrammar
+
+    from tracetune.models.llamacpp import schema_grammar
+
+    gbnf = schema_grammar({"type": "object", "properties": {"line": {"enum": ODD_TEXTS}},
+                           "required": ["line"], "additionalProperties": False})
+    LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+@pytest.mark.slow
+def test_a_grammar_of_odd_literals_decodes_one_of_them(embedded):
+    schema = {"enum": ODD_TEXTS}
+    for seed in range(3):
+        c = embedded.generate(GenerationRequest(CODE_PROMPT, SamplingParams(
+            temperature=1.0, max_tokens=32), seed, json_schema=schema))
+        assert json.loads(c.text) in ODD_TEXTS, c.text
+
+
 @pytest.mark.slow
 def test_constrained_strings_hold_no_raw_newlines_and_streams_agree(embedded):
     """Code in a JSON string: the model wants a newline after `def add(a, b):`, which JSON only
@@ -275,6 +328,32 @@ def test_a_constrained_repair_episode_runs_end_to_end(embedded, task, sandbox):
     assert model.requests[0].json_schema == tool_call_schema(files=files)
     assert set(out.metrics) >= {"parse_errors", "tool_errors", "loop_detections", "writes",
                                 "module_edits", "steps", "wrote", "valid_edit", "end"}
+
+
+@pytest.mark.slow
+def test_anchored_samples_edit_a_line_of_the_module_that_the_edit_tool_takes(embedded, task,
+                                                                              sandbox, tmp_path):
+    """Under the anchored schema every sampled edit that ends searches for a line the module has
+    once, so the edit tool takes it (an exact match): the model cannot miss the text it edits."""
+    for rel, text in repo_files(task).items():
+        (tmp_path / rel).write_text(text)
+    ws = Workspace(tmp_path)
+    anchors = {rel: anchor_lines((tmp_path / rel).read_text()) for rel in ws.paths()}
+    schema = tool_call_schema(offered_tools(ANCHORED), ws.paths(), anchors)
+    prompt = (Message("system", system_prompt("after_write", ANCHORED, task)),
+              Message("user", goal_prompt(task, ANCHORED, run_tests(task, task.buggy, sandbox))))
+    params = SamplingParams(temperature=1.0, max_tokens=192)
+    kinds = []
+    for seed in range(6):
+        c = embedded.generate(GenerationRequest(prompt, params, seed, json_schema=schema))
+        kinds.append(check_constrained(c, schema, params.max_tokens))
+        if kinds[-1] == "edit":
+            args = json.loads(c.text)["args"]
+            assert args["search"] in anchors[args["rel_path"]]
+            text = (tmp_path / args["rel_path"]).read_text()
+            assert fuzzy_replace(text, args["search"], args["replace"])[1] == "exact match"
+    print(f"\nanchored samples at temperature 1.0: {', '.join(kinds)}")
+    assert "edit" in kinds  # what the test is about happened (write_file is not offered)
 
 
 # --- openai: response_format ---------------------------------------------------------------------

@@ -11,9 +11,12 @@ from scripted import FINAL, call, episode
 
 from tracetune.agents.configs import RepairConfig
 from tracetune.agents.repair import run_repair_episode, system_prompt
-from tracetune.agents.tools import (LINE_TOOLS, TOOLS, ToolError, Workspace, clip_observation,
-                                    numbered_lines, parse_message, tool_call_schema, toolset)
+from tracetune.agents.teachers import oracle_edit
+from tracetune.agents.tools import (LINE_TOOLS, TOOLS, ToolError, Workspace, anchor_lines,
+                                    clip_observation, fuzzy_replace, numbered_lines, parse_message,
+                                    tool_call_schema, toolset)
 from tracetune.errors import TracetuneError
+from tracetune.tasks import load_suite
 from tracetune.types import SamplingParams
 
 
@@ -128,6 +131,53 @@ def test_with_the_files_the_schema_names_only_existing_paths(tmp_path):
     assert anywhere.is_valid(json.loads(call("read_file", rel_path="REL_PATH")))
 
 
+def test_anchor_lines_are_the_lines_that_occur_once_without_indentation():
+    text = ("def f(xs):\n    total = 0\n\n    for x in xs:\n        total += x\n"
+            "    y = total\n    yy = total\n    total = 0\n    return total\n")
+    # `total = 0` occurs twice, `y = total` inside `yy = total`: an edit could not tell them apart
+    assert anchor_lines(text) == ["def f(xs):", "for x in xs:", "total += x", "yy = total",
+                                  "return total"]
+    assert anchor_lines("x = 1\n" + "s = '" + "a" * 300 + "'\n") == ["x = 1"]  # long: left out
+
+
+def anchored_edit(rel_path, search, replace="pass"):
+    return {"type": "tool_call", "name": "edit",
+            "args": {"rel_path": rel_path, "search": search, "replace": replace}}
+
+
+def test_the_anchored_schema_holds_each_files_edits_to_its_own_lines():
+    anchors = {"m.py": ["def f():", "return 1"], "README.md": ["# m"], "empty.txt": []}
+    files = sorted(anchors)
+    schema = jsonschema.Draft202012Validator(
+        tool_call_schema(toolset(line_edit=True), files, anchors))
+    assert schema.is_valid(anchored_edit("m.py", "return 1", "return 2"))
+    assert schema.is_valid(anchored_edit("README.md", "# m"))
+    for bad in (anchored_edit("m.py", "# m"),             # another file's line
+                anchored_edit("m.py", "    return 1"),    # with its indentation
+                anchored_edit("m.py", "return"),          # a part of a line
+                anchored_edit("empty.txt", "x")):         # nothing to search for
+        assert not schema.is_valid(bad), bad
+    other = json.loads(call("write_file", rel_path="empty.txt", content="x"))
+    assert schema.is_valid(other)  # the other tools are as without anchors
+    free = jsonschema.Draft202012Validator(tool_call_schema(toolset(), files))
+    assert free.is_valid(anchored_edit("m.py", "return"))
+
+
+def test_every_anchor_of_every_bug_is_an_exact_edit_and_the_oracles_fix_is_anchored():
+    """Each anchor line of each bugs module is taken by the edit tool as an exact match (so a
+    constrained edit is never refused), and the oracle's fix searches for one of them (so its
+    trajectories are valid under the anchored schema: SFT data for that design)."""
+    for t in load_suite("bugs").tasks:
+        anchors = anchor_lines(t.buggy)
+        schema = jsonschema.Draft202012Validator(
+            tool_call_schema(toolset(edit_only=True), [t.file], {t.file: anchors}))
+        for line in anchors:
+            assert fuzzy_replace(t.buggy, line, "pass")[1] == "exact match", (t.id, line)
+        fix = oracle_edit(t)
+        assert fix["search"] in anchors and schema.is_valid(anchored_edit(**fix)), t.id
+        assert fuzzy_replace(t.buggy, fix["search"], fix["replace"])[0] == t.reference
+
+
 def test_the_tool_list_names_arg_types_and_holds_no_placeholder_to_copy():
     text = system_prompt("after_write", RepairConfig(line_edit=True))
     assert "- read_file(rel_path: string, max_chars: integer = 4000): the text of a file" in text
@@ -140,7 +190,8 @@ def test_the_tool_list_names_arg_types_and_holds_no_placeholder_to_copy():
                                      ({"observation_chars": -1}, "observation_chars"),
                                      ({"line_edit": "yes"}, "line_edit"),
                                      ({"task_example": 1}, "task_example"),
-                                     ({"edit_only": True}, "needs show_file")])
+                                     ({"edit_only": True}, "needs show_file"),
+                                     ({"anchored_edits": True}, "needs constrained")])
 def test_bad_design_options_are_refused(bad, why):
     with pytest.raises(TracetuneError, match=why):
         RepairConfig(**bad).validate()
@@ -231,13 +282,24 @@ def test_edit_only_offers_just_the_tools_that_change_a_file(tmp_path, task, sand
     assert edit.facts["tests"] == "pass" and out.success
 
 
+def test_anchored_edits_offer_no_whole_file_rewrite():
+    assert "write_file" not in toolset(anchored=True)
+    assert set(toolset(edit_only=True, line_edit=True, anchored=True)) == {"edit",
+                                                                             "replace_lines"}
+    text = system_prompt("after_write", RepairConfig(constrained=True, anchored_edits=True))
+    assert "write_file" not in text and "search is one whole line of the file" in text
+    assert "one whole line" not in system_prompt("after_write", RepairConfig(constrained=True))
+
+
 def test_the_oracle_edits_at_once_when_the_module_is_shown(task, sandbox):
-    """Under the every-option design (the module shown, only editing tools, constrained), the
-    teacher's trajectory is valid there: edit, then final, no call to a tool not offered."""
+    """Under the every-option design (the module shown, only editing tools, constrained, edits
+    anchored), the teacher's trajectory is valid there: edit, then final, no call to a tool not
+    offered."""
     from tracetune.agents.teachers import OracleModel
 
     config = RepairConfig(constrained=True, numbered_reads=True, line_edit=True, show_file=True,
-                          task_example=True, edit_only=True, observation_chars=600)
+                          task_example=True, edit_only=True, observation_chars=600,
+                          anchored_edits=True)
     out = run_repair_episode(task, config, OracleModel().bind(task), sandbox,
                              params=SamplingParams(), seed=1)
     assert out.success and out.metrics["valid_edit"] and out.metrics["parse_errors"] == 0

@@ -62,6 +62,11 @@ class RepairConfig:
     edit_only: bool = False
     """Offer only the tools that change a file (write_file, edit, and replace_lines with
     line_edit): nothing to list, read or grep. Needs show_file, which puts the module in view."""
+    anchored_edits: bool = False
+    """Files change only by edits anchored to one of their lines: an `edit`'s `search` is decoded
+    as one whole line of the file as it is (indentation left out, a line that occurs once:
+    `tools.anchor_lines`), so every edit matches, and write_file (a whole-file rewrite) is not
+    offered. Needs constrained."""
     task_example: bool = False
     """The system prompt's example tool call reads the task's own module, not `example.py`
     (which small models copy verbatim, then read a file that does not exist)."""
@@ -69,7 +74,7 @@ class RepairConfig:
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
         for name in ("constrained", "numbered_reads", "line_edit", "show_file", "task_example",
-                     "edit_only"):
+                     "edit_only", "anchored_edits"):
             if not isinstance(getattr(self, name), bool):
                 raise TracetuneError(f"{name} must be true or false, not "
                                      f"{getattr(self, name)!r}")
@@ -79,6 +84,9 @@ class RepairConfig:
         if self.edit_only and not self.show_file:
             raise TracetuneError("edit_only needs show_file=true: without a tool to read it, the "
                                  "agent must be shown the module")
+        if self.anchored_edits and not self.constrained:
+            raise TracetuneError("anchored_edits needs constrained=true: the edit's search text "
+                                 "is held to the file's lines by the decoding grammar")
         if self.test_policy not in TEST_POLICIES:
             raise TracetuneError(f"test_policy {self.test_policy!r} is not one of "
                                  f"{', '.join(TEST_POLICIES)}")

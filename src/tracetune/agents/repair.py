@@ -31,7 +31,8 @@ edit); an episode's `valid_edit` metric says whether it made one.
 
 Tool and prompt design (each an option, off by default; issue 18's ablation measures each):
 `numbered_reads` (read_file numbers its lines), `line_edit` (the replace_lines tool: an edit by
-line range), `observation_chars` (tool results cut to that length), `show_file` (the first
+line range), `anchored_edits` (constrained, an edit's search text is one of the file's lines),
+`observation_chars` (tool results cut to that length), `show_file` (the first
 message holds the module's text and the tests' verdict on it), `task_example` (the system
 prompt's example call names the task's module) and `edit_only` (only the tools that change a
 file). Seed 004 found such framework
@@ -56,8 +57,8 @@ from typing import Callable
 
 from tracetune.agents.configs import TEST_POLICIES, RepairConfig
 from tracetune.agents.guards import defined_names
-from tracetune.agents.tools import (WRITE_TOOLS, Parsed, ToolError, Workspace, clip_observation,
-                                    describe_tools, numbered_lines, parse_message,
+from tracetune.agents.tools import (WRITE_TOOLS, Parsed, ToolError, Workspace, anchor_lines,
+                                    clip_observation, describe_tools, numbered_lines, parse_message,
                                     tool_call_schema, toolset)
 from tracetune.errors import TracetuneError
 from tracetune.models import Model
@@ -77,7 +78,10 @@ When you are done:
 Tools (args with their defaults):
 {tools}
 Tool results come back as user messages starting with [tool_result]. You cannot run the tests: {tests}
-Paths are relative to the repository root."""
+Paths are relative to the repository root.{anchored}"""
+ANCHORED_TEXT = ("\nAn edit's search is one whole line of the file without its indentation; its "
+                 "replace is what that line becomes.")
+"""With anchored_edits: what the grammar will hold the edit to."""
 TESTS_TEXT = {
     "never": "they run after your final answer.",
     "after_write": "the driver runs them after each write or edit and appends [TESTS PASS] or "
@@ -120,20 +124,26 @@ def test_file(task: Task) -> str:
     return f"test_{task.module}.py"
 
 
+def offered_tools(config: RepairConfig) -> dict:
+    """The tools an episode under `config` offers (`tools.toolset` of its options)."""
+    return toolset(line_edit=config.line_edit, edit_only=config.edit_only,
+                   anchored=config.anchored_edits)
+
+
 def system_prompt(policy: str, config: RepairConfig | None = None,
                   task: Task | None = None) -> str:
     """The system message for a test policy and the tools `config` offers (default options);
     with `config.task_example` and a task, the example call reads the task's own module."""
-    tools = toolset(line_edit=config.line_edit, edit_only=config.edit_only) \
-        if config is not None else toolset()
+    tools = offered_tools(config) if config is not None else toolset()
     path = task.file if config is not None and config.task_example and task else "example.py"
     if config is not None and config.edit_only:  # read_file is not offered: the example edits
         call = {"type": "tool_call", "name": "edit",
                 "args": {"rel_path": path, "search": "the wrong line", "replace": "the fixed line"}}
     else:
         call = {"type": "tool_call", "name": "read_file", "args": {"rel_path": path}}
+    anchored = ANCHORED_TEXT if config is not None and config.anchored_edits else ""
     return SYSTEM_PROMPT.format(tools=describe_tools(tools), tests=TESTS_TEXT[policy],
-                                example=json.dumps(call))
+                                example=json.dumps(call), anchored=anchored)
 
 
 def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = None) -> str:
@@ -223,13 +233,13 @@ class _Episode:
 
     def drive(self, model: Model, params: SamplingParams, seed: int,
               on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
-        tools = toolset(line_edit=self.config.line_edit, edit_only=self.config.edit_only)
+        tools = offered_tools(self.config)
         first = goal_prompt(self.task, self.config,
                             self.test_now() if self.config.show_file else None)
         messages = [Message("system", system_prompt(self.config.test_policy, self.config,
                                                     self.task)),
                     Message("user", first)]
-        schema = tool_call_schema(tools, self.ws.paths()) if self.config.constrained else None
+        schema = self.schema(tools)
         if schema is None:
             # A protocol message is one line of JSON; a blank line ends it (and the prose small
             # models append after it, which would otherwise cost tokens and make a valid call a
@@ -272,13 +282,30 @@ class _Episode:
                 break
             messages += [Message("assistant", raw), Message("user", reply)]
             if schema is not None and facts["tool_ok"] and parsed.name in WRITE_TOOLS:
-                schema = tool_call_schema(tools, self.ws.paths())  # a write may add a file
+                schema = self.schema(tools)  # a write may add a file or change its lines
         final = self.test_now(feedback=False)  # the driver's verdict, not feedback to the model
         metrics = {**self.counts, "steps": len(records), "wrote": self.counts["writes"] > 0,
                    "valid_edit": self.counts["module_edits"] > 0, "end": end}
         return EpisodeOutcome(success=final.passed,
                               failed_step=None if final.passed else end, wrong_tests=None,
                               attempts=records, final_check=final.verdict(), metrics=metrics)
+
+    def schema(self, tools: dict) -> dict | None:
+        """The JSON schema a constrained request carries (None unconstrained): the workspace's
+        files as the paths, and with anchored_edits each file's anchor lines as its edit's
+        search texts."""
+        if not self.config.constrained:
+            return None
+        paths = self.ws.paths()
+        anchors = None
+        if self.config.anchored_edits:
+            anchors = {}
+            for rel in paths:
+                try:
+                    anchors[rel] = anchor_lines((self.ws.root / rel).read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError):  # e.g. a binary file: not editable
+                    continue
+        return tool_call_schema(tools, paths, anchors)
 
     # --- one message ------------------------------------------------------------------------------
     def step(self, parsed: Parsed, facts: dict, *, last: bool) -> str:

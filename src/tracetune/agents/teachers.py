@@ -18,7 +18,7 @@ import json
 from typing import Sequence
 
 from tracetune.agents.repair import RESULT_PREFIX
-from tracetune.agents.tools import WRITE_TOOLS, parse_message
+from tracetune.agents.tools import WRITE_TOOLS, anchor_lines, parse_message
 from tracetune.errors import ModelError, TracetuneError
 from tracetune.models import Model, load_model, parse_spec
 from tracetune.models.common import Scripted
@@ -29,14 +29,24 @@ from tracetune.types import Completion, GenerationRequest
 
 
 def oracle_edit(task: Task) -> dict:
-    """Args of one `edit` turning the buggy module into the reference: the changed lines plus
-    just enough context for the search text to occur once."""
+    """Args of one `edit` turning the buggy module into the reference. A fix of one line, that
+    line occurring once, is searched as that line without its indentation and replaced by the
+    fixed line less that indentation (the form an anchored edit must take:
+    `tools.anchor_lines`);
+    otherwise the search is the changed lines plus just enough context to occur once."""
     old, new = task.buggy.splitlines(keepends=True), task.reference.splitlines(keepends=True)
     ops = [op for op in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
            if op[0] != "equal"]
     if not ops:
         raise TracetuneError(f"task {task.id}: the buggy file equals the reference")
     i1, i2, j1, j2 = ops[0][1], ops[-1][2], ops[0][3], ops[-1][4]
+    if len(ops) == 1 and i2 - i1 == 1 and j2 - j1 == 1:
+        line, fixed = old[i1], new[j1]
+        indent = line[:len(line) - len(line.lstrip())]
+        if line.strip() in anchor_lines(task.buggy) and fixed.strip() \
+                and fixed.startswith(indent):  # the fixed line keeps (or deepens) the indentation
+            return {"rel_path": task.file, "search": line.strip(),
+                    "replace": fixed[len(indent):].rstrip()}
     for ctx in range(0, len(old) + 1):
         a, b = max(0, i1 - ctx), min(len(old), i2 + ctx)
         search = "".join(old[a:b])

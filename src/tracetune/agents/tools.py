@@ -76,11 +76,14 @@ class Parsed:
         return json.dumps([self.name, {**optional, **self.args}], sort_keys=True)
 
 
-def toolset(*, line_edit: bool = False, edit_only: bool = False
+def toolset(*, line_edit: bool = False, edit_only: bool = False, anchored: bool = False
             ) -> dict[str, tuple[dict[str, type], dict[str, object], str]]:
     """The tools an agent is offered: TOOLS, plus LINE_TOOLS with `line_edit`; with `edit_only`
-    only those of them that change a file (WRITE_TOOLS)."""
+    only those of them that change a file (WRITE_TOOLS); with `anchored` (anchored edits) not
+    write_file, so a file changes only by an edit of one of its lines (or by line range)."""
     tools = {**TOOLS, **(LINE_TOOLS if line_edit else {})}
+    if anchored:
+        tools.pop("write_file")
     return {k: v for k, v in tools.items() if k in WRITE_TOOLS} if edit_only else tools
 
 
@@ -440,7 +443,21 @@ def fuzzy_replace(text: str, search: str, replace: str) -> tuple[str, str]:
 _JSON_TYPES = {str: "string", int: "integer"}
 
 
-def tool_call_schema(tools: dict = TOOLS, files: list[str] | None = None) -> dict:
+def anchor_lines(text: str, *, max_chars: int = 200) -> list[str]:
+    """The lines of `text` an anchored edit may search for: each non-blank line without its
+    indentation and trailing blanks, kept when it occurs exactly once in the whole text (so the
+    edit tool's exact match takes it, and the replacement inherits the line's indentation) and is
+    at most `max_chars` long; in file order."""
+    out: list[str] = []
+    for line in text.splitlines():
+        body = line.strip()
+        if body and len(body) <= max_chars and body not in out and text.count(body) == 1:
+            out.append(body)
+    return out
+
+
+def tool_call_schema(tools: dict = TOOLS, files: list[str] | None = None,
+                     anchors: dict[str, list[str]] | None = None) -> dict:
     """The JSON schema of one valid assistant message of the protocol, built from `TOOLS`: one of
     each tool's call object (its exact args, the required ones required, no others) or the final
     answer. Backends turn it into a grammar (`GenerationRequest.json_schema`).
@@ -450,6 +467,11 @@ def tool_call_schema(tools: dict = TOOLS, files: list[str] | None = None) -> dic
     create one) is one of them (`enum`) and a directory arg (`rel_dir`) one of their directories,
     so a constrained model cannot call a tool on a path that is not there (a tool error
     unconstrained). Without it paths are any string.
+
+    `anchors` (anchored edits): file -> the lines an `edit` of it may search for (`anchor_lines`
+    of its text). Given, `edit` becomes one call per file with anchors, its `rel_path` that file
+    and its `search` one of them (`enum`), so every constrained edit matches exactly one line;
+    `replace` stays free. A file without anchors cannot be edited (write_file still can).
 
     It accepts what `parse_message` accepts, with one difference JSON Schema cannot express: an
     integral float (`1.0`) is an integer to the schema, not to the parser. Grammars built from the
@@ -466,16 +488,20 @@ def tool_call_schema(tools: dict = TOOLS, files: list[str] | None = None) -> dic
                 **{k: _JSON_TYPES[type(v)] for k, v in optional.items()}}
         props = {k: known[k] if k in known and name not in CREATING_TOOLS else {"type": t}
                  for k, t in args.items()}
-        calls.append({
+        variants = [props]
+        if name == "edit" and anchors is not None:
+            variants = [{**props, "rel_path": {"const": path}, "search": {"enum": lines}}
+                        for path, lines in sorted(anchors.items()) if lines]
+        calls += [{
             "type": "object",
             "properties": {
                 "type": {"const": "tool_call"},
                 "name": {"const": name},
-                "args": {"type": "object", "properties": props,
+                "args": {"type": "object", "properties": variant,
                          "required": list(required), "additionalProperties": False},
             },
             "required": ["type", "name", "args"], "additionalProperties": False,
-        })
+        } for variant in variants]
     final = {"type": "object",
              "properties": {"type": {"const": "final"}, "message": {"type": "string"}},
              "required": ["type"], "additionalProperties": False}

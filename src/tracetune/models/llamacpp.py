@@ -25,13 +25,27 @@ from tracetune.types import Completion, GenerationRequest, Usage, finish_reason_
 JSON_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 
 
+# It also writes a literal (a `const`, an `enum` value, a property name) without escaping its
+# backslashes, so the JSON text of a string holding a quote (`"\"\"\"doc\"\"\""`) ends the GBNF
+# literal early and the grammar does not parse. llama.cpp's own converter escapes them.
+GBNF_LITERAL_ESCAPES = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+
+
 def schema_grammar(schema: dict) -> str:
     """The GBNF grammar of JSON values valid under `schema` (strings without raw control
-    characters). Raises ModelError when the converter cannot express the schema."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    characters; literals of any text). Raises ModelError when the converter cannot express the
+    schema."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):  # the library's converter, literals escaped in full
+        def _format_literal(self, literal: str) -> str:
+            return '"' + re.sub(r'[\r\n"\\]', lambda m: GBNF_LITERAL_ESCAPES[m.group(0)],
+                                literal) + '"'
 
     try:
-        gbnf = json_schema_to_gbnf(json.dumps(schema))
+        converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "stdin"), "")
+        gbnf = converter.format_grammar()
     except (ValueError, KeyError, TypeError, NotImplementedError) as exc:
         raise ModelError(f"llama.cpp cannot turn the JSON schema into a grammar: {exc}") from exc
     return re.sub(r"^char ::= .*$", lambda _: JSON_CHAR_RULE, gbnf, count=1, flags=re.MULTILINE)
