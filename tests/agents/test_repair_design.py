@@ -212,16 +212,15 @@ def test_a_line_edit_fixes_the_bug_counts_as_a_write_and_gets_the_tests(tmp_path
 
 def test_a_valid_edit_changes_the_module_and_leaves_it_python(tmp_path, task, sandbox):
     """writes counts every accepted write; module_edits only those that changed the module and
-    left it a candidate fix: not a no-op edit, a write to another file, a module that does not
-    parse or no longer defines what the tests import (junk that happens to parse)."""
+    left it a candidate fix: not a write to another file, a module that does not parse or no
+    longer defines what the tests import (junk that happens to parse)."""
     out = episode(tmp_path, task, sandbox, [
-        call("edit", rel_path="maximum.py", search="if x < best:", replace="if x < best:"),
         call("write_file", rel_path="notes.txt", content="CONTENT"),
         call("edit", rel_path="maximum.py", search="if x < best:", replace="if x < best"),
         call("edit", rel_path="maximum.py", search="if x < best", replace="if x > best:"),
         FINAL], max_iters=6)
-    assert [a.facts.get("module_edit") for a in out.attempts[:4]] == [False, False, False, True]
-    assert out.metrics["writes"] == 4 and out.metrics["module_edits"] == 1
+    assert [a.facts.get("module_edit") for a in out.attempts[:3]] == [False, False, True]
+    assert out.metrics["writes"] == 3 and out.metrics["module_edits"] == 1
     assert out.metrics["valid_edit"] and out.success
     for junk in ("CONTENT(", "list_to_list.txt", "def other(xs):\n    return 0\n"):
         none = episode(tmp_path, task, sandbox, [call("write_file", rel_path="maximum.py",
@@ -230,6 +229,24 @@ def test_a_valid_edit_changes_the_module_and_leaves_it_python(tmp_path, task, sa
     kept = episode(tmp_path, task, sandbox, [call("write_file", rel_path="maximum.py",
                                                   content="import os\nmaximum = max\n"), FINAL])
     assert kept.metrics["valid_edit"] and kept.success
+
+
+def test_a_write_that_changes_nothing_is_refused_and_repeating_it_is_a_loop(tmp_path, task,
+                                                                            sandbox):
+    """A line replaced by itself (the 135M model's commonest edit) is a tool error, not a write:
+    it does not count, and it does not reset loop detection, so repeating it is a loop."""
+    same = call("edit", rel_path="maximum.py", search="if x < best:", replace="if x < best:")
+    out = episode(tmp_path, task, sandbox, [
+        same, same,
+        call("replace_lines", rel_path="maximum.py", start=5, end=5, content="if x < best:"),
+        call("write_file", rel_path="maximum.py", content=task.buggy), FINAL],
+        line_edit=True, max_iters=6)
+    kinds = [(a.facts["kind"], a.facts["tool_ok"]) for a in out.attempts]
+    assert kinds == [("tool_call", False), ("loop", None), ("tool_call", False),
+                     ("tool_call", False), ("final", None)]
+    assert "nothing changed" in out.attempts[0].feedback
+    assert out.metrics["writes"] == 0 and out.metrics["tool_errors"] == 3
+    assert out.metrics["loop_detections"] == 1 and not out.metrics["wrote"]
 
 
 def test_without_line_edit_the_same_call_is_a_parse_error(tmp_path, task, sandbox):

@@ -261,6 +261,11 @@ class Workspace:
         path = self.resolve(rel_path, must_exist=False)
         if path.is_dir():
             raise ToolError(f"{rel_path}: is a directory")
+        if path.is_file():
+            try:
+                _refuse_no_change("write_file", path.read_text(encoding="utf-8"), content)
+            except UnicodeDecodeError:  # a binary file: overwritten as any other
+                pass
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
         return f"wrote {self._rel(path)} ({len(content)} chars)"
@@ -271,6 +276,7 @@ class Workspace:
         if not search.strip():
             raise ToolError("edit: search must not be empty (use write_file for a new file)")
         new, how = fuzzy_replace(text, search, replace)
+        _refuse_no_change("edit", text, new)
         self._check_content(new)
         path.write_text(new, encoding="utf-8")
         return f"edited {self._rel(path)} ({how})"
@@ -300,6 +306,7 @@ class Workspace:
         ending = eol if old[-1].endswith("\n") else ""
         block = eol.join(conformed) + (ending if conformed else "")
         out = "".join(lines[:start - 1]) + block + "".join(lines[end:])
+        _refuse_no_change("replace_lines", text, out)
         self._check_content(out)
         path.write_text(out, encoding="utf-8")
         shown_from = max(1, start - 2)
@@ -315,6 +322,15 @@ class Workspace:
                             f"{self.max_write_chars})")
         if "\0" in content:
             raise ToolError("content contains NUL bytes: only text files can be written")
+
+
+def _refuse_no_change(tool: str, old: str, new: str) -> None:
+    """A write that would leave the file as it is is refused (a tool error), not run: it changes
+    nothing, so it must neither count as a write nor reset loop detection (which forgets the
+    calls seen once a file changes). The 135M model's commonest edit replaced a line by itself."""
+    if old == new:
+        raise ToolError(f"{tool}: nothing changed: the new text equals the file's text; change "
+                        "what is wrong")
 
 
 def numbered_lines(text: str, first: int = 1) -> str:
