@@ -7,6 +7,9 @@ steps, the last KL, the mean completion length, wall time, completions per secon
 peak GPU memory. Writes the adapter and its per-step log (grpo_log.jsonl) to --out.
 
     python benchmarks/grpo_bench.py --max-steps 4                       # CPU: a short run
+    python benchmarks/grpo_bench.py --suite bugs --train-pct 70 --max-difficulty 0 \
+        --workflow repair,constrained=true,show_file=true,edit_only=true,anchored_edits=true \
+        --init-adapter SFT_ADAPTER --max-completion-length 192            # the repair agent
     python benchmarks/grpo_bench.py --base gguf:model.gguf --device cuda \\
         --num-generations 16 --prompts-per-step 8 --epochs 2            # a GPU (README: GPU)
 
@@ -27,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="funcs")
-    ap.add_argument("--max-difficulty", type=int, default=2)
+    ap.add_argument("--max-difficulty", type=int, default=2, help="0: every tier")
+    ap.add_argument("--workflow", default="direct",
+                    help="direct (the answer's share of hidden tests), or a repair spec with "
+                         "its options on a repair suite (the agent's first message)")
     ap.add_argument("--train-pct", type=int, default=50, help="the loop's split (train tasks)")
     ap.add_argument("--base", default="embedded", help="model spec of the weights trained")
     ap.add_argument("--init-adapter", type=Path, default=None)
@@ -52,9 +58,12 @@ def main() -> int:
     from tracetune.eval.runner import select_tasks
     from tracetune.train.grpo import GRPO_LOG, GrpoConfig, train_grpo
 
-    tasks = select_tasks(EvalConfig(suite=args.suite, model="embedded", split="train",
-                                    train_pct=args.train_pct,
-                                    max_difficulty=args.max_difficulty))
+    eval_config = EvalConfig(suite=args.suite, model="embedded", split="train",
+                             train_pct=args.train_pct, max_difficulty=args.max_difficulty,
+                             workflow=args.workflow)
+    tasks = select_tasks(eval_config)
+    spec = eval_config.workflow_spec()
+    repair = spec.config if spec.name == "repair" else None
     config = GrpoConfig(num_generations=args.num_generations,
                         prompts_per_step=args.prompts_per_step,
                         max_completion_length=args.max_completion_length,
@@ -64,11 +73,12 @@ def main() -> int:
     if args.out.exists():
         shutil.rmtree(args.out)
     print(f"grpo_bench: {len(tasks)} train tasks of {args.suite} (tiers <= "
-          f"{args.max_difficulty}), base {args.base}, init adapter {args.init_adapter}; "
+          f"{args.max_difficulty or 'all'}), workflow {spec.text()}, base {args.base}, init "
+          f"adapter {args.init_adapter}; "
           f"{config}", flush=True)
     t0 = time.time()
     meta = train_grpo(tasks, args.base, args.out, config, init_adapter=args.init_adapter,
-                      log=print,
+                      log=print, repair=repair,
                       on_progress=lambda step, total, r: print(
                           f"  step {step}/{total} mean reward "
                           f"{'-' if r is None else f'{r:.3f}'} ({time.time() - t0:.0f} s)",

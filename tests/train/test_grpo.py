@@ -5,15 +5,17 @@ the CPU changes the adapter and logs rewards, KL and completion lengths every st
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from tracetune.agents.configs import RepairConfig
 from tracetune.errors import TracetuneError
 from tracetune.sandbox import Sandbox
 from tracetune.tasks import load_suite
-from tracetune.train.grpo import (GRPO_LOG, GrpoConfig, SandboxReward, _skipping_trainer,
-                                  train_grpo)
+from tracetune.train.grpo import (GRPO_LOG, GrpoConfig, RepairReward, SandboxReward, _prompt,
+                                  _skipping_trainer, repair_reward, train_grpo)
 from tracetune.train.recipe import META
 
 
@@ -73,6 +75,76 @@ def test_zero_variance_groups_are_masked_out_of_the_loss():
 def test_a_bad_config_is_one_message(field, value, message):
     with pytest.raises(TracetuneError, match=f"grpo {field}.*{message}"):
         GrpoConfig(**{field: value}).validate()
+
+
+# --- the repair agent: its first message, played as a one-message episode ----------------------
+
+REPAIR_SUITE = Path(__file__).parents[1] / "data" / "repair_suite.toml"
+DESIGN = RepairConfig(constrained=True, anchored_edits=True, show_file=True, edit_only=True)
+
+
+def _edit(search, replace):
+    return json.dumps({"type": "tool_call", "name": "edit", "args": {
+        "rel_path": "maximum.py", "search": search, "replace": replace}})
+
+
+@pytest.fixture(scope="module")
+def maximum():
+    return next(t for t in load_suite(str(REPAIR_SUITE)).tasks if t.id == "tiny/maximum")
+
+
+@pytest.mark.parametrize("text, config, expected", [
+    (_edit("if x < best:", "if x > best:"), DESIGN, 1.0),                  # the fix
+    (_edit("if x < best:", "if x > best:") + "\n\nDone!", RepairConfig(), 1.0),  # stop string
+    (_edit("if x < best:", "if x > best:") + " Done!", DESIGN, 1.0),         # the grammar's end
+    (_edit("if x < best:", "if x > best:") + " Done!", RepairConfig(), 0.0),  # text after it
+    (_edit("return best", "return best + 0"), DESIGN, 0.3),                 # valid, not the fix
+    (_edit("return best", "return best +"), DESIGN, 0.1),                   # ran, no valid edit
+    (_edit("if x < best:", "if x < best:"), DESIGN, 0.0),                   # changes nothing
+    (_edit("while True:", "if x > best:"), DESIGN, 0.0),                    # search not there
+    ('{"type": "tool_call", "name": "read_file", "args": {"rel_path": "maximum.py"}}',
+     RepairConfig(), 0.1),                                                   # a call that ran
+    ('{"type": "final", "message": "fixed"}', DESIGN, 0.0),
+    ("I would change the comparison.", RepairConfig(), 0.0)])
+def test_the_repair_reward_plays_the_message_as_the_agents_first(maximum, text, config,
+                                                                 expected):
+    with Sandbox() as sandbox:
+        assert repair_reward(maximum, text, config, sandbox) == expected
+
+
+def test_the_repair_prompt_is_the_episodes_first_request(maximum):
+    """What GRPO samples from is what the agent is sent in an episode under the same options."""
+    from tracetune.agents.repair import run_repair_episode
+    from tracetune.agents.teachers import OracleModel
+    from tracetune.types import SamplingParams
+
+    seen = []
+
+    class Recording:
+        spec = "recording"
+
+        def __init__(self, model):
+            self.model = model
+
+        def generate(self, request):
+            seen.append([m.to_dict() for m in request.messages])
+            return self.model.generate(request)
+
+    with Sandbox() as sandbox:
+        reward = RepairReward({maximum.id: maximum}, sandbox, 2, DESIGN)
+        assert reward([None] * 2, [[{"role": "assistant", "content": _edit(
+            "if x < best:", "if x > best:")}], [{"role": "assistant", "content": "no"}]],
+            [maximum.id] * 2) == [1.0, 0.0]
+        assert reward.groups == 1 and reward.zero_std_groups == 0
+        run_repair_episode(maximum, DESIGN, Recording(OracleModel().bind(maximum)),
+                           sandbox, params=SamplingParams(), seed=1)
+        assert _prompt(maximum, DESIGN, sandbox) == seen[0]
+    assert "TESTS NOW: [TESTS FAIL]" in seen[0][1]["content"]
+
+
+def test_repair_and_other_tasks_are_not_trained_together(maximum, tmp_path):
+    with pytest.raises(TracetuneError, match="not both at once"):
+        train_grpo([maximum, *_demo("is_even")], "embedded", tmp_path / "g", GrpoConfig())
 
 
 def test_a_miniature_run_on_the_embedded_model_changes_the_adapter(tmp_path):

@@ -157,6 +157,14 @@ def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = 
                                      tests=tests_text(tests) if tests is not None else "not run")
 
 
+def first_messages(task: Task, config: RepairConfig,
+                   tests: SandboxResult | None = None) -> list[Message]:
+    """An episode's first request: the system prompt and the goal (`goal_prompt`; `tests` is
+    the tests' verdict on the buggy module, shown with show_file)."""
+    return [Message("system", system_prompt(config.test_policy, config, task)),
+            Message("user", goal_prompt(task, config, tests))]
+
+
 def run_tests(task: Task, module_source: str | None, sandbox: Sandbox) -> SandboxResult:
     """The task's own tests against the module's current source (None: the file is gone)."""
     return sandbox.run(Job.tests(task.tests, module=module_source or "", module_name=task.module))
@@ -234,11 +242,8 @@ class _Episode:
     def drive(self, model: Model, params: SamplingParams, seed: int,
               on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
         tools = offered_tools(self.config)
-        first = goal_prompt(self.task, self.config,
-                            self.test_now() if self.config.show_file else None)
-        messages = [Message("system", system_prompt(self.config.test_policy, self.config,
-                                                    self.task)),
-                    Message("user", first)]
+        messages = first_messages(self.task, self.config,
+                                  self.test_now() if self.config.show_file else None)
         schema = self.schema(tools)
         if schema is None:
             # A protocol message is one line of JSON; a blank line ends it (and the prose small
@@ -389,4 +394,5 @@ class _Episode:
         return self.tested[key]
 
 
-__all__ = ["RepairWorkflow", "STEP", "TEST_POLICIES", "repair", "run_repair_episode"]
+__all__ = ["RepairWorkflow", "STEP", "TEST_POLICIES", "first_messages", "repair",
+           "run_repair_episode"]

@@ -141,7 +141,8 @@ def run_grpo(ctx: Context) -> dict:
     """The grpo stage: GRPO (train.grpo) on the [eval] suite's train tasks from the starting
     round's adapter (a fresh LoRA when no round was kept), then export, evaluation on every
     [eval] task with the baseline's seeds, and the capability check; each part kept once done
-    (a killed GRPO training starts again). Returns {"ran": True, "start_round", "train" (the
+    (a killed GRPO training starts again). With the repair workflow the agent's first message
+    is trained under the [eval] workflow's options (train.grpo, the repair agent). Returns {"ran": True, "start_round", "train" (the
     GRPO metadata's
     steps, train_seconds, completions, groups, zero_std_groups, reward_first, reward_last,
     kl_last), "model", "eval", "capability"}, or {"ran": False, "start_round", "reason"} when
@@ -160,8 +161,11 @@ def run_grpo(ctx: Context) -> dict:
         init = lay.round_parts(start)["adapter"] if start else None
         ctx.log(f"[grpo] {len(tasks)} train tasks, starting from "
                 f"{'round ' + str(start) if start else 'the base weights (no round kept)'}")
+        spec = exp.eval.workflow_spec()
+        repair = spec.config if spec.name == "repair" else None  # its first message is trained
         try:
             train_grpo(tasks, stages.train_base(exp), parts["adapter"], exp.grpo, init_adapter=init,
+                       repair=repair,
                        log=lambda line: ctx.log(f"[grpo] {line}"),
                        on_progress=lambda step, total, reward: ctx.progress(
                            "grpo", step, total,

@@ -16,6 +16,20 @@ step, reward (mean), reward_std, kl (mean per-token KL to the reference model, T
 estimator; logged when beta > 0), completion_length (mean tokens), clipped_ratio (share of
 completions cut at max_completion_length), groups, zero_std_groups (cumulative), loss.
 
+**The repair agent** (tasks of a repair suite, `train_grpo(..., repair=RepairConfig)`): the prompt
+is the agent's first request under that config (`agents.repair.first_messages`: the system prompt
+with the offered tools, the goal, and with show_file the module and the tests' verdict), and each
+completion is played as a one-message episode of the real driver (`run_repair_episode`, max_iters
+1: the call runs in a fresh copy of the repository, the tests after a write). The completion is
+first cut as decoding would have ended it in an episode: at the driver's blank-line stop, and
+constrained, where the first JSON object closes (a grammar ends the message there; TRL's sampling
+itself is not constrained). Its reward (`REPAIR_REWARDS`, shaped so a group of a small model that
+never fixes a bug still differs): 1.0 when the task's tests then pass; 0.3 for a valid edit (the
+module changed, still parses and defines what the tests import: the episodes' `valid_edit`); 0.1
+for any other tool call that ran without error; 0 for a parse error, a refused call or a final
+answer. One message is the unit because with show_file and edit_only the teacher fixes a bug in
+one edit; longer episodes (a reward per turn) are not modelled.
+
 The output directory is a PEFT adapter like `train.recipe`'s (the exporters and the hf backend
 read it) with the same metadata file (recipe.META), method "grpo"; it is written through a
 staging directory, so a failed run leaves no adapter behind.
@@ -112,6 +126,18 @@ def prompt_messages(task) -> list[dict]:
     return [{"role": "user", "content": IMPL_PROMPT.format(spec=task.spec)}]
 
 
+def _prompt(task, repair, sandbox) -> list[dict]:
+    """The prompt GRPO samples for `task`: the direct workflow's, or under `repair` (a
+    RepairConfig) the repair agent's first request, with the tests' verdict on the buggy module
+    when it shows the module."""
+    if repair is None:
+        return prompt_messages(task)
+    from tracetune.agents.repair import first_messages, run_tests
+
+    tests = run_tests(task, task.buggy, sandbox) if repair.show_file else None
+    return [m.to_dict() for m in first_messages(task, repair, tests)]
+
+
 def tests_passed_share(result) -> float:
     """The reward of one sandbox verdict: passed tests / tests collected (0..1). A run that
     collected or reported no test (no code, a syntax error, a failed import) is 0; a passing
@@ -139,18 +165,22 @@ class SandboxReward:
         self.last_mean: float | None = None
         """Mean reward of the last scored batch."""
 
-    def __call__(self, prompts, completions, task_id, **_) -> list[float]:
+    def score(self, texts: list[str], task_ids: list[str]) -> list[float]:
+        """One reward per completion text (its task's id beside it)."""
         from tracetune.agents.extract import extract_code, sanitize
         from tracetune.agents.guards import MODULE
         from tracetune.sandbox import Job
 
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         jobs = []
-        for text, tid in zip(texts, task_id):
+        for text, tid in zip(texts, task_ids):
             task = self.tasks[tid]
             code = sanitize(extract_code(text, task.names))
             jobs.append(Job.tests(task.tests, module=code, module_name=MODULE))
-        rewards = [tests_passed_share(r) for r in self.sandbox.map(jobs)]
+        return [tests_passed_share(r) for r in self.sandbox.map(jobs)]
+
+    def __call__(self, prompts, completions, task_id, **_) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        rewards = self.score(texts, list(task_id))
         for i in range(0, len(rewards), self.group):
             chunk = rewards[i:i + self.group]
             if len(set(task_id[i:i + self.group])) != 1:
@@ -162,6 +192,68 @@ class SandboxReward:
         self.history += rewards
         self.last_mean = sum(rewards) / len(rewards)
         return rewards
+
+
+REPAIR_REWARDS = {"pass": 1.0, "valid_edit": 0.3, "tool_ok": 0.1}
+"""The repair agent's reward for one message (module docstring): its tests pass, else a valid
+edit, else a tool call that ran; anything else 0."""
+
+
+class RepairReward(SandboxReward):
+    """TRL reward function for the repair agent: each completion, the agent's first message of
+    an episode under `config`, played as a one-message episode and rewarded by REPAIR_REWARDS
+    (module docstring). Counts groups as SandboxReward does."""
+
+    __name__ = "repair_first_message"
+
+    def __init__(self, tasks: dict, sandbox, num_generations: int, config) -> None:
+        super().__init__(tasks, sandbox, num_generations)
+        self.config = dataclasses.replace(config, max_iters=1)
+
+    def score(self, texts: list[str], task_ids: list[str]) -> list[float]:
+        return [repair_reward(self.tasks[tid], text, self.config, self.sandbox)
+                for text, tid in zip(texts, task_ids)]
+
+
+def as_decoded(text: str, config) -> str:
+    """A sampled message as an episode's decoding would have ended it: at the driver's
+    blank-line stop string, and under `config.constrained` where the first JSON object closes
+    (the grammar's end), when the text holds one."""
+    from tracetune.agents.repair import STOP
+
+    text = text.split(STOP, 1)[0]
+    if config.constrained:
+        body = text.lstrip()
+        try:
+            _, end = json.JSONDecoder().raw_decode(body)
+        except json.JSONDecodeError:
+            return text
+        return body[:end]
+    return text
+
+
+def repair_reward(task, text: str, config, sandbox) -> float:
+    """REPAIR_REWARDS of `text` as the first message of a repair episode of `task` under
+    `config` (a RepairConfig; one message is played, whatever its max_iters)."""
+    from tracetune.agents.repair import run_repair_episode
+    from tracetune.models.common import Scripted
+    from tracetune.types import SamplingParams
+
+    class Said(Scripted):
+        spec = "grpo-sample"
+
+        def _text(self, request):
+            return as_decoded(text, config)
+
+    out = run_repair_episode(task, dataclasses.replace(config, max_iters=1), Said(), sandbox,
+                             params=SamplingParams(), seed=0)
+    if out.success:
+        return REPAIR_REWARDS["pass"]
+    if out.metrics["valid_edit"]:
+        return REPAIR_REWARDS["valid_edit"]
+    first = out.attempts[0].facts
+    return REPAIR_REWARDS["tool_ok"] if first["kind"] == "tool_call" and first["tool_ok"] \
+        else 0.0
 
 
 def _skipping_trainer(base_cls, group: int):
@@ -186,10 +278,14 @@ def _skipping_trainer(base_cls, group: int):
 
 def train_grpo(tasks: list, base: str, out: Path, config: GrpoConfig, *,
                init_adapter: Path | None = None, log: Callable[[str], None] | None = None,
-               on_progress: Callable[[int, int, float | None], None] | None = None) -> dict:
-    """Train a LoRA adapter on `tasks` (funcs-style tasks with hidden tests) by GRPO from the
-    sandbox's rewards and write it to `out` (module docstring). Starts from `init_adapter` (a
-    PEFT adapter, e.g. the best round's) when given, else a fresh LoRA on `base`'s weights.
+               on_progress: Callable[[int, int, float | None], None] | None = None,
+               repair=None) -> dict:
+    """Train a LoRA adapter on `tasks` (funcs-style tasks with hidden tests, or the bugs of a
+    repair suite) by GRPO from the sandbox's rewards and write it to `out` (module docstring).
+    Starts from `init_adapter` (a PEFT adapter, e.g. the best round's) when given, else a fresh
+    LoRA on `base`'s weights. Repair tasks are trained as the repair agent's first message under
+    `repair` (a RepairConfig; default options when None); mixing repair and other tasks is
+    refused.
 
     Returns the metadata written to OUT/recipe.META: rows (prompts), steps, train_seconds,
     completions, groups, zero_std_groups, reward_first / reward_last (mean reward of the first
@@ -202,6 +298,17 @@ def train_grpo(tasks: list, base: str, out: Path, config: GrpoConfig, *,
     tasks = [t for t in tasks if t.tests]
     if not tasks:
         raise TracetuneError("GRPO needs tasks with hidden tests (the reward runs them)")
+    repairing = {t.is_repair for t in tasks}
+    if len(repairing) > 1:
+        raise TracetuneError("GRPO trains either repair tasks (the agent's first message) or "
+                             "others (the direct workflow's answer), not both at once")
+    if repairing == {True}:
+        from tracetune.agents.configs import RepairConfig
+
+        repair = repair if repair is not None else RepairConfig()
+        repair.validate()
+    else:
+        repair = None
     out = Path(out)
     from tracetune.staging import check_output_dir
 
@@ -246,13 +353,17 @@ def train_grpo(tasks: list, base: str, out: Path, config: GrpoConfig, *,
                                  target_modules=list(config.target_modules),
                                  task_type="CAUSAL_LM")
     before = {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
-    dataset = Dataset.from_list([{"prompt": prompt_messages(t), "task_id": t.id} for t in tasks])
     stamp = {"out": out.name, "base": base, "tasks": sorted(t.id for t in tasks),
              "init_adapter": str(init_adapter) if init_adapter else None,
-             "config": json.loads(json.dumps(dataclasses.asdict(config)))}
+             "config": json.loads(json.dumps(dataclasses.asdict(config))),
+             **({"repair": dataclasses.asdict(repair)} if repair is not None else {})}
     sandbox = Sandbox(SandboxConfig(timeout_s=config.check_timeout_s))
-    reward = SandboxReward({t.id: t for t in tasks}, sandbox, config.num_generations)
+    by_id = {t.id: t for t in tasks}
+    reward = SandboxReward(by_id, sandbox, config.num_generations) if repair is None else \
+        RepairReward(by_id, sandbox, config.num_generations, repair)
     with sandbox, _staged(out, stamp, resume=False) as work:
+        dataset = Dataset.from_list([{"prompt": _prompt(t, repair, sandbox), "task_id": t.id}
+                                     for t in tasks])
         batch = config.prompts_per_step * config.num_generations
         args = GRPOConfig(
             output_dir=str(work / "checkpoints"), per_device_train_batch_size=batch,
@@ -287,7 +398,7 @@ def train_grpo(tasks: list, base: str, out: Path, config: GrpoConfig, *,
         trainer.model.save_pretrained(str(work))
         points = [json.loads(x) for x in log_path.read_text().splitlines()] \
             if log_path.is_file() else []
-        meta = {"method": "grpo", "base": base, "base_source": source,
+        meta = {"method": "grpo", "reward": reward.__name__, "base": base, "base_source": source,
                 "init_adapter": str(init_adapter) if init_adapter else None,
                 "rows": len(tasks), "steps": trainer.state.global_step,
                 "train_seconds": round(seconds, 2), "completions": reward.completions,
