@@ -54,6 +54,7 @@ def main() -> int:
 
     import torch
 
+    from tracetune.agents.configs import RepairConfig
     from tracetune.eval.config import EvalConfig
     from tracetune.eval.runner import select_tasks
     from tracetune.train.grpo import GRPO_LOG, GrpoConfig, train_grpo
@@ -63,7 +64,7 @@ def main() -> int:
                              workflow=args.workflow)
     tasks = select_tasks(eval_config)
     spec = eval_config.workflow_spec()
-    repair = spec.config if spec.name == "repair" else None
+    repair = spec.config if isinstance(spec.config, RepairConfig) else None
     config = GrpoConfig(num_generations=args.num_generations,
                         prompts_per_step=args.prompts_per_step,
                         max_completion_length=args.max_completion_length,

@@ -48,6 +48,10 @@ class AgentSummary:
     avg_steps: float
     """Assistant messages (tool calls and the final answer) per episode."""
     avg_tool_errors: float
+    valid_edit_rate: float | None = None
+    """Share of episodes with a valid edit (a write that changed the task's module and left it
+    parseable Python defining the names its tests import: the repair episodes' `valid_edit`);
+    None when an episode predates that metric."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,9 @@ def summarize_agent(episodes: list[dict]) -> AgentSummary | None:
         write_rate=fmean(bool(m["wrote"]) for m in rows),
         avg_loop_detections=fmean(m["loop_detections"] for m in rows),
         avg_steps=fmean(m["steps"] for m in rows),
-        avg_tool_errors=fmean(m["tool_errors"] for m in rows))
+        avg_tool_errors=fmean(m["tool_errors"] for m in rows),
+        valid_edit_rate=fmean(bool(m["valid_edit"]) for m in rows)
+        if all("valid_edit" in m for m in rows) else None)
 
 
 def summarize(name: str, episodes: list[dict]) -> Summary:

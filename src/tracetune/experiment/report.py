@@ -126,7 +126,10 @@ def _answer(results: dict) -> str:
         text += (f" Tool use (per episode, means over tasks): parse errors {pe['baseline']:.2f} → "
                  f"{pe['value']:.2f} (Δ {pe['delta']:+.2f}, 95% CI {pe['ci_low']:+.2f} to "
                  f"{pe['ci_high']:+.2f}, Wilcoxon p = {pe['p_wilcoxon']:.3g}); episodes that "
-                 f"wrote or edited a file {_pct(wr['baseline'])} → {_pct(wr['value'])}; loop "
+                 f"wrote or edited a file {_pct(wr['baseline'])} → {_pct(wr['value'])}"
+                 + (f", that made a valid edit {_pct(tool['valid_edit']['baseline'])} → "
+                    f"{_pct(tool['valid_edit']['value'])}" if "valid_edit" in tool else "")
+                 + "; loop "
                  f"detections {lp['baseline']:.2f} → {lp['value']:.2f}; steps "
                  f"{st['baseline']:.2f} → {st['value']:.2f}.")
     cap = results["comparisons"].get("capability")

@@ -161,8 +161,10 @@ def run_grpo(ctx: Context) -> dict:
         init = lay.round_parts(start)["adapter"] if start else None
         ctx.log(f"[grpo] {len(tasks)} train tasks, starting from "
                 f"{'round ' + str(start) if start else 'the base weights (no round kept)'}")
-        spec = exp.eval.workflow_spec()
-        repair = spec.config if spec.name == "repair" else None  # its first message is trained
+        from tracetune.agents.configs import RepairConfig
+
+        config = exp.eval.workflow_spec().config  # repair: its first message is trained
+        repair = config if isinstance(config, RepairConfig) else None
         try:
             train_grpo(tasks, stages.train_base(exp), parts["adapter"], exp.grpo, init_adapter=init,
                        repair=repair,

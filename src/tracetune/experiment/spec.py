@@ -32,7 +32,8 @@ Metric names (used by hypotheses and decision criteria):
                       EVAL: heldout, train, all (the [eval] tasks), capability
                       STAT: success_rate, avg_attempts, avg_duration_s, median_duration_s,
                             avg_tokens; repair adds avg_parse_errors, write_rate,
-                            avg_loop_detections, avg_steps, avg_tool_errors
+                            valid_edit_rate, avg_loop_detections, avg_steps,
+                            avg_tool_errors
     delta.EVAL.STAT   adapted minus base
     train.STAT        peak_ram_gb, seconds, rows, final_loss (the adapter's training)
     adapted.peak_ram_gb   peak memory of the process while it evaluated the adapted model
@@ -59,8 +60,8 @@ if TYPE_CHECKING:
 
 EVALS = ("heldout", "train", "all", "capability")
 STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", "avg_tokens")
-AGENT_STATS = ("avg_parse_errors", "write_rate", "avg_loop_detections", "avg_steps",
-               "avg_tool_errors")
+AGENT_STATS = ("avg_parse_errors", "write_rate", "valid_edit_rate", "avg_loop_detections",
+               "avg_steps", "avg_tool_errors")
 """Per-episode tool metrics of agent workflows (repair): Summary.agent."""
 TESTGEN_STATS = ("pass_at_3", "mutation_score")
 """The testgen workflow's per-task means (Summary.testgen; eval.compare.TESTGEN_METRICS)."""

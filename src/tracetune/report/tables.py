@@ -8,15 +8,17 @@ from tracetune.eval.metrics import Summary
 from tracetune.traces.store import RunInfo
 
 
-AGENT_COLUMNS = ("parse errors", "wrote", "loops", "steps")
+AGENT_COLUMNS = ("parse errors", "wrote", "valid edit", "loops", "steps")
 
 
 def agent_cells(s: Summary) -> list[str]:
-    """parse errors / episode, share of episodes that wrote, loop detections / episode, steps."""
+    """parse errors / episode, share of episodes that wrote, share with a valid edit ("-" for
+    episodes recorded before that metric), loop detections / episode, steps."""
     a = s.agent
     if a is None:
         return ["-"] * len(AGENT_COLUMNS)
-    return [f"{a.avg_parse_errors:.2f}", f"{100 * a.write_rate:.0f}%",
+    valid = "-" if a.valid_edit_rate is None else f"{100 * a.valid_edit_rate:.0f}%"
+    return [f"{a.avg_parse_errors:.2f}", f"{100 * a.write_rate:.0f}%", valid,
             f"{a.avg_loop_detections:.2f}", f"{a.avg_steps:.2f}"]
 
 

@@ -211,8 +211,13 @@ class RepairReward(SandboxReward):
         self.config = dataclasses.replace(config, max_iters=1)
 
     def score(self, texts: list[str], task_ids: list[str]) -> list[float]:
-        return [repair_reward(self.tasks[tid], text, self.config, self.sandbox)
-                for text, tid in zip(texts, task_ids)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Episodes wait on the sandbox's test runs: played side by side, as evaluation does.
+        with ThreadPoolExecutor(max_workers=min(8, len(texts)) or 1) as pool:
+            return list(pool.map(lambda pair: repair_reward(self.tasks[pair[1]], pair[0],
+                                                            self.config, self.sandbox),
+                                 zip(texts, task_ids)))
 
 
 def as_decoded(text: str, config) -> str:
