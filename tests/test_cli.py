@@ -188,3 +188,10 @@ def test_show_counts_failed_episodes_by_kind(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("show", str(tmp_path / "run"))
     assert r.returncode == 0 and "failed episodes by last attempt: wrong answer 1" in r.stdout
+
+
+def test_python_dash_m_runs_the_cli():
+    """`python -m tracetune` is the command, for a package on the path but not installed."""
+    out = subprocess.run([sys.executable, "-m", "tracetune", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("tracetune "), out

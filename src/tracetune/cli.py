@@ -738,7 +738,8 @@ def loop_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory of the loop (created; an "
                                  "existing one is continued)."),
     from_stage: Optional[str] = typer.Option(None, "--from", help="Redo this stage and every "
-                                             "later one."),
+                                             "stage that needs its output (the others keep "
+                                             "theirs)."),
     until: Optional[str] = typer.Option(None, help="Stop after this stage."),
 ) -> None:
     """The whole loop: baseline eval -> mine -> train -> export -> adapted eval -> capability

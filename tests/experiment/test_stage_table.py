@@ -60,6 +60,29 @@ def test_a_new_stage_is_one_row(tmp_path):
     assert (out / "hello.txt").is_file()
 
 
+def _aside(ctx) -> dict:
+    """A stage that needs nothing: its output must survive a redo of another stage."""
+    (ctx.layout.root / "aside.txt").write_text("kept\n")
+    return {}
+
+
+def test_from_redoes_the_stage_and_what_needs_it_and_keeps_the_rest(tmp_path):
+    """`--from hello --until hello` redoes hello, clears echo (it read hello's old output) and
+    keeps aside, which does not depend on hello, however late in the table it comes."""
+    table = (TABLE[0], Stage("aside", _aside, outputs=lambda lay: (lay.root / "aside.txt",)),
+             TABLE[1])
+    exp, out = load_experiment(TINY), tmp_path / "run"
+    Loop(exp, out, log=lambda m: None, table=table).run()
+    Loop(exp, out, log=lambda m: None, table=table).run(from_stage="hello", until="hello")
+    assert (out / "stages" / "hello.json").is_file() and (out / "aside.txt").is_file()
+    assert (out / "stages" / "aside.json").is_file()
+    assert not (out / "stages" / "echo.json").exists()  # stale: cleared, rerun next time
+    logs: list[str] = []
+    Loop(exp, out, log=logs.append, table=table).run()
+    assert "[aside] cached" in logs and "[echo] cached" not in logs
+    assert Loop(exp, out, log=lambda m: None, table=table).downstream("hello") == ["echo"]
+
+
 def test_a_stage_error_is_one_message_and_leaves_no_marker(tmp_path):
     table = TABLE + (Stage("fails", _fails, needs=("echo",)),)
     out = tmp_path / "run"

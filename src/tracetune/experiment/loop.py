@@ -142,7 +142,9 @@ class Loop:
             if missing:
                 raise TracetuneError(f"--from {from_stage}: it needs the output of "
                                      f"{', '.join(missing)}, which has not run in {self.out}")
-            for stage in self.stages[first:]:
+            # Only what the redone stage's output feeds is out of date; a later stage that does
+            # not read it (the teacher's rollouts after the baseline) keeps its results.
+            for stage in [from_stage, *self.downstream(from_stage)]:
                 self._clear(stage)
         for stage in self.stages[:first]:
             self.done(stage)  # stale upstream stages fail here, before any work
@@ -161,6 +163,10 @@ class Loop:
                 if u not in seen:
                     seen.append(u)
         return seen
+
+    def downstream(self, stage: str) -> list[str]:
+        """The stages that need `stage`'s output, directly or through others, in table order."""
+        return [s for s in self.stages if stage in self._upstream(s)]
 
     def _clear(self, stage: str) -> None:
         self.layout.marker(stage).unlink(missing_ok=True)
