@@ -11,14 +11,17 @@ side: 18 bugs) with the same seeds under each arm:
                     task_example (the system prompt's example call reads the task's module),
                     edit_only (only the tools that change a file; with show_file),
                     anchored_edits (an edit searches for one of the file's lines; with
-                    constrained)
+                    constrained), localize=K (the module's K most suspicious lines by
+                    spectrum-based fault localisation, shown and, anchored, the only lines an
+                    edit of the module may search for)
     all             every option on
     all-OPTION      every option but one
 
 and prints, per arm: the share of episodes with a write or edit that the tool accepted (the
 `wrote` metric, any path) and the share with a valid edit (one that changed the task's own module
 and left it a candidate fix: parseable Python still defining the names the tests import; the
-episodes' `valid_edit` metric), each with its 95% interval, held-out pass rate (k/n and the
+episodes' `valid_edit` metric) and the share whose valid edit replaced the bug's own line
+(`fault_edit`: the agent found the bug, fixed or not), each with its 95% interval, held-out pass rate (k/n and the
 task-clustered Wilson interval), the pass-rate delta against base with its cluster-robust
 interval and McNemar p (outcomes paired by task and trial, which share their sampling seed),
 and parse errors, tool errors and steps per episode. Every arm's episodes are stored in
@@ -29,7 +32,7 @@ OUT/ARM (a run directory for `tracetune report` or `tracetune compare`); rerunni
     python benchmarks/repair_ablation.py --arms base,+constrained,all --trials 2
     python benchmarks/repair_ablation.py --arms +line_edit,all-line_edit   # more arms, same --out
 
-Not part of CI: 18 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
+Not part of CI: 20 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
 (the README's table was run on one GPU through the hf backend, same weights).
 """
 
@@ -45,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {"constrained": "constrained=true", "numbered_reads": "numbered_reads=true",
            "line_edit": "line_edit=true", "observation_chars": "observation_chars={chars}",
            "show_file": "show_file=true", "task_example": "task_example=true",
-           "edit_only": "edit_only=true", "anchored_edits": "anchored_edits=true"}
+           "edit_only": "edit_only=true", "anchored_edits": "anchored_edits=true",
+           "localize": "localize={localize}"}
 """Design option -> its workflow-spec setting (issue 18 item 4)."""
 NEEDS = {"edit_only": "show_file", "anchored_edits": "constrained"}
 """An option that is refused without another: its arms include that one, and the arm without
@@ -62,9 +66,10 @@ def arms() -> dict[str, list[str]]:
     return out
 
 
-def workflow_of(options: list[str], max_iters: int, observation_chars: int) -> str:
+def workflow_of(options: list[str], max_iters: int, observation_chars: int,
+                localize: int = 5) -> str:
     parts = [f"repair,max_iters={max_iters}"]
-    parts += [OPTIONS[o].format(chars=observation_chars) for o in options]
+    parts += [OPTIONS[o].format(chars=observation_chars, localize=localize) for o in options]
     return ",".join(parts)
 
 
@@ -87,8 +92,10 @@ def main() -> int:
     ap.add_argument("--max-iters", type=int, default=5, help="messages per episode")
     ap.add_argument("--observation-chars", type=int, default=600,
                     help="the cut of the observation_chars option")
+    ap.add_argument("--localize", type=int, default=5,
+                    help="the suspect lines of the localize option")
     ap.add_argument("--arms", default="",
-                    help="comma-separated arms to run (default: all 18); the table shows every "
+                    help="comma-separated arms to run (default: all 20); the table shows every "
                          "arm under --out")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: print the table of the arms under --out")
@@ -114,10 +121,12 @@ def main() -> int:
     if not args.table_only:
         print(f"model {args.model}; {args.suite} held-out (train_pct {args.train_pct}), "
               f"{args.trials} samples per bug, T={args.temperature}, {args.max_iters} messages "
-              f"of <= {args.max_tokens} tokens; observation_chars={args.observation_chars}",
+              f"of <= {args.max_tokens} tokens; observation_chars={args.observation_chars}, "
+              f"localize={args.localize}",
               flush=True)
     for arm in [] if args.table_only else chosen:
-        workflow = workflow_of(table[arm], args.max_iters, args.observation_chars)
+        workflow = workflow_of(table[arm], args.max_iters, args.observation_chars,
+                               args.localize)
         config = EvalConfig(suite=args.suite, workflow=workflow, model=args.model,
                             trials=args.trials, seed=args.seed, temperature=args.temperature,
                             max_tokens=args.max_tokens, split="test", train_pct=args.train_pct,
@@ -147,7 +156,8 @@ def main() -> int:
     deltas = {(m.model, m.metric): m for m in result.metrics}
 
     print()
-    print(f"{'arm':<22} {'wrote':>6} {'[95% CI]':>15} {'valid':>6} {'[95% CI]':>15} {'pass':>9} {'rate':>6} "
+    print(f"{'arm':<22} {'wrote':>6} {'[95% CI]':>15} {'valid':>6} {'[95% CI]':>15} "
+          f"{'fault':>6} {'[95% CI]':>15} {'pass':>9} {'rate':>6} "
           f"{'[95% CI]':>15} {'Δ pass':>8} {'[95% CI]':>17} {'McNemar':>8} "
           f"{'parse/ep':>8} {'tool/ep':>7} {'steps':>5}")
     for arm, out in zip(chosen, dirs):
@@ -157,9 +167,14 @@ def main() -> int:
         wrote = deltas.get((arm, "wrote"))
         edit = share_interval(episodes, lambda e: e["metrics"]["wrote"])
         valid = share_interval(episodes, lambda e: e["metrics"].get("valid_edit"))
+        if all("fault_edit" in e["metrics"] for e in episodes):
+            fault = share_interval(episodes, lambda e: e["metrics"]["fault_edit"])
+            fault_text = f"{pct(fault[0])} [{pct(fault[1])},{pct(fault[2])}]"
+        else:  # recorded before the metric existed
+            fault_text = f"{'-':>6} {'':>15}"
         label = arm if r.n == by_model["base"].n else f"{arm} (partial)"
         line = (f"{label:<22} {pct(edit[0])} [{pct(edit[1])},{pct(edit[2])}] "
-                f"{pct(valid[0])} [{pct(valid[1])},{pct(valid[2])}] "
+                f"{pct(valid[0])} [{pct(valid[1])},{pct(valid[2])}] {fault_text} "
                 f"{r.successes:>4}/{r.n:<4} {pct(r.success_rate):>6} "
                 f"[{pct(r.ci_low)},{pct(r.ci_high)}]")
         if arm == "base":
@@ -174,7 +189,9 @@ def main() -> int:
         print(line)
     print("\nwrote: share of episodes with a write or edit that the tool accepted (seed 002's "
           "metric; any path); valid: a write that changed the task's module and left it "
-          "parseable Python defining the names the tests import (valid_edit); "
+          "parseable Python defining the names the tests import (valid_edit); fault: a valid edit "
+          "that replaced the line the reference fix changes (fault_edit; - for runs recorded "
+          "before the metric); "
           "intervals: Wilson, clustered by bug; pass: held-out episodes whose tests pass; "
           "Δ pass: against base, cluster-robust interval over bugs, exact McNemar on "
           "(bug, sample) pairs; wrote Δ p: Wilcoxon over per-bug shares.")

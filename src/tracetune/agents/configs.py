@@ -70,6 +70,11 @@ class RepairConfig:
     task_example: bool = False
     """The system prompt's example tool call reads the task's own module, not `example.py`
     (which small models copy verbatim, then read a file that does not exist)."""
+    localize: int = 0
+    """Spectrum-based fault localisation (`agents.localize`: Ochiai over each test's line
+    coverage): the first message lists the module's `localize` most suspicious lines, and with
+    anchored_edits an edit of the module may search only for those (renewed after each write).
+    0: off."""
 
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
@@ -78,6 +83,10 @@ class RepairConfig:
             if not isinstance(getattr(self, name), bool):
                 raise TracetuneError(f"{name} must be true or false, not "
                                      f"{getattr(self, name)!r}")
+        if not isinstance(self.localize, int) or isinstance(self.localize, bool) \
+                or self.localize < 0:
+            raise TracetuneError(f"localize must be 0 (off) or a number of lines, not "
+                                 f"{self.localize!r}")
         if self.observation_chars < 0 or 0 < self.observation_chars < 40:
             raise TracetuneError(f"observation_chars must be 0 (not cut) or at least 40, not "
                                  f"{self.observation_chars}")

@@ -27,15 +27,20 @@ counted exactly as without it, so the two compare metric for metric.
 Besides `writes` (tool-accepted writes and edits, seed 002's measure of reaching an edit, any
 path), `module_edits` counts the writes that changed the task's module and left it a candidate
 fix: parseable Python (`ast.parse`) that still defines every name the tests import (a valid
-edit); an episode's `valid_edit` metric says whether it made one.
+edit); an episode's `valid_edit` metric says whether it made one. `fault_edits` counts the valid
+edits that replaced or deleted one of the lines the task's reference fix changes
+(`localize.fault_lines`), and `fault_edit` says whether the episode made one: whether the agent
+found the bug's line, pass or not.
 
 Tool and prompt design (each an option, off by default; issue 18's ablation measures each):
 `numbered_reads` (read_file numbers its lines), `line_edit` (the replace_lines tool: an edit by
 line range), `anchored_edits` (constrained, an edit's search text is one of the file's lines),
 `observation_chars` (tool results cut to that length), `show_file` (the first
 message holds the module's text and the tests' verdict on it), `task_example` (the system
-prompt's example call names the task's module) and `edit_only` (only the tools that change a
-file). Seed 004 found such framework
+prompt's example call names the task's module), `edit_only` (only the tools that change a
+file) and `localize` (the module's most suspicious lines by spectrum-based fault localisation,
+`agents.localize`, listed in the first message and, with anchored_edits, the only lines an edit
+of the module may search for). Seed 004 found such framework
 changes worth more than LoRA training (+12-19pp resolve rate on SWE-Bench-CL).
 
 The driver is a short loop over `_Episode.step`: each message is handled by the function for its
@@ -57,6 +62,8 @@ from typing import Callable
 
 from tracetune.agents.configs import TEST_POLICIES, RepairConfig
 from tracetune.agents.guards import defined_names
+from tracetune.agents.localize import (Suspect, fault_lines, removed_lines, suspects_text,
+                                       suspicious_lines)
 from tracetune.agents.tools import (WRITE_TOOLS, Parsed, ToolError, Workspace, anchor_lines,
                                     clip_observation, describe_tools, numbered_lines, parse_message,
                                     tool_call_schema, toolset)
@@ -91,6 +98,9 @@ TESTS_TEXT = {
 GOAL_PROMPT = "GOAL:\n{spec}"
 FILE_PROMPT = "\n\nFILE {path}:\n{text}\n\nTESTS NOW: {tests}"
 """With show_file: the module's text and the tests' verdict on it, after the goal."""
+SUSPECTS_PROMPT = ("\n\nMOST SUSPICIOUS LINES of {path} (fault localisation from the tests' "
+                   "coverage; most likely first):\n{lines}")
+"""With localize: the module's most suspicious lines, after the goal (and the file)."""
 STOP = "\n\n"
 
 
@@ -146,23 +156,38 @@ def system_prompt(policy: str, config: RepairConfig | None = None,
                                 example=json.dumps(call), anchored=anchored)
 
 
-def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = None) -> str:
-    """The first user message: the goal, and with show_file the module's text and `tests` (the
-    tests' verdict on the unchanged module)."""
+def goal_prompt(task: Task, config: RepairConfig, tests: SandboxResult | None = None,
+                suspects: list[Suspect] | None = None) -> str:
+    """The first user message: the goal, with show_file the module's text and `tests` (the
+    tests' verdict on the unchanged module), and with localize the `suspects` (none found: not
+    shown)."""
     goal = GOAL_PROMPT.format(spec=task.spec)
-    if not config.show_file:
-        return goal
-    text = numbered_lines(task.buggy) if config.numbered_reads else task.buggy
-    return goal + FILE_PROMPT.format(path=task.file, text=text,
-                                     tests=tests_text(tests) if tests is not None else "not run")
+    if config.show_file:
+        text = numbered_lines(task.buggy) if config.numbered_reads else task.buggy
+        goal += FILE_PROMPT.format(path=task.file, text=text,
+                                   tests=tests_text(tests) if tests is not None else "not run")
+    if config.localize and suspects:
+        goal += SUSPECTS_PROMPT.format(path=task.file, lines=suspects_text(suspects))
+    return goal
 
 
-def first_messages(task: Task, config: RepairConfig,
-                   tests: SandboxResult | None = None) -> list[Message]:
+def first_messages(task: Task, config: RepairConfig, tests: SandboxResult | None = None,
+                   suspects: list[Suspect] | None = None) -> list[Message]:
     """An episode's first request: the system prompt and the goal (`goal_prompt`; `tests` is
-    the tests' verdict on the buggy module, shown with show_file)."""
+    the tests' verdict on the buggy module, shown with show_file; `suspects` its most
+    suspicious lines, shown with localize: `localize_module`)."""
     return [Message("system", system_prompt(config.test_policy, config, task)),
-            Message("user", goal_prompt(task, config, tests))]
+            Message("user", goal_prompt(task, config, tests, suspects))]
+
+
+def localize_module(task: Task, source: str | None, config: RepairConfig,
+                    sandbox: Sandbox) -> list[Suspect]:
+    """The `config.localize` most suspicious lines of the module's `source` under the task's
+    tests (`localize.suspicious_lines`); empty with localize off or the module gone."""
+    if not config.localize or source is None:
+        return []
+    return suspicious_lines(task.tests, source, sandbox, top=config.localize,
+                            module=task.module)
 
 
 def run_tests(task: Task, module_source: str | None, sandbox: Sandbox) -> SandboxResult:
@@ -229,21 +254,26 @@ class _Episode:
     ws: Workspace
     counts: dict = field(default_factory=lambda: {
         "parse_errors": 0, "loop_detections": 0, "tool_errors": 0, "writes": 0, "module_edits": 0,
-        "test_runs": 0})
+        "fault_edits": 0, "test_runs": 0})
     seen: set = field(default_factory=set)
     tested: dict = field(default_factory=dict)
     """module source -> verdict (each source is tested once)."""
     before: str | None = None
     """The module's text after the last write (the buggy text before any)."""
+    localized: dict = field(default_factory=dict)
+    """module source -> its suspects (localize)."""
 
     def __post_init__(self) -> None:
         self.before = self.task.buggy
+        self.faults = (fault_lines(self.task.buggy, self.task.reference)
+                       if self.task.reference else frozenset())
 
     def drive(self, model: Model, params: SamplingParams, seed: int,
               on_attempt: Callable[[Attempt], None] | None) -> EpisodeOutcome:
         tools = offered_tools(self.config)
         messages = first_messages(self.task, self.config,
-                                  self.test_now() if self.config.show_file else None)
+                                  self.test_now() if self.config.show_file else None,
+                                  self.suspects())
         schema = self.schema(tools)
         if schema is None:
             # A protocol message is one line of JSON; a blank line ends it (and the prose small
@@ -290,7 +320,8 @@ class _Episode:
                 schema = self.schema(tools)  # a write may add a file or change its lines
         final = self.test_now(feedback=False)  # the driver's verdict, not feedback to the model
         metrics = {**self.counts, "steps": len(records), "wrote": self.counts["writes"] > 0,
-                   "valid_edit": self.counts["module_edits"] > 0, "end": end}
+                   "valid_edit": self.counts["module_edits"] > 0,
+                   "fault_edit": self.counts["fault_edits"] > 0, "end": end}
         return EpisodeOutcome(success=final.passed,
                               failed_step=None if final.passed else end, wrong_tests=None,
                               attempts=records, final_check=final.verdict(), metrics=metrics)
@@ -298,7 +329,8 @@ class _Episode:
     def schema(self, tools: dict) -> dict | None:
         """The JSON schema a constrained request carries (None unconstrained): the workspace's
         files as the paths, and with anchored_edits each file's anchor lines as its edit's
-        search texts."""
+        search texts; with localize too, the module's are its suspects that are anchor lines
+        (all its anchor lines when none is)."""
         if not self.config.constrained:
             return None
         paths = self.ws.paths()
@@ -310,6 +342,9 @@ class _Episode:
                     anchors[rel] = anchor_lines((self.ws.root / rel).read_text(encoding="utf-8"))
                 except (OSError, UnicodeDecodeError):  # e.g. a binary file: not editable
                     continue
+            if self.config.localize and anchors.get(self.task.file):
+                likely = [s.text for s in self.suspects() if s.text in anchors[self.task.file]]
+                anchors[self.task.file] = likely or anchors[self.task.file]
         return tool_call_schema(tools, paths, anchors)
 
     # --- one message ------------------------------------------------------------------------------
@@ -375,7 +410,17 @@ class _Episode:
             tree = ast.parse(src)
         except (SyntaxError, ValueError):
             return False
-        return set(self.task.names) <= defined_names(tree)
+        valid = set(self.task.names) <= defined_names(tree)
+        if valid and before is not None and removed_lines(before, src) & self.faults:
+            self.counts["fault_edits"] += 1
+        return valid
+
+    def suspects(self) -> list[Suspect]:
+        """The module's suspects as it is now (localize; each source is localised once)."""
+        src = self.module_source()
+        if src not in self.localized:
+            self.localized[src] = localize_module(self.task, src, self.config, self.sandbox)
+        return self.localized[src]
 
     def module_source(self) -> str | None:
         try:
@@ -394,5 +439,5 @@ class _Episode:
         return self.tested[key]
 
 
-__all__ = ["RepairWorkflow", "STEP", "TEST_POLICIES", "first_messages", "repair",
-           "run_repair_episode"]
+__all__ = ["RepairWorkflow", "STEP", "TEST_POLICIES", "first_messages", "localize_module",
+           "repair", "run_repair_episode"]

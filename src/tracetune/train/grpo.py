@@ -132,10 +132,11 @@ def _prompt(task, repair, sandbox) -> list[dict]:
     when it shows the module."""
     if repair is None:
         return prompt_messages(task)
-    from tracetune.agents.repair import first_messages, run_tests
+    from tracetune.agents.repair import first_messages, localize_module, run_tests
 
     tests = run_tests(task, task.buggy, sandbox) if repair.show_file else None
-    return [m.to_dict() for m in first_messages(task, repair, tests)]
+    suspects = localize_module(task, task.buggy, repair, sandbox)
+    return [m.to_dict() for m in first_messages(task, repair, tests, suspects)]
 
 
 def tests_passed_share(result) -> float:
