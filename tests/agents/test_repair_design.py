@@ -191,6 +191,7 @@ def test_the_tool_list_names_arg_types_and_holds_no_placeholder_to_copy():
                                      ({"line_edit": "yes"}, "line_edit"),
                                      ({"task_example": 1}, "task_example"),
                                      ({"edit_only": True}, "needs show_file"),
+                                     ({"lint_edits": "yes"}, "lint_edits"),
                                      ({"anchored_edits": True}, "needs constrained")])
 def test_bad_design_options_are_refused(bad, why):
     with pytest.raises(TracetuneError, match=why):

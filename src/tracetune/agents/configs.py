@@ -70,6 +70,10 @@ class RepairConfig:
     task_example: bool = False
     """The system prompt's example tool call reads the task's own module, not `example.py`
     (which small models copy verbatim, then read a file that does not exist)."""
+    lint_edits: bool = False
+    """A write or edit that would add a syntax error or an undefined name to a `.py` file is
+    refused with the problems named, the file left as it was (SWE-agent's edit linter;
+    `tools.lint_problems`)."""
     localize: int = 0
     """Spectrum-based fault localisation (`agents.localize`: Ochiai over each test's line
     coverage): the first message lists the module's `localize` most suspicious lines, and with
@@ -79,7 +83,7 @@ class RepairConfig:
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
         for name in ("constrained", "numbered_reads", "line_edit", "show_file", "task_example",
-                     "edit_only", "anchored_edits"):
+                     "edit_only", "anchored_edits", "lint_edits"):
             if not isinstance(getattr(self, name), bool):
                 raise TracetuneError(f"{name} must be true or false, not "
                                      f"{getattr(self, name)!r}")

@@ -38,7 +38,8 @@ line range), `anchored_edits` (constrained, an edit's search text is one of the 
 `observation_chars` (tool results cut to that length), `show_file` (the first
 message holds the module's text and the tests' verdict on it), `task_example` (the system
 prompt's example call names the task's module), `edit_only` (only the tools that change a
-file) and `localize` (the module's most suspicious lines by spectrum-based fault localisation,
+file), `lint_edits` (a write that would add a syntax error or an undefined name is refused,
+SWE-agent's edit linter) and `localize` (the module's most suspicious lines by spectrum-based fault localisation,
 `agents.localize`, listed in the first message and, with anchored_edits, the only lines an edit
 of the module may search for). Seed 004 found such framework
 changes worth more than LoRA training (+12-19pp resolve rate on SWE-Bench-CL).
@@ -228,7 +229,8 @@ def run_repair_episode(task: Task, config: RepairConfig, model: Model, sandbox: 
         for rel, content in repo_files(task).items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(content, encoding="utf-8")
-        episode = _Episode(task, config, sandbox, Workspace(root, numbered=config.numbered_reads))
+        episode = _Episode(task, config, sandbox, Workspace(root, numbered=config.numbered_reads,
+                                                            lint=config.lint_edits))
         outcome = episode.drive(model, params, seed, on_attempt)
     finally:
         shutil.rmtree(root, ignore_errors=True)

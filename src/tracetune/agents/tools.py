@@ -13,6 +13,7 @@ resolve outside are refused; writes are capped in size and must be text.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -159,11 +160,13 @@ class Workspace:
     """The task's directory and the tools that act on it."""
 
     def __init__(self, root: Path, *, max_write_chars: int = MAX_WRITE_CHARS,
-                 numbered: bool = False) -> None:
+                 numbered: bool = False, lint: bool = False) -> None:
         self.root = Path(root).resolve()
         self.max_write_chars = max_write_chars
         self.numbered = numbered
         """read_file shows each line after its number (`numbered_lines`)."""
+        self.lint = lint
+        """A write that adds a lint problem to a `.py` file is refused (`lint_problems`)."""
 
     def call(self, parsed: Parsed) -> str:
         """Run a parsed tool call; raises ToolError with a message for the model."""
@@ -263,9 +266,13 @@ class Workspace:
             raise ToolError(f"{rel_path}: is a directory")
         if path.is_file():
             try:
-                _refuse_no_change("write_file", path.read_text(encoding="utf-8"), content)
+                old = path.read_text(encoding="utf-8")
+                _refuse_no_change("write_file", old, content)
+                self._refuse_lint("write_file", rel_path, old, content)
             except UnicodeDecodeError:  # a binary file: overwritten as any other
                 pass
+        else:
+            self._refuse_lint("write_file", rel_path, "", content)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
         return f"wrote {self._rel(path)} ({len(content)} chars)"
@@ -278,6 +285,7 @@ class Workspace:
         new, how = fuzzy_replace(text, search, replace)
         _refuse_no_change("edit", text, new)
         self._check_content(new)
+        self._refuse_lint("edit", rel_path, text, new)
         path.write_text(new, encoding="utf-8")
         return f"edited {self._rel(path)} ({how})"
 
@@ -308,6 +316,7 @@ class Workspace:
         out = "".join(lines[:start - 1]) + block + "".join(lines[end:])
         _refuse_no_change("replace_lines", text, out)
         self._check_content(out)
+        self._refuse_lint("replace_lines", rel_path, text, out)
         path.write_text(out, encoding="utf-8")
         shown_from = max(1, start - 2)
         after = out.splitlines()
@@ -316,12 +325,75 @@ class Workspace:
         return (f"replaced lines {start}-{end} of {self._rel(path)} with {len(conformed)} "
                 f"line(s):\n{view}")
 
+    def _refuse_lint(self, tool: str, rel_path: str, old: str, new: str) -> None:
+        """With lint on, a write to a `.py` file that adds lint problems (`new_lint_problems`) is
+        refused, the file left as it was."""
+        if not self.lint or not rel_path.endswith(".py"):
+            return
+        added = new_lint_problems(old, new, rel_path)
+        if added:
+            shown = "; ".join(added[:3]) + (f"; and {len(added) - 3} more" if len(added) > 3
+                                            else "")
+            raise ToolError(f"{tool}: not applied, {rel_path} is unchanged: the new text would "
+                            f"have {shown}")
+
     def _check_content(self, content: str) -> None:
         if len(content) > self.max_write_chars:
             raise ToolError(f"content too large: {len(content)} chars (limit "
                             f"{self.max_write_chars})")
         if "\0" in content:
             raise ToolError("content contains NUL bytes: only text files can be written")
+
+
+LINT_PROBLEMS = ("UndefinedName", "UndefinedLocal", "UndefinedExport", "DuplicateArgument")
+"""pyflakes' messages an edit may not add besides a syntax error: SWE-agent's edit linter refuses
+edits that add flake8's E999 (syntax), F821 (undefined name), F822 (undefined name in __all__) or
+F831 (duplicate argument) (Yang et al., "SWE-agent: Agent-Computer Interfaces Enable Automated
+Software Engineering", NeurIPS 2024, section 3 and its linter configuration); F821/F822/F831 are
+pyflakes' UndefinedName, UndefinedExport and DuplicateArgument, and UndefinedLocal (a name read
+before its assignment in the same scope) is F823."""
+
+
+def lint_problems(text: str, filename: str = "<module>") -> list[str]:
+    """The problems in Python source `text` an edit may not add: a syntax error (then only it:
+    nothing else can be checked), else pyflakes' messages of `LINT_PROBLEMS`, each as
+    `line N: MESSAGE` (e.g. "line 5: undefined name 'ares'"), in line order. pyflakes, the
+    library behind flake8's F codes, does the analysis; nothing is run."""
+    from pyflakes import checker
+
+    try:
+        tree = ast.parse(text, filename)
+    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes
+        line = getattr(exc, "lineno", None)
+        return [f"line {line}: SyntaxError: {getattr(exc, 'msg', exc)}" if line
+                else f"SyntaxError: {exc}"]
+    found = checker.Checker(tree, filename=filename).messages
+    found = [m for m in found if type(m).__name__ in LINT_PROBLEMS]
+    return [f"line {m.lineno}: {m.message % m.message_args}"
+            for m in sorted(found, key=lambda m: (m.lineno, m.col))]
+
+
+def new_lint_problems(old: str, new: str, filename: str = "<module>") -> list[str]:
+    """The lint problems (`lint_problems`) of `new` that `old` did not have, compared without
+    their line numbers (an edit moves lines), so a file that was already broken can still be
+    edited as long as nothing is added. When `old` does not parse, only a new syntax error counts
+    (what its syntax error hid cannot be told apart from what the edit adds)."""
+    def key(problem: str) -> str:
+        return problem.split(": ", 1)[-1]
+
+    before: dict[str, int] = {}
+    for p in lint_problems(old, filename) if old else []:
+        before[key(p)] = before.get(key(p), 0) + 1
+    found = lint_problems(new, filename)
+    if any(k.startswith("SyntaxError") for k in before):
+        found = [p for p in found if key(p).startswith("SyntaxError")]
+    added = []
+    for p in found:
+        if before.get(key(p), 0):
+            before[key(p)] -= 1
+        else:
+            added.append(p)
+    return added
 
 
 def _refuse_no_change(tool: str, old: str, new: str) -> None:
