@@ -12,7 +12,8 @@ side: 18 bugs) with the same seeds under each arm:
                     edit_only (only the tools that change a file; with show_file),
                     anchored_edits (an edit searches for one of the file's lines; with
                     constrained), lint_edits (a write that would add a syntax error or
-                    an undefined name is refused, SWE-agent's linter), localize=K (the module's K most suspicious lines by
+                    an undefined name is refused, SWE-agent's linter), drop_failed_calls (a
+                    failed message and its error leave the conversation), localize=K (the module's K most suspicious lines by
                     spectrum-based fault localisation, shown and, anchored, the only lines an
                     edit of the module may search for)
     all             every option on
@@ -33,7 +34,7 @@ OUT/ARM (a run directory for `tracetune report` or `tracetune compare`); rerunni
     python benchmarks/repair_ablation.py --arms base,+constrained,all --trials 2
     python benchmarks/repair_ablation.py --arms +line_edit,all-line_edit   # more arms, same --out
 
-Not part of CI: 22 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
+Not part of CI: 24 arms x 144 episodes of up to 5 model calls each is hours on 2 CPU cores
 (the README's table was run on one GPU through the hf backend, same weights).
 """
 
@@ -50,7 +51,8 @@ OPTIONS = {"constrained": "constrained=true", "numbered_reads": "numbered_reads=
            "line_edit": "line_edit=true", "observation_chars": "observation_chars={chars}",
            "show_file": "show_file=true", "task_example": "task_example=true",
            "edit_only": "edit_only=true", "anchored_edits": "anchored_edits=true",
-           "lint_edits": "lint_edits=true", "localize": "localize={localize}"}
+           "lint_edits": "lint_edits=true", "drop_failed_calls": "drop_failed_calls=true",
+           "localize": "localize={localize}"}
 """Design option -> its workflow-spec setting (issue 18 item 4)."""
 NEEDS = {"edit_only": "show_file", "anchored_edits": "constrained"}
 """An option that is refused without another: its arms include that one, and the arm without
@@ -96,7 +98,7 @@ def main() -> int:
     ap.add_argument("--localize", type=int, default=5,
                     help="the suspect lines of the localize option")
     ap.add_argument("--arms", default="",
-                    help="comma-separated arms to run (default: all 22); the table shows every "
+                    help="comma-separated arms to run (default: all 24); the table shows every "
                          "arm under --out")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: print the table of the arms under --out")

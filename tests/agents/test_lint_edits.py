@@ -59,3 +59,21 @@ def test_a_refused_edit_is_a_tool_error_and_not_a_write(tmp_path, task, sandbox)
     unlinted = episode(tmp_path, task, sandbox, [
         call("edit", rel_path="maximum.py", search="if x < best:", replace="if x > bst:"), FINAL])
     assert unlinted.metrics["writes"] == 1 and unlinted.metrics["valid_edit"]
+
+
+def test_drop_failed_calls_keeps_failures_out_of_what_the_model_sees_next(tmp_path, task,
+                                                                          sandbox):
+    """A parse error, a failed tool call and a loop are recorded and counted, but the next
+    request holds only the messages that worked."""
+    read = call("read_file", rel_path="maximum.py")
+    texts = ["not json", call("read_file", rel_path="nope.py"), read, read, FINAL]
+    out = episode(tmp_path, task, sandbox, texts, drop_failed_calls=True, max_iters=6)
+    kinds = [a.facts["kind"] for a in out.attempts]
+    assert kinds == ["parse_error", "tool_call", "tool_call", "loop", "final"]
+    assert out.metrics["parse_errors"] == 1 and out.metrics["tool_errors"] == 1
+    assert out.metrics["loop_detections"] == 1
+    sent = [len(a.messages) for a in out.attempts]
+    assert sent == [2, 2, 2, 4, 4]          # only the successful read joined the conversation
+    assert out.attempts[3].messages[2]["content"] == read
+    kept = episode(tmp_path, task, sandbox, texts, max_iters=6)
+    assert [len(a.messages) for a in kept.attempts] == [2, 4, 6, 8, 10]

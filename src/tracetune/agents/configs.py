@@ -74,6 +74,12 @@ class RepairConfig:
     """A write or edit that would add a syntax error or an undefined name to a `.py` file is
     refused with the problems named, the file left as it was (SWE-agent's edit linter;
     `tools.lint_problems`)."""
+    drop_failed_calls: bool = False
+    """A message that was a parse error, a loop or a failed tool call is left out of the
+    conversation afterwards, with the driver's reply to it (still recorded and counted), so the
+    model does not copy it into its next message: the 135M model repeats a refused call verbatim
+    until loop detection ends the episode. SWE-agent likewise re-queries a malformed or blocked
+    action and keeps the failed output out of the history."""
     localize: int = 0
     """Spectrum-based fault localisation (`agents.localize`: Ochiai over each test's line
     coverage): the first message lists the module's `localize` most suspicious lines, and with
@@ -83,7 +89,7 @@ class RepairConfig:
     def validate(self) -> None:
         _at_least_1(self, "max_iters", "max_loops")
         for name in ("constrained", "numbered_reads", "line_edit", "show_file", "task_example",
-                     "edit_only", "anchored_edits", "lint_edits"):
+                     "edit_only", "anchored_edits", "lint_edits", "drop_failed_calls"):
             if not isinstance(getattr(self, name), bool):
                 raise TracetuneError(f"{name} must be true or false, not "
                                      f"{getattr(self, name)!r}")

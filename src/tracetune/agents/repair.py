@@ -39,7 +39,8 @@ line range), `anchored_edits` (constrained, an edit's search text is one of the 
 message holds the module's text and the tests' verdict on it), `task_example` (the system
 prompt's example call names the task's module), `edit_only` (only the tools that change a
 file), `lint_edits` (a write that would add a syntax error or an undefined name is refused,
-SWE-agent's edit linter) and `localize` (the module's most suspicious lines by spectrum-based fault localisation,
+SWE-agent's edit linter), `drop_failed_calls` (a failed message and its error are left out of
+the conversation afterwards, so the model does not copy them) and `localize` (the module's most suspicious lines by spectrum-based fault localisation,
 `agents.localize`, listed in the first message and, with anchored_edits, the only lines an edit
 of the module may search for). Seed 004 found such framework
 changes worth more than LoRA training (+12-19pp resolve rate on SWE-Bench-CL).
@@ -317,7 +318,8 @@ class _Episode:
             if stop is not None:
                 end = stop.reason
                 break
-            messages += [Message("assistant", raw), Message("user", reply)]
+            if record.passed or not self.config.drop_failed_calls:
+                messages += [Message("assistant", raw), Message("user", reply)]
             if schema is not None and facts["tool_ok"] and parsed.name in WRITE_TOOLS:
                 schema = self.schema(tools)  # a write may add a file or change its lines
         final = self.test_now(feedback=False)  # the driver's verdict, not feedback to the model
