@@ -22,7 +22,10 @@ by --gguf, dequantized by transformers, or with --shape a random-weight model of
   episode in flight at once (concurrency = episodes), so the backend generates the episodes'
   sampled requests together in batches (each row with its own seed) while the warm sandbox checks.
 
-Code extraction is the same on both sides. Prints episodes/min for each, the ratio, and both pass
+Each side's seconds run from before its model is loaded to its last verdict (`tracetune eval`
+loads the model inside the run; before, the naive side's clock started after its load, which
+flattered the naive harness by the load time). Code extraction is the same on both sides. Prints
+episodes/min for each, the ratio, and both pass
 rates with 95% Wilson intervals (they should agree within noise: the outputs differ, llama.cpp
 runs the Q4_1 weights and transformers their dequantized copy, so samples are not identical).
 """
@@ -59,6 +62,7 @@ def naive(tasks, trials: int, seed: int, args) -> tuple[float, int, int]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    t0 = time.perf_counter()  # the model's load counts on both sides, as run_eval loads it
     source = checkpoint(args)
     tok = AutoTokenizer.from_pretrained(source)
     if args.device == "cuda":
@@ -67,7 +71,6 @@ def naive(tasks, trials: int, seed: int, args) -> tuple[float, int, int]:
         torch.set_num_threads(2)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     passed = n = 0
-    t0 = time.perf_counter()
     for trial in range(trials):
         for task in tasks:
             episode_seed = derive_seed(seed, task.id, trial)
