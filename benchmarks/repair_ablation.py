@@ -144,9 +144,11 @@ def main() -> int:
     # running some arms), against base.
     done = [arm for arm in table if (run_dir(args.out, arm) / DB_NAME).exists()
             and load_episodes(run_dir(args.out, arm))]
-    if "base" not in done:
-        print("no base arm under --out yet: run it (--arms base) for the table", file=sys.stderr)
-        return 1
+    if "base" not in done:  # the shares alone: nothing to pair them with
+        print("no base arm under --out (run --arms base for the differences); the shares:")
+        for arm in done:
+            shares(arm, load_episodes(run_dir(args.out, arm)))
+        return 0
     base_tasks = {e["task_id"] for e in load_episodes(run_dir(args.out, "base"))}
     apart = [arm for arm in done
              if not base_tasks & {e["task_id"] for e in load_episodes(run_dir(args.out, arm))}]
@@ -199,6 +201,20 @@ def main() -> int:
           "Δ pass: against base, cluster-robust interval over bugs, exact McNemar on "
           "(bug, sample) pairs; wrote Δ p: Wilcoxon over per-bug shares.")
     return 0
+
+
+def shares(arm: str, episodes: list[dict]) -> None:
+    """One line per arm without base: wrote, valid, fault and pass shares with their intervals."""
+    parts = []
+    for name, key in (("wrote", "wrote"), ("valid", "valid_edit"), ("fault", "fault_edit"),
+                      ("pass", None)):
+        if key is not None and not all(key in e["metrics"] for e in episodes):
+            parts.append(f"{name} -")
+            continue
+        got = share_interval(episodes, (lambda e: e["success"]) if key is None
+                             else (lambda e, k=key: e["metrics"][k]))
+        parts.append(f"{name} {pct(got[0])} [{pct(got[1])},{pct(got[2])}]")
+    print(f"{arm:<22} n={len(episodes):<4} " + "  ".join(parts))
 
 
 def share_interval(episodes: list[dict], hit) -> tuple[float, float, float]:

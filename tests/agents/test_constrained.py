@@ -327,7 +327,8 @@ def test_a_constrained_repair_episode_runs_end_to_end(embedded, task, sandbox):
     files = ["README.md", "maximum.py", "test_maximum.py"]
     assert model.requests[0].json_schema == tool_call_schema(files=files)
     assert set(out.metrics) >= {"parse_errors", "tool_errors", "loop_detections", "writes",
-                                "module_edits", "steps", "wrote", "valid_edit", "end"}
+                                "module_edits", "fault_edits", "steps", "wrote", "valid_edit",
+                                "fault_edit", "end"}
 
 
 @pytest.mark.slow

@@ -212,6 +212,9 @@ def test_compare_reports_tool_metrics(oracle_run, tmp_path):
     assert {"parse_errors", "wrote", "loop_detections", "steps", "tool_errors"} <= set(by)
     assert (by["parse_errors"].baseline, by["parse_errors"].value) == (0.0, 2.0)
     assert (by["wrote"].baseline, by["wrote"].value) == (1.0, 0.0)
+    # the oracle's edit is the fix: a valid edit of the bug's own line in every episode
+    assert (by["fault_edit"].baseline, by["fault_edit"].value) == (1.0, 0.0)
+    assert (by["valid_edit"].baseline, by["valid_edit"].value) == (1.0, 0.0)
     assert by["parse_errors"].p_wilcoxon < 1e-6
     assert comp.overall("weak").success_rate == 0.0
 

@@ -34,14 +34,16 @@ METRICS = {"attempts": "avg_attempts", "duration_s": "avg_duration_s", "tokens":
 """Per-task-mean metrics compared with paired tests -> the Summary field that holds them."""
 AGENT_METRICS = {"parse_errors": "avg_parse_errors", "wrote": "write_rate",
                  "loop_detections": "avg_loop_detections", "steps": "avg_steps",
-                 "tool_errors": "avg_tool_errors", "valid_edit": "valid_edit_rate"}
+                 "tool_errors": "avg_tool_errors", "valid_edit": "valid_edit_rate",
+                 "fault_edit": "fault_edit_rate"}
 """Agent workflows (repair) add these, from the episodes' tool metrics (Summary.agent)."""
 TESTGEN_METRICS = {"pass_at_3": lambda t: t.pass_at[3].mean,
                    "mutation_score": lambda t: t.mutation_score_all.mean}
 """The testgen workflow adds these per-task means (Summary.testgen): Pass@3 (tasks with at least
 3 samples) and the mutation score of every file (an invalid one scoring 0)."""
 BINARY_METRICS = {"wrote": lambda e: e["metrics"]["wrote"],
-                  "valid_edit": lambda e: e["metrics"]["valid_edit"]}
+                  "valid_edit": lambda e: e["metrics"]["valid_edit"],
+                  "fault_edit": lambda e: e["metrics"]["fault_edit"]}
 """Metrics that are the share of a 0/1 value per episode -> that value (their interval is the
 clustered difference of proportions, not the t interval)."""
 
@@ -199,8 +201,9 @@ def metric_names(a: dict[str, list[dict]], b: dict[str, list[dict]]) -> list[str
     testgen = all((e.get("metrics") or {}).get("testgen") for e in eps)
     agent = not testgen and all(e.get("metrics") for e in eps)
     extra = list(AGENT_METRICS) if agent else []
-    if agent and not all("valid_edit" in e["metrics"] for e in eps):  # stores before it existed
-        extra.remove("valid_edit")
+    for later in ("valid_edit", "fault_edit"):  # stores recorded before the metric existed
+        if agent and not all(later in e["metrics"] for e in eps):
+            extra.remove(later)
     if testgen:
         enough = all(len(task) >= 3 for side in (a, b) for task in side.values())
         extra = [m for m in TESTGEN_METRICS if enough or m != "pass_at_3"]

@@ -52,6 +52,10 @@ class AgentSummary:
     """Share of episodes with a valid edit (a write that changed the task's module and left it
     parseable Python defining the names its tests import: the repair episodes' `valid_edit`);
     None when an episode predates that metric."""
+    fault_edit_rate: float | None = None
+    """Share of episodes whose valid edit replaced a line the task's reference fix changes (the
+    bug's own line, fixed or not: the repair episodes' `fault_edit`); None when an episode
+    predates that metric."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,9 @@ def summarize_agent(episodes: list[dict]) -> AgentSummary | None:
         avg_steps=fmean(m["steps"] for m in rows),
         avg_tool_errors=fmean(m["tool_errors"] for m in rows),
         valid_edit_rate=fmean(bool(m["valid_edit"]) for m in rows)
-        if all("valid_edit" in m for m in rows) else None)
+        if all("valid_edit" in m for m in rows) else None,
+        fault_edit_rate=fmean(bool(m["fault_edit"]) for m in rows)
+        if all("fault_edit" in m for m in rows) else None)
 
 
 def summarize(name: str, episodes: list[dict]) -> Summary:

@@ -129,6 +129,9 @@ def _answer(results: dict) -> str:
                  f"wrote or edited a file {_pct(wr['baseline'])} → {_pct(wr['value'])}"
                  + (f", that made a valid edit {_pct(tool['valid_edit']['baseline'])} → "
                     f"{_pct(tool['valid_edit']['value'])}" if "valid_edit" in tool else "")
+                 + (f", whose valid edit replaced the bug's line "
+                    f"{_pct(tool['fault_edit']['baseline'])} → {_pct(tool['fault_edit']['value'])}"
+                    if "fault_edit" in tool else "")
                  + "; loop "
                  f"detections {lp['baseline']:.2f} → {lp['value']:.2f}; steps "
                  f"{st['baseline']:.2f} → {st['value']:.2f}.")

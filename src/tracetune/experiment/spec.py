@@ -32,7 +32,7 @@ Metric names (used by hypotheses and decision criteria):
                       EVAL: heldout, train, all (the [eval] tasks), capability
                       STAT: success_rate, avg_attempts, avg_duration_s, median_duration_s,
                             avg_tokens; repair adds avg_parse_errors, write_rate,
-                            valid_edit_rate, avg_loop_detections, avg_steps,
+                            valid_edit_rate, fault_edit_rate, avg_loop_detections, avg_steps,
                             avg_tool_errors
     delta.EVAL.STAT   adapted minus base
     train.STAT        peak_ram_gb, seconds, rows, final_loss (the adapter's training)
@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 
 EVALS = ("heldout", "train", "all", "capability")
 STATS = ("success_rate", "avg_attempts", "avg_duration_s", "median_duration_s", "avg_tokens")
-AGENT_STATS = ("avg_parse_errors", "write_rate", "valid_edit_rate", "avg_loop_detections",
+AGENT_STATS = ("avg_parse_errors", "write_rate", "valid_edit_rate", "fault_edit_rate",
+               "avg_loop_detections",
                "avg_steps", "avg_tool_errors")
 """Per-episode tool metrics of agent workflows (repair): Summary.agent."""
 TESTGEN_STATS = ("pass_at_3", "mutation_score")

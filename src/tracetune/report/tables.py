@@ -8,17 +8,19 @@ from tracetune.eval.metrics import Summary
 from tracetune.traces.store import RunInfo
 
 
-AGENT_COLUMNS = ("parse errors", "wrote", "valid edit", "loops", "steps")
+AGENT_COLUMNS = ("parse errors", "wrote", "valid edit", "fault edit", "loops", "steps")
 
 
 def agent_cells(s: Summary) -> list[str]:
-    """parse errors / episode, share of episodes that wrote, share with a valid edit ("-" for
-    episodes recorded before that metric), loop detections / episode, steps."""
+    """parse errors / episode, share of episodes that wrote, share with a valid edit, share whose
+    valid edit replaced the bug's line ("-" for episodes recorded before either metric), loop
+    detections / episode, steps."""
     a = s.agent
     if a is None:
         return ["-"] * len(AGENT_COLUMNS)
-    valid = "-" if a.valid_edit_rate is None else f"{100 * a.valid_edit_rate:.0f}%"
-    return [f"{a.avg_parse_errors:.2f}", f"{100 * a.write_rate:.0f}%", valid,
+    valid, fault = ("-" if rate is None else f"{100 * rate:.0f}%"
+                    for rate in (a.valid_edit_rate, a.fault_edit_rate))
+    return [f"{a.avg_parse_errors:.2f}", f"{100 * a.write_rate:.0f}%", valid, fault,
             f"{a.avg_loop_detections:.2f}", f"{a.avg_steps:.2f}"]
 
 

@@ -10,8 +10,8 @@ one version per transaction):
           metrics_json)
       one row per (task, trial). status: running -> done. UNIQUE(run_id, task_id, trial).
       metrics_json (v2): agent workflows' per-episode counts, e.g. repair's {"parse_errors",
-      "loop_detections", "tool_errors", "writes", "module_edits", "wrote", "valid_edit", "steps",
-      "test_runs", "end"}; NULL else.
+      "loop_detections", "tool_errors", "writes", "module_edits", "fault_edits", "wrote",
+      "valid_edit", "fault_edit", "steps", "test_runs", "end"}; NULL else.
   attempt(id, episode_id, step, attempt, seed, messages_json, raw_output, code, passed,
           guards_json, feedback, prompt_tokens, completion_tokens, latency_s, check_s, created_at,
           facts_json, finish_reason)
