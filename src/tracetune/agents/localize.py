@@ -142,10 +142,7 @@ def fault_lines(buggy: str, reference: str) -> frozenset[str]:
     """The lines of `buggy` (without indentation) that the fix `reference` replaces or deletes:
     the faulty lines a localisation is scored against (difflib's opcodes over lines). Empty for a
     fix that only inserts lines."""
-    a, b = buggy.splitlines(), reference.splitlines()
-    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
-    return frozenset(a[i].strip() for tag, i1, i2, _, _ in ops if tag in ("replace", "delete")
-                     for i in range(i1, i2) if a[i].strip())
+    return frozenset(line for line in removed_lines(buggy, reference) if line)
 
 
 def removed_lines(before: str, after: str) -> set[str]:
