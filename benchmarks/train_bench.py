@@ -19,10 +19,14 @@ process:
                 packing, varlen attention and Liger off: what it did before the GPU path
   tt-packed     + padding-free packing (PyTorch SDPA over the block-diagonal mask)
   tt-varlen     + FlashAttention over the packed rows (torch.nn.attention.varlen)
-  tt-liger      + Liger's RMSNorm, RoPE and SwiGLU kernels
+  tt-liger      + Liger's RMSNorm, RoPE and SwiGLU kernels (PEFT still casting each adapter's
+                input to float32, as every side above does)
   tt-default    `tracetune train` with its defaults (on CUDA: every setting above that the machine
-                has), checkpointing every save_steps = 50 steps as it does by default; every
-                other side saves no checkpoint
+                has, and no float32 cast of the adapters' inputs: cast_adapter_inputs), checkpointing
+                every save_steps = 50 steps as it does by default; every other side saves no
+                checkpoint
+  tt-nodrop     the defaults with LoRA dropout 0 (PEFT then skips the dropout kernels; a change
+                of the recipe, not only of its speed: its loss is compared like every other)
   tt-batch64    the defaults with batch_size 64 (a quarter of the optimizer steps)
   tt-compile    the defaults with compile = true
   tt-qlora      the defaults with qlora = true (the base in 4-bit NF4, bitsandbytes); its adapter is
@@ -64,14 +68,15 @@ PEAK_FLOPS = 989e12
 """Dense bf16 peak of one H100 / H200 SXM (NVIDIA's datasheet), FLOP/s."""
 LORA = dict(r=16, alpha=32, dropout=0.05, learning_rate=2e-4, warmup_steps=3, epochs=1.0)
 GPU_SIDES = ("plain", "tt-padded", "tt-packed", "tt-varlen", "tt-liger", "tt-default",
-             "tt-batch64", "tt-compile", "tt-qlora")
+             "tt-nodrop", "tt-batch64", "tt-compile", "tt-qlora")
 CPU_SIDES = ("plain", "tt-default")
 SIDE_CONFIG = {  # TrainConfig overrides of each tracetune side
-    "tt-padded": dict(packing=False, attention="sdpa", liger=False),
-    "tt-packed": dict(packing=True, attention="sdpa", liger=False),
-    "tt-varlen": dict(packing=True, attention="varlen", liger=False),
-    "tt-liger": dict(packing=True, attention="varlen", liger=True),
+    "tt-padded": dict(packing=False, attention="sdpa", liger=False, cast_adapter_inputs=True),
+    "tt-packed": dict(packing=True, attention="sdpa", liger=False, cast_adapter_inputs=True),
+    "tt-varlen": dict(packing=True, attention="varlen", liger=False, cast_adapter_inputs=True),
+    "tt-liger": dict(packing=True, attention="varlen", liger=True, cast_adapter_inputs=True),
     "tt-default": dict(),
+    "tt-nodrop": dict(dropout=0.0),
     "tt-batch64": dict(batch_size=64),
     "tt-compile": dict(compile=True),
     "tt-qlora": dict(qlora=True),

@@ -33,6 +33,7 @@ def test_bf16_training_steps_through_the_command_line(small_model, dataset, tmp_
     meta = json.loads((out / "tracetune_adapter.json").read_text())
     assert meta["steps"] == 4 and meta["config"]["device"] == "cuda"
     assert meta["kernels"].startswith("packed, varlen attention")
+    assert meta["kernels"].endswith("no input cast")  # cast_adapter_inputs: off under bf16
     losses = [json.loads(x)["loss"] for x in (out / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and all(0 < x < 20 for x in losses) and losses[-1] < losses[0]
     assert _lora_b_nonzero(out)

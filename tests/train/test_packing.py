@@ -100,3 +100,53 @@ def test_cpu_defaults_are_the_padded_path_and_gpu_settings_are_refused_there():
         load_config(None, attention="varlen", packing=False)
     with pytest.raises(TracetuneError, match="attention must be one of auto, sdpa, varlen"):
         load_config(None, attention="flash")
+
+
+def test_adapter_input_cast_is_off_under_cuda_mixed_precision_only():
+    assert resolve_kernels(load_config(None), cuda=False).cast_inputs is True
+    assert resolve_kernels(load_config(None), cuda=True).cast_inputs is False  # auto: bf16
+    assert "no input cast" in resolve_kernels(load_config(None), cuda=True).describe()
+    assert resolve_kernels(load_config(None, dtype="float32"), cuda=True).cast_inputs is True
+    assert resolve_kernels(load_config(None, cast_adapter_inputs=True),
+                           cuda=True).cast_inputs is True
+    for dtype, cuda in [("float32", True), ("auto", False)]:
+        with pytest.raises(TracetuneError, match="needs CUDA mixed precision"):
+            resolve_kernels(load_config(None, dtype=dtype, cast_adapter_inputs=False), cuda)
+
+
+def test_uncast_adapter_inputs_give_the_cast_result_under_autocast(tiny):
+    # The claim cast_adapter_inputs = false rests on: under autocast the adapters' matmuls run
+    # in 16 bits whether or not PEFT first copies their inputs to float32, so the loss and the
+    # adapters' gradients are the same. Checked with CPU autocast (bf16), dropout off.
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.helpers import disable_input_dtype_casting
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                            target_modules="all-linear", init_lora_weights=False))
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)  # PEFT keeps adapters in fp32
+    ids = torch.randint(0, base.config.vocab_size, (2, 24))
+    seen = []  # the dtype the first adapter's A matrix is given
+    first_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
+    first_a.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+
+    def loss_and_grads(cast: bool):
+        model.zero_grad()
+        seen.clear()
+        with disable_input_dtype_casting(model, active=not cast), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in lora]
+
+    cast_loss, cast_grads = loss_and_grads(True)
+    assert seen == [torch.float32]  # PEFT's copy of the activations
+    loss, grads = loss_and_grads(False)
+    assert seen == [torch.bfloat16]  # no copy
+    assert loss == pytest.approx(cast_loss, rel=1e-3)
+    for a, b in zip(grads, cast_grads):
+        assert torch.allclose(a, b, rtol=2e-2, atol=1e-4 * b.abs().max().item())

@@ -78,6 +78,12 @@ class TrainConfig:
     liger: bool | None = None
     """Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (the liger-kernel package, extra
     `gpu`; CUDA only). Unset: on with CUDA when liger-kernel is installed."""
+    cast_adapter_inputs: bool | None = None
+    """Whether PEFT casts each adapter's input to the adapter's dtype (float32) before the LoRA
+    matmuls, as it does by default. Under CUDA mixed precision that cast is a float32 copy of
+    every adapted layer's activations (and another in the backward) which autocast then casts
+    back to 16 bits for the matmul, so the result is the same either way. Unset: off under
+    CUDA bf16/fp16 mixed precision, on otherwise (where there is nothing to cast)."""
     compile: bool = False
     """torch.compile the model (CUDA only): fewer, fused kernels, after a compile of tens of
     seconds at the first steps."""

@@ -39,12 +39,15 @@ class Kernels:
     """Liger's RMSNorm, RoPE and SwiGLU kernels."""
     compile: bool
     """torch.compile on the model."""
+    cast_inputs: bool = True
+    """PEFT's cast of each adapter's input to the adapter's dtype (TrainConfig.cast_adapter_inputs)."""
 
     def describe(self) -> str:
-        """One line for logs: e.g. 'packed, varlen attention, liger, no compile'."""
+        """One line for logs: e.g. 'packed, varlen attention, liger, no compile, no input cast'."""
         return ", ".join([
             "packed" if self.packing else "padded", f"{self.attention} attention",
-            "liger" if self.liger else "no liger", "compile" if self.compile else "no compile"])
+            "liger" if self.liger else "no liger", "compile" if self.compile else "no compile"]
+            + ([] if self.cast_inputs else ["no input cast"]))
 
 
 def varlen_available() -> bool:
@@ -61,7 +64,8 @@ def resolve_kernels(config: TrainConfig, cuda: bool) -> Kernels:
     decided by the device (and by what is installed), explicit settings checked against it.
     Raises TracetuneError (one line) for a setting the device or the installed packages cannot
     honour: liger, varlen or compile without CUDA, liger without liger-kernel, varlen without a
-    torch that has it or in float32, packing with DPO, varlen without packing."""
+    torch that has it or in float32, packing with DPO, varlen without packing,
+    cast_adapter_inputs = false without CUDA mixed precision."""
     sft = config.method == "sft"
     packing = (cuda and sft) if config.packing is None else config.packing
     if packing and not sft:
@@ -91,7 +95,14 @@ def resolve_kernels(config: TrainConfig, cuda: bool) -> Kernels:
                              "'tracetune[gpu]')")
     if config.compile and not cuda:
         raise TracetuneError("compile = true needs a CUDA device")
-    return Kernels(packing=packing, attention=attention, liger=liger, compile=config.compile)
+    mixed = cuda and half  # the trainer's autocast: bf16 or fp16 on CUDA
+    cast = not mixed if config.cast_adapter_inputs is None else config.cast_adapter_inputs
+    if not cast and not mixed:
+        raise TracetuneError("cast_adapter_inputs = false needs CUDA mixed precision (bf16 or "
+                             "fp16): without autocast the adapters' float32 weights need "
+                             "float32 inputs")
+    return Kernels(packing=packing, attention=attention, liger=liger, compile=config.compile,
+                   cast_inputs=cast)
 
 
 def register_varlen_attention() -> str:

@@ -247,6 +247,7 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     import transformers
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
+    from peft.helpers import disable_input_dtype_casting
 
     cuda = torch.cuda.is_available() and config.device != "cpu"
     if config.device == "cuda" and not torch.cuda.is_available():
@@ -382,7 +383,10 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
         has_checkpoint = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+        # Without the cast the adapters take the 16-bit activations and autocast runs their
+        # matmuls in 16 bits, as it would after the cast: no float32 copy of each activation.
+        with disable_input_dtype_casting(trainer.model, active=not kernels.cast_inputs):
+            result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
         train_s = time.perf_counter() - t0
         # Under FSDP each process holds a shard: the whole adapter is gathered (a collective
         # call, so every process makes it) before it is checked and saved. Saving the model
