@@ -16,6 +16,7 @@ blocks on the diagonal.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 from dataclasses import dataclass
@@ -117,6 +118,14 @@ def register_varlen_attention() -> str:
     return VARLEN
 
 
+@functools.cache
+def _varlen_params() -> frozenset[str]:
+    """The keyword names this torch's varlen_attn takes (read once: it is called per layer)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, sliding_window: int | None = None,
                              **kwargs):
@@ -147,7 +156,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     v = value[0].transpose(0, 1)
     # varlen_attn's keywords changed between PyTorch releases (is_causal -> window_size, GQA
     # and scale added later): pass what this torch takes.
-    params = inspect.signature(varlen_attn).parameters
+    params = _varlen_params()
     extra = {}
     if "window_size" in params:
         extra["window_size"] = (-1, 0)  # causal
