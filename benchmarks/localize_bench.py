@@ -31,15 +31,15 @@ import sys
 from statistics import mean
 
 
-def ranks(task, sandbox) -> dict:
-    """One bug's faulty-line ranks: Ochiai worst-case rank, reading-order rank, line count."""
-    from tracetune.agents.localize import fault_lines, ochiai, spectrum
+def ranks(task, run) -> dict:
+    """One bug's faulty-line ranks under its spectrum `run` (None: the run reported nothing):
+    Ochiai worst-case rank, reading-order rank, line count."""
+    from tracetune.agents.localize import fault_lines, ochiai
 
     text = task.buggy.splitlines()
     nonblank = [n for n, line in enumerate(text, 1) if line.strip()]
     faults = fault_lines(task.buggy, task.reference)
     fault_nos = [n for n in nonblank if text[n - 1].strip() in faults]
-    run = spectrum(task.tests, task.buggy, sandbox, module=task.module)
     scores = ochiai(*run) if run is not None else {}
     best = max((scores.get(n, 0.0) for n in fault_nos), default=0.0)
     rank = (sum(scores.get(n, 0.0) >= best for n in nonblank) if best > 0 else len(nonblank))
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--per-bug", action="store_true", help="print each bug's ranks")
     args = ap.parse_args()
 
-    from tracetune.agents.localize import fault_lines, suspicious_lines
+    from tracetune.agents.localize import fault_lines, rank_suspects, spectrum
     from tracetune.sandbox import Sandbox
     from tracetune.tasks import load_suite
     from tracetune.tasks.splits import select
@@ -67,12 +67,12 @@ def main() -> int:
     rows, shown = [], {}
     with Sandbox() as sandbox:
         for task in tasks:
-            row = ranks(task, sandbox)
+            run = spectrum(task.tests, task.buggy, sandbox, module=task.module)  # once a bug
+            row = ranks(task, run)
             rows.append(row)
             faults = fault_lines(task.buggy, task.reference)
             for k in ks:
-                found = suspicious_lines(task.tests, task.buggy, sandbox, top=k,
-                                         module=task.module)
+                found = [] if run is None else rank_suspects(*run, task.buggy, top=k)
                 shown[(task.id, k)] = (len(found), any(s.text in faults for s in found))
             if args.per_bug:
                 print(f"{row['id']:<28} rank {row['rank']:>2}/{row['lines']:<3} reading "

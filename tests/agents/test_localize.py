@@ -8,8 +8,9 @@ import pytest
 from scripted import FINAL, call, episode
 
 from tracetune.agents.configs import RepairConfig
-from tracetune.agents.localize import (fault_lines, ochiai, removed_lines, spectrum,
-                                       suspects_text, suspicious_lines)
+from tracetune.agents.localize import (Suspect, fault_lines, ochiai, rank_suspects,
+                                       removed_lines, spectrum, suspects_text,
+                                       suspicious_lines)
 from tracetune.agents.repair import _Episode, first_messages
 from tracetune.agents.tools import Workspace, toolset
 from tracetune.errors import TracetuneError
@@ -25,6 +26,18 @@ def test_ochiai_is_ef_over_the_root_of_all_failing_times_all_executing():
     assert scores[4] == pytest.approx(1 / math.sqrt(2 * 1))   # a skipped test counts as neither
     assert 3 not in scores                                    # no failing test ran it
     assert ochiai({"a": "passed"}, {1: ["a"]}) == {}
+
+
+def test_suspects_ranked_from_a_hand_spectrum_keep_the_tie_at_the_cut():
+    outcomes = {"a": "failed", "b": "failed", "c": "passed", "d": "passed"}
+    lines = {1: ["a", "b"], 2: ["a", "c", "d"], 3: ["b", "c", "d"], 4: ["c"], 5: ["a", "b"]}
+    source = "x = 1\n  y = 2\nz = 3\nw = 4\n\n"  # line 5 is blank: never a suspect
+    top = rank_suspects(outcomes, lines, source, top=2)
+    assert top == [Suspect(1, "x = 1", 1.0, 2, 0),
+                   Suspect(2, "y = 2", round(1 / math.sqrt(6), 4), 1, 2),
+                   Suspect(3, "z = 3", round(1 / math.sqrt(6), 4), 1, 2)]  # tied with the cut
+    assert rank_suspects(outcomes, lines, source, top=0) == []
+    assert rank_suspects({"c": "passed"}, lines, source, top=3) == []
 
 
 def test_the_spectrum_records_each_tests_lines_and_outcome(task, sandbox):

@@ -97,40 +97,47 @@ def spectrum(tests: str, module_source: str, sandbox: Sandbox, *, module: str = 
     return data["outcomes"], {int(n): list(ids) for n, ids in data["lines"].items()}
 
 
+def counts(outcomes: dict[str, str], ids: list[str]) -> tuple[int, int]:
+    """(ef, ep) of a line executed by the tests `ids`: how many of them failed and passed."""
+    return (sum(outcomes.get(t) == "failed" for t in ids),
+            sum(outcomes.get(t) == "passed" for t in ids))
+
+
 def ochiai(outcomes: dict[str, str], lines: dict[int, list[str]]) -> dict[int, float]:
     """Line -> Ochiai suspiciousness (formula in the module docstring) from a spectrum; lines no
     failing test executed, and every line when no test failed, are left out."""
-    failed = {t for t, o in outcomes.items() if o == "failed"}
+    failed = sum(o == "failed" for o in outcomes.values())
     out: dict[int, float] = {}
     for n, ids in lines.items():
-        ef = sum(t in failed for t in ids)
-        ep = sum(outcomes.get(t) == "passed" for t in ids)
+        ef, ep = counts(outcomes, ids)
         if ef:
-            out[n] = ef / math.sqrt(len(failed) * (ef + ep))
+            out[n] = ef / math.sqrt(failed * (ef + ep))
     return out
 
 
-def suspicious_lines(tests: str, module_source: str, sandbox: Sandbox, *, top: int,
-                     module: str = "solution") -> list[Suspect]:
-    """The `top` most suspicious non-blank lines of `module_source` under `tests`, most
-    suspicious first (ties in line order), plus any line tied with the last one kept (a cut
-    inside a tie would be arbitrary). Empty when no test fails, the run reports nothing, or no
+def rank_suspects(outcomes: dict[str, str], lines: dict[int, list[str]], module_source: str,
+                  *, top: int) -> list[Suspect]:
+    """The `top` most suspicious non-blank lines of `module_source` under a spectrum
+    (`spectrum`'s result), most suspicious first (ties in line order), plus any line tied with
+    the last one kept (a cut inside a tie would be arbitrary). Empty when no test fails or no
     failing test executes a line of the module (e.g. it fails at import)."""
-    run = spectrum(tests, module_source, sandbox, module=module)
-    if run is None:
-        return []
-    scores = ochiai(*run)
+    scores = ochiai(outcomes, lines)
     text = module_source.splitlines()
     ranked = sorted(((s, n) for n, s in scores.items()
                      if 0 < n <= len(text) and text[n - 1].strip()), key=lambda p: (-p[0], p[1]))
     if not ranked or top < 1:
         return []
     cut = ranked[min(top, len(ranked)) - 1][0]
-    failed = {t for t, o in run[0].items() if o == "failed"}
-    return [Suspect(n, text[n - 1].strip(), round(s, 4),
-                    sum(t in failed for t in run[1][n]),
-                    sum(run[0].get(t) == "passed" for t in run[1][n]))
+    return [Suspect(n, text[n - 1].strip(), round(s, 4), *counts(outcomes, lines[n]))
             for i, (s, n) in enumerate(ranked) if i < top or s == cut]
+
+
+def suspicious_lines(tests: str, module_source: str, sandbox: Sandbox, *, top: int,
+                     module: str = "solution") -> list[Suspect]:
+    """`rank_suspects` over the spectrum of `tests` against `module_source` (one sandboxed run);
+    empty when the run reports nothing."""
+    run = spectrum(tests, module_source, sandbox, module=module)
+    return [] if run is None else rank_suspects(*run, module_source, top=top)
 
 
 def suspects_text(suspects: list[Suspect]) -> str:
