@@ -1,7 +1,10 @@
 """Padding-free packing (TrainConfig.packing) on the CPU: rows packed into one sequence give
 each row the loss it has alone, and a training with packing gives the losses of one without.
-The GPU's varlen kernel is checked the same way in tests/gpu."""
+The GPU's varlen kernel is checked the same way in tests/gpu. Also the adapters' input cast
+(TrainConfig.cast_adapter_inputs): when it is resolved, that skipping it under autocast gives
+the cast's loss and gradients, and that training runs inside the resolved setting."""
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -120,8 +123,9 @@ def test_uncast_adapter_inputs_give_the_cast_result_under_autocast(tiny):
     # adapters' gradients are the same. Checked with CPU autocast (bf16), dropout off.
     import torch
     from peft import LoraConfig, get_peft_model
-    from peft.helpers import disable_input_dtype_casting
     from transformers import AutoModelForCausalLM
+
+    from tracetune.train.fast import adapter_input_cast
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16)
@@ -137,7 +141,7 @@ def test_uncast_adapter_inputs_give_the_cast_result_under_autocast(tiny):
     def loss_and_grads(cast: bool):
         model.zero_grad()
         seen.clear()
-        with disable_input_dtype_casting(model, active=not cast), \
+        with adapter_input_cast(model, cast), \
                 torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
@@ -150,3 +154,38 @@ def test_uncast_adapter_inputs_give_the_cast_result_under_autocast(tiny):
     assert loss == pytest.approx(cast_loss, rel=1e-3)
     for a, b in zip(grads, cast_grads):
         assert torch.allclose(a, b, rtol=2e-2, atol=1e-4 * b.abs().max().item())
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)  # restored after the block
+
+
+def test_training_runs_inside_the_kernels_input_cast_setting(tiny, tmp_path, monkeypatch):
+    # The wiring: recipe.train trains inside adapter_input_cast with the resolved setting, the
+    # LoRA layers uncast during the steps and cast again afterwards. Forced on the CPU (float32,
+    # where skipping the cast changes nothing) since the setting resolves off only on CUDA.
+    import dataclasses
+
+    import tracetune.train.recipe as recipe
+    from tracetune.train import fast
+
+    resolve = recipe.resolve_kernels
+    monkeypatch.setattr(recipe, "resolve_kernels", lambda config, cuda: dataclasses.replace(
+        resolve(config, cuda), cast_inputs=False))
+    seen = {}
+
+    @contextlib.contextmanager
+    def recording(model, enabled):
+        with fast.adapter_input_cast(model, enabled):
+            layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+            seen["inside"] = (enabled, len(layers), {m.cast_input_dtype_enabled for m in layers})
+            yield
+        seen["after"] = {m.cast_input_dtype_enabled for m in layers}
+
+    monkeypatch.setattr(recipe, "adapter_input_cast", recording)
+    data = synthetic.write_dataset(synthetic.make_rows(8, min_tokens=20, max_tokens=40, seed=7),
+                                   tmp_path / "data")
+    cfg = load_config(None, epochs=1.0, batch_size=4, warmup_steps=0, max_seq_len=128)
+    out = train(data, f"hf:{tiny},device=cpu", tmp_path / "adapter", cfg)
+    assert (out / "adapter_model.safetensors").is_file()
+    enabled, n_layers, inside = seen["inside"]
+    assert enabled is False and n_layers > 0 and inside == {False}
+    assert seen["after"] == {True}

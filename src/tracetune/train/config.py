@@ -83,7 +83,8 @@ class TrainConfig:
     matmuls, as it does by default. Under CUDA mixed precision that cast is a float32 copy of
     every adapted layer's activations (and another in the backward) which autocast then casts
     back to 16 bits for the matmul, so the result is the same either way. Unset: off under
-    CUDA bf16/fp16 mixed precision, on otherwise (where there is nothing to cast)."""
+    CUDA bf16/fp16 mixed precision, on otherwise (without autocast the cast is what lets 16-bit
+    inputs meet the float32 adapters; false is refused there)."""
     compile: bool = False
     """torch.compile the model (CUDA only): fewer, fused kernels, after a compile of tens of
     seconds at the first steps."""

@@ -16,6 +16,7 @@ blocks on the diagonal.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import inspect
@@ -100,10 +101,32 @@ def resolve_kernels(config: TrainConfig, cuda: bool) -> Kernels:
     cast = not mixed if config.cast_adapter_inputs is None else config.cast_adapter_inputs
     if not cast and not mixed:
         raise TracetuneError("cast_adapter_inputs = false needs CUDA mixed precision (bf16 or "
-                             "fp16): without autocast the adapters' float32 weights need "
-                             "float32 inputs")
+                             "fp16): without autocast nothing would bring 16-bit inputs to the "
+                             "adapters' float32 weights")
     return Kernels(packing=packing, attention=attention, liger=liger, compile=config.compile,
                    cast_inputs=cast)
+
+
+@contextlib.contextmanager
+def adapter_input_cast(model, enabled: bool):
+    """Within the block, PEFT's LoRA layers of `model` cast their inputs to the adapter's dtype
+    (PEFT's default) only if `enabled`; afterwards every layer is as it was.
+
+    Why not peft.helpers.disable_input_dtype_casting, which sets the same per-layer flag
+    (`cast_input_dtype_enabled`): it restores the flags by module name, and the trainer wraps the
+    model inside the block (FSDP renames every module), so a wrapped run would keep the cast off
+    after training. This holds the layers themselves."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [] if enabled else [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    saved = [getattr(m, "cast_input_dtype_enabled", True) for m in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.cast_input_dtype_enabled = value
 
 
 def register_varlen_attention() -> str:

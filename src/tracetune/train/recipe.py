@@ -28,7 +28,8 @@ from tracetune.models.resolve import hf_source, weight_options
 from tracetune.staging import abandoned, check_output_dir, staging_dir
 from tracetune.train import ewc
 from tracetune.train.config import TrainConfig
-from tracetune.train.fast import register_varlen_attention, resolve_kernels
+from tracetune.train.fast import (adapter_input_cast, register_varlen_attention,
+                                  resolve_kernels)
 from tracetune.train.lengths import check_prepared, fit_rows, row_lengths
 
 META = "tracetune_adapter.json"
@@ -247,7 +248,6 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     import transformers
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from peft.helpers import disable_input_dtype_casting
 
     cuda = torch.cuda.is_available() and config.device != "cpu"
     if config.device == "cuda" and not torch.cuda.is_available():
@@ -385,7 +385,7 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
         t0 = time.perf_counter()
         # Without the cast the adapters take the 16-bit activations and autocast runs their
         # matmuls in 16 bits, as it would after the cast: no float32 copy of each activation.
-        with disable_input_dtype_casting(trainer.model, active=not kernels.cast_inputs):
+        with adapter_input_cast(trainer.model, kernels.cast_inputs):
             result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
         train_s = time.perf_counter() - t0
         # Under FSDP each process holds a shard: the whole adapter is gathered (a collective
