@@ -42,6 +42,12 @@ H200 SXM: the 4 * N approximation counts the forward (2N per token) and the back
 frozen base to the adapters (2N; the frozen weights get no gradient), and leaves out attention's
 own FLOPs and the adapters' (r=16: under 2% of N).
 
+With --profile, PyTorch's profiler runs over 3 steps of each tracetune side (after the first
+eighth) and a line per side gives their wall time, the time the GPU's kernels ran (on the CPU:
+the operators' own time) and its split: matmul, copies (dtype casts), dropout, mul/add
+(elementwise, e.g. LoRA's scaling and its sum with the base output), attention, other. The
+profiled steps stay inside the measured ones, so take throughput from a run without it.
+
 With --gpus 2: `tracetune train` through `accelerate launch` (DDP) on two GPUs against one GPU,
 the whole command line each time: 1 GPU at batch 16; 2 GPUs at 8 per GPU (the same optimizer
 steps: its adapter must equal the one-GPU adapter in effect); 2 GPUs at 16 per GPU (twice the
@@ -186,6 +192,81 @@ def plain_side(args, work: Path) -> dict:
                 final_loss=eval_loss(model, tok, held_out, device), kernels="padded, sdpa")
 
 
+PROFILE_GROUPS = {  # operator -> group of the --profile breakdown
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_mm"),
+    "copies": ("aten::copy_",),
+    "dropout": ("aten::native_dropout", "aten::native_dropout_backward",
+                "aten::bernoulli_"),  # the last: the CPU's dropout
+    "mul/add": ("aten::mul", "aten::add", "aten::add_"),
+}
+PROFILE_STEPS = 3
+
+
+def step_profiler(device: str):
+    """A TrainerCallback that runs PyTorch's profiler over PROFILE_STEPS steps after the first
+    eighth (the steps the throughput is measured on) and keeps, in its `result`, the wall time,
+    the time the GPU's kernels ran (CUDA; on the CPU the operators' own CPU time) and its share
+    by PROFILE_GROUPS (attention: operators whose name holds "attention"; other: the rest)."""
+    import torch
+    from transformers import TrainerCallback
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self):
+            self.prof, self.first, self.result = None, None, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first = max(1, state.max_steps // 8)
+            self.last = min(self.first + PROFILE_STEPS, state.max_steps)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == self.first and self.prof is None and self.last > self.first:
+                sync()
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is None or state.global_step != self.last:
+                return
+            sync()
+            wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            self.prof = None
+            if device == "cuda":  # kernels are the device events; operators own their kernels
+                busy = sum(e.self_device_time_total for e in events
+                           if e.device_type == torch.autograd.DeviceType.CUDA)
+                own = {e.key: e.self_device_time_total for e in events
+                       if e.device_type != torch.autograd.DeviceType.CUDA}
+            else:
+                own = {e.key: e.self_cpu_time_total for e in events}
+                busy = sum(own.values())
+            groups = {g: sum(own.get(k, 0) for k in keys) for g, keys in PROFILE_GROUPS.items()}
+            groups["attention"] = sum(v for k, v in own.items() if "attention" in k)
+            groups["other"] = max(busy - sum(groups.values()), 0)
+            self.result = dict(steps=self.last - self.first, first_step=self.first + 1,
+                               wall_s=wall, busy_s=busy / 1e6,
+                               shares={g: v / busy if busy else 0.0 for g, v in groups.items()})
+
+    return StepProfiler()
+
+
+def profile_line(side: str, prof: dict, device: str) -> str:
+    """One line of --profile's breakdown for a side."""
+    what = "GPU kernels" if device == "cuda" else "CPU operator time"
+    shares = ", ".join(f"{g} {100 * v:.0f}%" for g, v in prof["shares"].items())
+    return (f"{side} profile, {prof['steps']} steps from step {prof['first_step']}: wall "
+            f"{prof['wall_s']:.2f} s, {what} {prof['busy_s']:.2f} s; {shares}")
+
+
 def tracetune_side(args, work: Path, side: str) -> dict:
     """`tracetune train`'s code path (the function the command calls), timed step by step."""
     import torch
@@ -210,7 +291,9 @@ def tracetune_side(args, work: Path, side: str) -> dict:
 
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    train(work / "data", base_spec, out, config, on_progress=on_progress)
+    profiler = step_profiler(args.device) if args.profile else None
+    train(work / "data", base_spec, out, config, on_progress=on_progress,
+          callbacks=[profiler] if profiler else None)
     meta = json.loads((out / "tracetune_adapter.json").read_text())
     log = [json.loads(x) for x in (out / "loss.jsonl").read_text().splitlines()]
     steps = sorted(stamps)
@@ -227,7 +310,8 @@ def tracetune_side(args, work: Path, side: str) -> dict:
                   peak_gib=meta.get("peak_gpu_memory_gib"),
                   final_loss=eval_loss(model, tok, held_out, args.device),
                   kernels=meta.get("kernels", "padded, sdpa") + (", qlora" if config.qlora
-                                                                  else ""))
+                                                                  else ""),
+                  profile=profiler.result if profiler else None)
     if config.qlora:  # the export command's own parity check, against the unquantized base
         # In its own process, as the command runs: Liger's RoPE patch is global to the model's
         # module, and the export's parity check runs on the CPU.
@@ -253,7 +337,8 @@ def summarize(result: dict) -> dict:
                 median_step_s=sorted(gaps[k0:])[len(gaps[k0:]) // 2] if gaps[k0:] else
                 float("nan"), last_loss=sum(result["losses"][-10:]) / len(result["losses"][-10:]),
                 final_loss=result["final_loss"], n_params=result["n_params"],
-                kernels=result["kernels"], export=result.get("export"))
+                kernels=result["kernels"], export=result.get("export"),
+                profile=result.get("profile"))
 
 
 # --- one GPU or the CPU: every side in its own process -------------------------------------------
@@ -272,7 +357,8 @@ def prepare(args, work: Path) -> None:
 
 def run_side(args, work: Path, side: str) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--device",
-           args.device, "--batch", str(args.batch), "--max-seq-len", str(args.max_seq_len)]
+           args.device, "--batch", str(args.batch), "--max-seq-len", str(args.max_seq_len)] + \
+        (["--profile"] if args.profile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -311,6 +397,11 @@ def single(args) -> dict:
     for side, r in results.items():
         if r.get("export"):
             print(f"{side} export: {r['export']}")
+    for side, r in results.items():
+        if r.get("profile"):
+            print(profile_line(side, r["profile"], args.device))
+    if args.profile:
+        print("(--profile: the profiled steps' overhead is inside the tokens/s above)")
     if plain and "final_loss" in results.get("plain", {}):
         ref = results["plain"]["final_loss"]
         worst = max((abs(r["final_loss"] - ref) / ref, s) for s, r in results.items()
@@ -466,6 +557,9 @@ def main() -> None:
     ap.add_argument("--sides", default=None, help="comma-separated sides (default: all that "
                     "run on the device)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    ap.add_argument("--profile", action="store_true",
+                    help=f"profile {PROFILE_STEPS} steps of each tracetune side (PyTorch's "
+                    "profiler) and print where their time goes")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()

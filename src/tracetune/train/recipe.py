@@ -197,7 +197,8 @@ def _progress_callback(on_progress: Callable[[int, int, float | None], None]):
 
 def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
           resume: bool = False, log: Callable[[str], None] | None = None,
-          on_progress: Callable[[int, int, float | None], None] | None = None) -> Path:
+          on_progress: Callable[[int, int, float | None], None] | None = None,
+          callbacks: list | None = None) -> Path:
     """Train a LoRA adapter on `dataset`'s SFT or DPO rows and write it to `out`.
 
     Every row is measured with the training tokenizer and its chat template (train.lengths);
@@ -214,7 +215,9 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
     training gets a warning line in `log`. `on_progress(step, total, loss)`, when given, is
     called with the optimizer steps done and their total (`total` as the trainer counts it) and
     the last logged training loss (None before the first): at the start, after each step, and
-    a last time with step == total; the trainer's own progress bar is then off.
+    a last time with step == total; the trainer's own progress bar is then off. `callbacks`:
+    more transformers TrainerCallback objects, given to the trainer in every process (a
+    profiler, a custom logger).
 
     EWC (train.ewc): with `config.ewc_state` the trainer minimises task loss + ewc_lambda *
     sum_i F_i (theta_i - theta*_i)^2, and every loss-log line carries task_loss and
@@ -346,9 +349,11 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             # unused ones (a full pass over the graph per step).
             common["ddp_find_unused_parameters"] = False
         train_ds = Dataset.from_list(fitted.rows)
+        extra = list(callbacks or [])
         callbacks = [_loss_callback(work / LOSS_LOG)] if world.main else []
         if on_progress is not None and world.main:
             callbacks.append(_progress_callback(on_progress))
+        callbacks += extra
 
         # --- train -----------------------------------------------------------------------------
         if config.method == "sft":
