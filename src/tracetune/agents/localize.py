@@ -97,22 +97,28 @@ def spectrum(tests: str, module_source: str, sandbox: Sandbox, *, module: str = 
     return data["outcomes"], {int(n): list(ids) for n, ids in data["lines"].items()}
 
 
-def counts(outcomes: dict[str, str], ids: list[str]) -> tuple[int, int]:
+def _counts(outcomes: dict[str, str], ids: list[str]) -> tuple[int, int]:
     """(ef, ep) of a line executed by the tests `ids`: how many of them failed and passed."""
     return (sum(outcomes.get(t) == "failed" for t in ids),
             sum(outcomes.get(t) == "passed" for t in ids))
 
 
+def _scored(outcomes: dict[str, str], lines: dict[int, list[str]]
+            ) -> dict[int, tuple[float, int, int]]:
+    """Line -> (Ochiai score, ef, ep) for the lines some failing test executed."""
+    failed = sum(o == "failed" for o in outcomes.values())
+    out: dict[int, tuple[float, int, int]] = {}
+    for n, ids in lines.items():
+        ef, ep = _counts(outcomes, ids)
+        if ef:
+            out[n] = (ef / math.sqrt(failed * (ef + ep)), ef, ep)
+    return out
+
+
 def ochiai(outcomes: dict[str, str], lines: dict[int, list[str]]) -> dict[int, float]:
     """Line -> Ochiai suspiciousness (formula in the module docstring) from a spectrum; lines no
     failing test executed, and every line when no test failed, are left out."""
-    failed = sum(o == "failed" for o in outcomes.values())
-    out: dict[int, float] = {}
-    for n, ids in lines.items():
-        ef, ep = counts(outcomes, ids)
-        if ef:
-            out[n] = ef / math.sqrt(failed * (ef + ep))
-    return out
+    return {n: score for n, (score, _, _) in _scored(outcomes, lines).items()}
 
 
 def rank_suspects(outcomes: dict[str, str], lines: dict[int, list[str]], module_source: str,
@@ -121,14 +127,14 @@ def rank_suspects(outcomes: dict[str, str], lines: dict[int, list[str]], module_
     (`spectrum`'s result), most suspicious first (ties in line order), plus any line tied with
     the last one kept (a cut inside a tie would be arbitrary). Empty when no test fails or no
     failing test executes a line of the module (e.g. it fails at import)."""
-    scores = ochiai(outcomes, lines)
+    scored = _scored(outcomes, lines)
     text = module_source.splitlines()
-    ranked = sorted(((s, n) for n, s in scores.items()
+    ranked = sorted(((v[0], n) for n, v in scored.items()
                      if 0 < n <= len(text) and text[n - 1].strip()), key=lambda p: (-p[0], p[1]))
     if not ranked or top < 1:
         return []
     cut = ranked[min(top, len(ranked)) - 1][0]
-    return [Suspect(n, text[n - 1].strip(), round(s, 4), *counts(outcomes, lines[n]))
+    return [Suspect(n, text[n - 1].strip(), round(s, 4), *scored[n][1:])
             for i, (s, n) in enumerate(ranked) if i < top or s == cut]
 
 

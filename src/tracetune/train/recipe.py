@@ -349,11 +349,10 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             # unused ones (a full pass over the graph per step).
             common["ddp_find_unused_parameters"] = False
         train_ds = Dataset.from_list(fitted.rows)
-        extra = list(callbacks or [])
-        callbacks = [_loss_callback(work / LOSS_LOG)] if world.main else []
+        trainer_callbacks = [_loss_callback(work / LOSS_LOG)] if world.main else []
         if on_progress is not None and world.main:
-            callbacks.append(_progress_callback(on_progress))
-        callbacks += extra
+            trainer_callbacks.append(_progress_callback(on_progress))
+        trainer_callbacks += callbacks or []
 
         # --- train -----------------------------------------------------------------------------
         if config.method == "sft":
@@ -371,7 +370,7 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
                 args = SFTConfig(completion_only_loss=True, **common)
                 trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
                                       processing_class=tokenizer, peft_config=peft_config,
-                                      callbacks=callbacks)
+                                      callbacks=trainer_callbacks)
         else:
             from trl import DPOConfig, DPOTrainer
 
@@ -380,7 +379,7 @@ def train(dataset: Path, base: str, out: Path, config: TrainConfig, *,
             args = DPOConfig(beta=config.dpo_beta, **common)
             trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
                                   processing_class=tokenizer, peft_config=peft_config,
-                                  callbacks=callbacks)
+                                  callbacks=trainer_callbacks)
         check_prepared(trainer.train_dataset, config.method, config.max_seq_len,
                        len(fitted.rows))
         if on_progress is not None:
